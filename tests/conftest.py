@@ -1,0 +1,76 @@
+"""Shared fixtures: a tiny demo world and the stages built on it, made once per session
+through the real CLI (``python -m workflows ...``), so every downstream test uses the
+same data the pipeline really produces."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+
+# Sizes of the tiny world used by tests (the full demo world is `make demo`'s business).
+TINY_WORLD = [
+    "demo.faces=24", "demo.identities=8", "demo.identities_4dfab=4", "demo.sessions_4dfab=2",
+    "demo.frames_4dfab=3", "demo.lrw_sequences=2", "demo.lrw_frames=6", "demo.chunk_size=12",
+]
+
+
+def slidergan(*args: str, check: bool = True, timeout: float = 600, env=None) -> subprocess.CompletedProcess:
+    """Run the CLI in a subprocess; return the completed process (text output)."""
+    e = dict(os.environ)
+    e.setdefault("PYOPENGL_PLATFORM", "osmesa")
+    if env:
+        e.update(env)
+    proc = subprocess.run([sys.executable, "-m", "workflows", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, env=e)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"slidergan {' '.join(map(str, args))} exited {proc.returncode}:\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def _sets(items):
+    out = []
+    for it in items:
+        out += ["--set", it]
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory) -> Path:
+    """A tiny demo world: model.h5, emotionet/, 4dfab/, lrw/ (see TINY_WORLD)."""
+    root = tmp_path_factory.mktemp("world")
+    slidergan("make-demo", "--out", root, *_sets(TINY_WORLD))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_fits(tiny_world) -> Path:
+    """fit-emotionet on the tiny world (true landmarks from the .pts sidecars)."""
+    out = tiny_world / "fits"
+    slidergan("fit-emotionet", "--images", tiny_world / "emotionet", "--model", tiny_world / "model.h5",
+              "--out", out, "--workers", "1", "--chunk-size", "12", "--no-progress",
+              "--set", "fit.landmarks=sidecar")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_warps(tiny_world, tiny_fits) -> Path:
+    out = tiny_world / "warps"
+    slidergan("render-warps", "--fits", tiny_fits, "--model", tiny_world / "model.h5", "--out", out,
+              "--workers", "1", "--chunk-size", "8", "--no-progress",
+              "--set", "warps.faces=8", "--set", "warps.per_face=3")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_4dfab(tiny_world) -> Path:
+    out = tiny_world / "4dfab-params"
+    slidergan("project-4dfab", "--meshes", tiny_world / "4dfab", "--model", tiny_world / "model.h5",
+              "--out", out, "--workers", "1", "--no-progress")
+    return out
