@@ -1,0 +1,569 @@
+"""The 3D morphable model (3DMM): mean shape, identity / expression (/ speech) bases.
+
+Shapes (N vertices, K identity, E expression, S speech components, T triangles):
+
+- ``mean``      float32 [3N]      flattened (x0, y0, z0, x1, ...)
+- ``U_id``      float32 [3N, K]   orthonormal columns, eigenvalues ``ev_id`` [K]
+- ``U_exp``     float32 [3N, E]   orthonormal columns, eigenvalues ``ev_exp`` [E]
+- ``U_speech``  float32 [3N, S]   optional, eigenvalues ``ev_speech`` [S]
+- ``trilist``   int64   [T, 3]
+- ``landmarks`` int64   [68]      vertex indices, iBUG 68 order
+- ``texture_mean`` float32 [N, 3] optional albedo in [0, 1]; ``U_tex`` [3N, Kt], ``ev_tex`` [Kt]
+
+Parameters are *normalised* everywhere outside this module: ``p_norm = p / sqrt(ev)``, so
+that a standard normal draw is a plausible face and [-1, 1] spans the common range.
+A shape is ``S = mean + U_id @ (sqrt(ev_id) * p_id) + U_exp @ (sqrt(ev_exp) * p_exp)``.
+A ``p_exp`` of width E + S drives the speech basis with its last S entries (the paper's
+40-parameter expression + speech experiment).
+
+Loaders: :func:`load_lsfm` (LSFM ``.mat``, MATLAB v5 or v7.3/HDF5), :func:`load_linear_model`
+(4DFAB expression model as ``.npz`` / ``.mat`` with mean/components/eigenvalues) and
+:func:`combine` (LSFM identity + 4DFAB expression on one mean and topology).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+
+class ModelError(ValueError):
+    """A model file is missing, malformed or inconsistent (reported as one line)."""
+
+
+_ARRAYS = ("mean", "U_id", "ev_id", "U_exp", "ev_exp", "U_speech", "ev_speech", "trilist",
+           "landmarks", "texture_mean", "U_tex", "ev_tex")
+
+
+@dataclass(eq=False)
+class MorphableModel:
+    mean: np.ndarray
+    U_id: np.ndarray
+    ev_id: np.ndarray
+    U_exp: np.ndarray
+    ev_exp: np.ndarray
+    trilist: np.ndarray
+    landmarks: np.ndarray
+    U_speech: Optional[np.ndarray] = None
+    ev_speech: Optional[np.ndarray] = None
+    texture_mean: Optional[np.ndarray] = None
+    U_tex: Optional[np.ndarray] = None
+    ev_tex: Optional[np.ndarray] = None
+    exp_names: list = field(default_factory=list)
+    speech_names: list = field(default_factory=list)
+    source: str = "unknown"
+
+    def __post_init__(self):
+        self.mean = np.ascontiguousarray(self.mean, dtype=np.float32).reshape(-1)
+        self.U_id = _basis(self.U_id)
+        self.ev_id = np.asarray(self.ev_id, dtype=np.float32).reshape(-1)
+        self.U_exp = _basis(self.U_exp)
+        self.ev_exp = np.asarray(self.ev_exp, dtype=np.float32).reshape(-1)
+        if self.U_speech is not None:
+            self.U_speech = _basis(self.U_speech)
+            self.ev_speech = np.asarray(self.ev_speech, dtype=np.float32).reshape(-1)
+        self.trilist = np.ascontiguousarray(self.trilist, dtype=np.int64)
+        self.landmarks = np.asarray(self.landmarks, dtype=np.int64).reshape(-1)
+        if self.texture_mean is not None:
+            self.texture_mean = np.asarray(self.texture_mean, dtype=np.float32).reshape(-1, 3)
+        if self.U_tex is not None:
+            self.U_tex = _basis(self.U_tex)
+            self.ev_tex = np.asarray(self.ev_tex, dtype=np.float32).reshape(-1)
+        self.exp_names = [str(n) for n in (self.exp_names or [])]
+        if not self.exp_names:
+            self.exp_names = [f"exp_{i:02d}" for i in range(self.n_exp)]
+        self.speech_names = [str(n) for n in (self.speech_names or [])]
+        if self.U_speech is not None and not self.speech_names:
+            self.speech_names = [f"speech_{i:02d}" for i in range(self.n_speech)]
+        self._torch_cache = {}
+        self._hash = None
+        self.validate()
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def n_vertices(self) -> int:
+        return self.mean.shape[0] // 3
+
+    @property
+    def n_id(self) -> int:
+        return self.U_id.shape[1]
+
+    @property
+    def n_exp(self) -> int:
+        return self.U_exp.shape[1]
+
+    @property
+    def n_speech(self) -> int:
+        return 0 if self.U_speech is None else self.U_speech.shape[1]
+
+    @property
+    def mean_shape(self) -> np.ndarray:
+        """[N, 3] mean vertices."""
+        return self.mean.reshape(-1, 3)
+
+    @property
+    def hash(self) -> str:
+        """Content hash (sha256 of every array and name, first 16 hex digits)."""
+        if self._hash is None:
+            h = hashlib.sha256()
+            for name in _ARRAYS:
+                a = getattr(self, name)
+                h.update(name.encode())
+                if a is not None:
+                    a = np.ascontiguousarray(a)
+                    h.update(str(a.dtype).encode() + str(a.shape).encode())
+                    h.update(a.tobytes())
+            h.update("\n".join(self.exp_names + ["|"] + self.speech_names).encode())
+            self._hash = h.hexdigest()[:16]
+        return self._hash
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        n3 = self.mean.shape[0]
+        if n3 == 0 or n3 % 3:
+            raise ModelError(f"mean must have 3N entries, got {n3}")
+        checks = [("U_id", self.U_id, self.ev_id), ("U_exp", self.U_exp, self.ev_exp)]
+        if self.U_speech is not None:
+            checks.append(("U_speech", self.U_speech, self.ev_speech))
+        if self.U_tex is not None:
+            checks.append(("U_tex", self.U_tex, self.ev_tex))
+        for name, U, ev in checks:
+            if U.ndim != 2 or U.shape[0] != n3:
+                raise ModelError(f"{name} must be [3N={n3}, k], got {list(U.shape)}")
+            if ev is None or ev.shape[0] != U.shape[1]:
+                raise ModelError(f"{name}: {U.shape[1]} components but "
+                                 f"{0 if ev is None else ev.shape[0]} eigenvalues")
+            if not np.all(np.isfinite(U)):
+                raise ModelError(f"{name} contains NaN or infinite values")
+            if not np.all(np.isfinite(ev)) or np.any(ev <= 0):
+                raise ModelError(f"eigenvalues of {name} must be finite and positive")
+        if not np.all(np.isfinite(self.mean)):
+            raise ModelError("mean contains NaN or infinite values")
+        if self.trilist.ndim != 2 or self.trilist.shape[1] != 3:
+            raise ModelError(f"trilist must be [T, 3], got {list(self.trilist.shape)}")
+        if self.trilist.size and (self.trilist.min() < 0 or self.trilist.max() >= self.n_vertices):
+            raise ModelError("trilist indexes vertices outside the mean shape")
+        if self.landmarks.shape[0] != 68:
+            raise ModelError(f"landmarks must hold 68 vertex indices, got {self.landmarks.shape[0]}")
+        if self.landmarks.min() < 0 or self.landmarks.max() >= self.n_vertices:
+            raise ModelError("landmark indices outside the mean shape")
+        if self.texture_mean is not None and self.texture_mean.shape != (self.n_vertices, 3):
+            raise ModelError(f"texture_mean must be [N={self.n_vertices}, 3]")
+        if len(self.exp_names) != self.n_exp:
+            raise ModelError(f"{len(self.exp_names)} exp_names for {self.n_exp} expression components")
+
+    # ------------------------------------------------------------------ parameters
+    def _ev(self, basis: str) -> np.ndarray:
+        if basis == "id":
+            return self.ev_id
+        if basis == "exp":
+            return self.ev_exp
+        if basis == "speech":
+            if self.ev_speech is None:
+                raise ModelError("this model has no speech basis")
+            return self.ev_speech
+        if basis == "exp+speech":
+            return np.concatenate([self.ev_exp, self._ev("speech")])
+        if basis == "tex":
+            return self.ev_tex
+        raise ValueError(f"unknown basis {basis!r}")
+
+    def normalise(self, p, basis: str = "exp"):
+        """Raw coefficients -> normalised (divide by sqrt(eigenvalue)). [..., k] -> [..., k]."""
+        return p / _like(np.sqrt(self._ev(basis)), p)
+
+    def denormalise(self, p, basis: str = "exp"):
+        """Normalised -> raw coefficients (multiply by sqrt(eigenvalue)). [..., k] -> [..., k]."""
+        return p * _like(np.sqrt(self._ev(basis)), p)
+
+    # ------------------------------------------------------------------ shapes
+    def _exp_basis_np(self, width: int):
+        if width <= self.n_exp:
+            return self.U_exp[:, :width], self.ev_exp[:width]
+        if self.U_speech is None or width > self.n_exp + self.n_speech:
+            raise ModelError(f"p_exp has {width} entries; model has {self.n_exp} expression and "
+                             f"{self.n_speech} speech components")
+        extra = width - self.n_exp
+        return (np.concatenate([self.U_exp, self.U_speech[:, :extra]], 1),
+                np.concatenate([self.ev_exp, self.ev_speech[:extra]]))
+
+    def instance(self, p_id=None, p_exp=None):
+        """Shape for normalised parameters.
+
+        p_id [K'] or [B, K'] (K' <= K, missing trailing entries are 0), p_exp [E'] or [B, E']
+        (E' <= E + S).  Returns [N, 3] or [B, N, 3]; numpy in -> numpy out, torch in -> torch out.
+        """
+        if _is_torch(p_id) or _is_torch(p_exp):
+            return self._instance_torch(p_id, p_exp)
+        batched = any(p is not None and np.ndim(p) == 2 for p in (p_id, p_exp))
+        B = None
+        flat = self.mean.astype(np.float32)
+        offs = []
+        if p_id is not None:
+            p = np.atleast_2d(np.asarray(p_id, dtype=np.float32))
+            k = p.shape[1]
+            if k > self.n_id:
+                raise ModelError(f"p_id has {k} entries; model has {self.n_id} identity components")
+            offs.append((p * np.sqrt(self.ev_id[:k])) @ self.U_id[:, :k].T)
+        if p_exp is not None:
+            p = np.atleast_2d(np.asarray(p_exp, dtype=np.float32))
+            U, ev = self._exp_basis_np(p.shape[1])
+            offs.append((p * np.sqrt(ev)) @ U.T)
+        out = flat[None]
+        for o in offs:
+            out = out + o
+        out = out.reshape(out.shape[0], -1, 3)
+        return out if batched else out[0]
+
+    def torch_bases(self, device=None, dtype=None):
+        """Cached torch tensors (mean [3N], U_id*sqrt(ev) [3N,K], U_exp(+speech)*sqrt(ev) [3N,E+S])."""
+        import torch
+
+        dtype = dtype or torch.float32
+        key = (str(device), str(dtype))
+        if key not in self._torch_cache:
+            U_e, ev_e = self._exp_basis_np(self.n_exp + self.n_speech)
+            self._torch_cache[key] = (
+                torch.as_tensor(self.mean, device=device, dtype=dtype),
+                torch.as_tensor(self.U_id * np.sqrt(self.ev_id)[None], device=device, dtype=dtype),
+                torch.as_tensor(U_e * np.sqrt(ev_e)[None], device=device, dtype=dtype),
+            )
+        return self._torch_cache[key]
+
+    def _instance_torch(self, p_id, p_exp):
+        import torch
+
+        ref = p_id if _is_torch(p_id) else p_exp
+        mean, Bid, Bexp = self.torch_bases(ref.device, ref.dtype)
+        batched = any(p is not None and p.dim() == 2 for p in (p_id, p_exp))
+        out = mean[None]
+        if p_id is not None:
+            p = torch.as_tensor(p_id, device=ref.device, dtype=ref.dtype)
+            p = p[None] if p.dim() == 1 else p
+            if p.shape[1] > self.n_id:
+                raise ModelError(f"p_id has {p.shape[1]} entries; model has {self.n_id}")
+            out = out + p @ Bid[:, : p.shape[1]].T
+        if p_exp is not None:
+            p = torch.as_tensor(p_exp, device=ref.device, dtype=ref.dtype)
+            p = p[None] if p.dim() == 1 else p
+            if p.shape[1] > Bexp.shape[1]:
+                raise ModelError(f"p_exp has {p.shape[1]} entries; model has {Bexp.shape[1]}")
+            out = out + p @ Bexp[:, : p.shape[1]].T
+        out = out.reshape(out.shape[0], -1, 3)
+        return out if batched else out[0]
+
+    def landmarks_3d(self, p_id=None, p_exp=None):
+        """[68, 3] (or [B, 68, 3]) landmark vertices of the instance."""
+        return self.instance(p_id, p_exp)[..., self.landmarks, :]
+
+    def texture(self, p_tex=None) -> np.ndarray:
+        """[N, 3] albedo in [0, 1] for normalised texture parameters (mean when None)."""
+        if self.texture_mean is None:
+            return np.full((self.n_vertices, 3), 0.7, np.float32)
+        t = self.texture_mean.reshape(-1).copy()
+        if p_tex is not None and self.U_tex is not None:
+            p = np.asarray(p_tex, np.float32)
+            k = p.shape[-1]
+            t = t + self.U_tex[:, :k] @ (p * np.sqrt(self.ev_tex[:k]))
+        return np.clip(t.reshape(-1, 3), 0.0, 1.0)
+
+    # ------------------------------------------------------------------ projection
+    def project_expression(self, shape, with_speech: bool = False) -> np.ndarray:
+        """The paper's projection p = U_exp^T (S - s_bar), normalised.
+
+        shape [N, 3] / [3N] or [B, N, 3] -> [E] or [B, E] (E + S when ``with_speech``).
+        """
+        S = np.asarray(shape, np.float64)
+        batched = S.ndim == 3 or (S.ndim == 2 and S.shape[1] != 3)
+        S = S.reshape(S.shape[0], -1) if S.ndim == 3 else S.reshape(1, -1) if not batched else S
+        U, ev = self._exp_basis_np(self.n_exp + (self.n_speech if with_speech else 0))
+        p = (S - self.mean[None]) @ U.astype(np.float64) / np.sqrt(ev)[None]
+        p = p.astype(np.float32)
+        return p if batched else p[0]
+
+    # ------------------------------------------------------------------ I/O
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``model.h5`` (DESIGN.md layout) atomically."""
+        import h5py
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            with h5py.File(tmp, "w", track_order=True) as f:
+                for name in _ARRAYS:
+                    a = getattr(self, name)
+                    if a is not None:
+                        f.create_dataset(name, data=a, track_times=False)
+                str_dt = h5py.string_dtype("utf-8")
+                f.create_dataset("exp_names", data=np.array(self.exp_names, dtype=object),
+                                 dtype=str_dt, track_times=False)
+                if self.speech_names:
+                    f.create_dataset("speech_names", data=np.array(self.speech_names, dtype=object),
+                                     dtype=str_dt, track_times=False)
+                f.attrs["source"] = self.source
+                f.attrs["hash"] = self.hash
+                f.attrs["format"] = "slidergan-3dmm/1"
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "MorphableModel":
+        """Read ``model.h5``; raise :class:`ModelError` with a one-line reason when malformed."""
+        import h5py
+
+        path = Path(path)
+        if not path.is_file():
+            raise ModelError(f"model file not found: {path}")
+        try:
+            f = h5py.File(path, "r")
+        except OSError:
+            raise ModelError(f"{path}: not an HDF5 model file") from None
+        with f:
+            missing = [k for k in ("mean", "U_id", "ev_id", "U_exp", "ev_exp", "trilist", "landmarks")
+                       if k not in f]
+            if missing:
+                raise ModelError(f"{path}: missing dataset(s) {', '.join(missing)}")
+            kw = {k: f[k][()] for k in _ARRAYS if k in f}
+            kw["exp_names"] = [_s(x) for x in f["exp_names"][()]] if "exp_names" in f else []
+            kw["speech_names"] = [_s(x) for x in f["speech_names"][()]] if "speech_names" in f else []
+            kw["source"] = _s(f.attrs.get("source", "unknown"))
+            stored = f.attrs.get("hash")
+        try:
+            m = cls(**kw)
+        except ModelError as e:
+            raise ModelError(f"{path}: {e}") from None
+        if stored is not None and _s(stored) != m.hash:
+            raise ModelError(f"{path}: content hash mismatch (file corrupted or edited)")
+        return m
+
+    def __repr__(self) -> str:
+        return (f"MorphableModel(source={self.source!r}, N={self.n_vertices}, K={self.n_id}, "
+                f"E={self.n_exp}, S={self.n_speech}, hash={self.hash})")
+
+
+# ---------------------------------------------------------------------- helpers
+def _s(x) -> str:
+    return x.decode() if isinstance(x, bytes) else str(x)
+
+
+def _basis(U) -> np.ndarray:
+    return np.ascontiguousarray(U, dtype=np.float32)
+
+
+def _is_torch(x) -> bool:
+    return x is not None and type(x).__module__.startswith("torch")
+
+
+def _like(a: np.ndarray, ref):
+    if _is_torch(ref):
+        import torch
+
+        return torch.as_tensor(a, device=ref.device, dtype=ref.dtype)
+    return a
+
+
+def orthonormalise(U: np.ndarray) -> np.ndarray:
+    """Orthonormal columns spanning U (thin QR, sign fixed so diag(R) > 0). [3N,k] -> [3N,k]."""
+    Q, R = np.linalg.qr(np.asarray(U, np.float64))
+    return Q * np.sign(np.where(np.diag(R) == 0, 1, np.diag(R)))[None]
+
+
+# ---------------------------------------------------------------------- loaders
+def _read_mat(path: Path) -> dict:
+    """Read a MATLAB file (v5 via scipy, v7.3 via h5py) into a dict of numpy arrays."""
+    if not path.is_file():
+        raise ModelError(f"file not found: {path}")
+    import h5py
+
+    if h5py.is_hdf5(path):
+        out = {}
+        with h5py.File(path, "r") as f:
+            for k, v in f.items():
+                if isinstance(v, h5py.Dataset):
+                    a = v[()]
+                    # MATLAB v7.3 stores arrays transposed (column-major).
+                    out[k] = a.T if isinstance(a, np.ndarray) and a.ndim >= 2 else a
+        return out
+    import scipy.io
+
+    try:
+        d = scipy.io.loadmat(str(path))
+    except Exception as e:  # noqa: BLE001 - scipy raises several types for bad files
+        raise ModelError(f"{path}: not a readable MATLAB file ({e.__class__.__name__})") from None
+    return {k: v for k, v in d.items() if not k.startswith("__")}
+
+
+def _read_linear(path: Path) -> dict:
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise ModelError(f"file not found: {path}")
+    if suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except Exception as e:  # noqa: BLE001
+            raise ModelError(f"{path}: not a readable .npz file ({e.__class__.__name__})") from None
+    if suffix == ".mat":
+        return _read_mat(path)
+    if suffix in (".h5", ".hdf5"):
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            return {k: f[k][()] for k in f if isinstance(f[k], h5py.Dataset)}
+    raise ModelError(f"{path}: unsupported model format {suffix!r} (use .mat, .npz or .h5)")
+
+
+_ALIASES = {
+    "mean": ("mean", "mu", "shape_mean", "mean_shape", "s_bar"),
+    "components": ("components", "U", "basis", "pc", "shape_pc", "eigenvectors"),
+    "eigenvalues": ("eigenvalues", "ev", "eigvals", "shape_ev", "variance", "sigma2"),
+    "trilist": ("trilist", "tri", "triangles", "faces"),
+    "landmarks": ("landmarks", "landmark_indices", "lm_idx"),
+    "names": ("names", "exp_names", "component_names"),
+}
+
+
+def _pick(d: dict, what: str, path: Path, required: bool = True):
+    for k in _ALIASES[what]:
+        if k in d:
+            return d[k]
+    if required:
+        raise ModelError(f"{path}: missing field {what!r} (accepted names: {', '.join(_ALIASES[what])})")
+    return None
+
+
+@dataclass
+class LinearModel:
+    """A PCA shape model: mean [3N], components [3N, k] (orthonormal), eigenvalues [k]."""
+
+    mean: np.ndarray
+    components: np.ndarray
+    eigenvalues: np.ndarray
+    trilist: Optional[np.ndarray] = None
+    landmarks: Optional[np.ndarray] = None
+    names: Optional[list] = None
+    source: str = ""
+
+
+def _linear_from_dict(d: dict, path: Path) -> LinearModel:
+    mean = np.asarray(_pick(d, "mean", path), np.float64).reshape(-1)
+    comps = np.asarray(_pick(d, "components", path), np.float64)
+    ev = np.asarray(_pick(d, "eigenvalues", path), np.float64).reshape(-1)
+    if comps.ndim != 2:
+        raise ModelError(f"{path}: components must be a matrix, got shape {list(comps.shape)}")
+    if comps.shape[0] != mean.shape[0] and comps.shape[1] == mean.shape[0]:
+        comps = comps.T  # stored as [k, 3N]
+    if comps.shape[0] != mean.shape[0]:
+        raise ModelError(f"{path}: components {list(comps.shape)} do not match mean of length {mean.shape[0]}")
+    if ev.shape[0] != comps.shape[1]:
+        raise ModelError(f"{path}: {comps.shape[1]} components but {ev.shape[0]} eigenvalues")
+    for name, a in (("mean", mean), ("components", comps), ("eigenvalues", ev)):
+        if not np.all(np.isfinite(a)):
+            raise ModelError(f"{path}: {name} contains NaN or infinite values")
+    tri = _pick(d, "trilist", path, required=False)
+    if tri is not None:
+        tri = np.asarray(tri, np.int64)
+        if tri.ndim == 2 and tri.shape[0] == 3 and tri.shape[1] != 3:
+            tri = tri.T
+    lms = _pick(d, "landmarks", path, required=False)
+    names = _pick(d, "names", path, required=False)
+    if names is not None:
+        names = [_s(n).strip() for n in np.asarray(names).reshape(-1)]
+    return LinearModel(mean, comps, ev, tri,
+                       None if lms is None else np.asarray(lms, np.int64).reshape(-1), names, str(path))
+
+
+def load_lsfm(path: str | os.PathLike) -> LinearModel:
+    """LSFM identity model as distributed (``all_all_all.mat`` and friends).
+
+    Fields: ``mean`` (3N), ``components`` (3N x K), ``eigenvalues`` (K), ``trilist`` (T x 3,
+    0-based), optionally ``cumulative_explained_variance``, ``n_training_samples`` and, for
+    the cropped variants, ``map_cropped_to_full`` / ``map_full_to_cropped``.  MATLAB v5 and
+    v7.3 (HDF5) files are accepted.  LSFM ships no landmarks; give them separately.
+    """
+    path = Path(path)
+    d = _read_mat(path)
+    if "trilist" not in d:
+        raise ModelError(f"{path}: missing field 'trilist' (an LSFM model file has mean, components, "
+                         "eigenvalues, trilist)")
+    lm = _linear_from_dict(d, path)
+    if lm.trilist is not None and lm.trilist.size and lm.trilist.min() == 1 \
+            and lm.trilist.max() == lm.mean.shape[0] // 3:
+        lm.trilist = lm.trilist - 1  # 1-based export
+    return lm
+
+
+def load_linear_model(path: str | os.PathLike) -> LinearModel:
+    """A generic linear model file (``.npz``, ``.mat`` or ``.h5``) with mean / components /
+    eigenvalues (aliases accepted, see ``_ALIASES``) — the accepted 4DFAB expression model
+    and speech model layouts.  Components may be stored [3N, k] or [k, 3N]."""
+    path = Path(path)
+    return _linear_from_dict(_read_linear(path), path)
+
+
+def load_landmark_indices(path: str | os.PathLike) -> np.ndarray:
+    """68 vertex indices from a text file (one integer per line / whitespace separated),
+    ``.npy`` or ``.json`` list."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"landmark index file not found: {path}")
+    try:
+        if path.suffix == ".npy":
+            idx = np.load(path)
+        elif path.suffix == ".json":
+            import json
+
+            idx = np.asarray(json.loads(path.read_text()))
+        else:
+            idx = np.loadtxt(path, dtype=np.int64)
+    except Exception as e:  # noqa: BLE001
+        raise ModelError(f"{path}: cannot read landmark indices ({e.__class__.__name__})") from None
+    idx = np.asarray(idx, np.int64).reshape(-1)
+    if idx.shape[0] != 68:
+        raise ModelError(f"{path}: expected 68 landmark indices, got {idx.shape[0]}")
+    return idx
+
+
+def combine(identity: LinearModel, expression: LinearModel, landmarks: Optional[Sequence[int]] = None,
+            speech: Optional[LinearModel] = None, exp_names: Optional[Sequence[str]] = None,
+            n_id: Optional[int] = None, n_exp: Optional[int] = None,
+            source: str = "") -> MorphableModel:
+    """Identity basis (LSFM) + expression basis (4DFAB) on one mean and topology, as the paper.
+
+    The identity model's mean is the model mean; expression (and speech) components are
+    deformations around their own mean and must share the vertex count (topology).  Bases
+    are re-orthonormalised (the expression basis is orthogonalised against nothing: LSFM and
+    4DFAB bases are used as given, each with orthonormal columns).
+    """
+    n3 = identity.mean.shape[0]
+    for name, m in (("expression", expression), ("speech", speech)):
+        if m is not None and m.mean.shape[0] != n3:
+            raise ModelError(f"{name} model has {m.mean.shape[0] // 3} vertices but the identity model has "
+                             f"{n3 // 3}: topologies differ (give models in dense correspondence)")
+    tri = identity.trilist if identity.trilist is not None else expression.trilist
+    if tri is None:
+        raise ModelError("no triangle list in the identity or expression model")
+    lms = landmarks if landmarks is not None else (
+        identity.landmarks if identity.landmarks is not None else expression.landmarks)
+    if lms is None:
+        raise ModelError("no 68 landmark indices: pass --landmarks FILE (LSFM ships none)")
+    k = identity.components.shape[1] if n_id is None else min(n_id, identity.components.shape[1])
+    e = expression.components.shape[1] if n_exp is None else min(n_exp, expression.components.shape[1])
+    names = list(exp_names) if exp_names else (expression.names or [])
+    names = names[:e] if len(names) >= e else []
+    kw = {}
+    if speech is not None:
+        kw = dict(U_speech=orthonormalise(speech.components), ev_speech=speech.eigenvalues)
+    return MorphableModel(
+        mean=identity.mean, U_id=orthonormalise(identity.components[:, :k]), ev_id=identity.eigenvalues[:k],
+        U_exp=orthonormalise(expression.components[:, :e]), ev_exp=expression.eigenvalues[:e],
+        trilist=tri, landmarks=np.asarray(lms, np.int64), exp_names=names,
+        source=source or f"{Path(identity.source).name}+{Path(expression.source).name}", **kw)
