@@ -1,0 +1,303 @@
+"""Batched 3DMM fitting to 68 2D landmarks (camera + identity + expression).
+
+The fitter alternates two closed-form steps, vectorised over a batch of B faces with torch
+(float64; GPU when one is present):
+
+1. **camera** — for the current 3D landmarks ``X [B,68,3]``, a weighted affine camera
+   ``[u, -v] = A X + c`` is solved by linear least squares and projected onto the nearest
+   *scaled orthographic* camera (``A = s R[:2]``; SVD ``A = U S V^T``, ``R[:2] = U V^T``,
+   ``s = mean(S)``); the translation is re-solved for that ``s R``.  Weak perspective
+   (``dist = 0``) in the shared layout ``[pitch, yaw, roll, tx, ty, scale, dist]``.
+2. **shape** — for a fixed camera the projected landmarks are linear in the normalised
+   parameters ``p = [p_id, p_exp]``, so the MAP estimate under the eigenvalue priors
+   ``p ~ N(0, 1/prior)`` is a regularised linear least squares problem, solved exactly
+   by its ``P x P`` normal equations (``P = K' + E``, about 70).
+
+Objective (what step 2 minimises exactly and step 1 approximately)::
+
+    E(p, cam) = sum_k w_k ||proj_k(p, cam) - y_k||^2 / (sigma * s_ref)^2
+                + prior_id ||p_id||^2 + prior_exp ||p_exp||^2
+
+with ``s_ref`` the pixels-per-model-unit scale of the face (from its inter-ocular distance)
+and ``sigma`` the landmark noise as a fraction of the model's inter-ocular distance.
+
+Only the 68 landmark rows of the bases are used, so one iteration is a handful of small
+batched matrix products — thousands of faces per second on a CPU.
+
+**Jaw contour.** Annotators and detectors put the 17 jaw points on the face *silhouette*,
+which slides over the surface as the head turns.  With ``contour="dynamic"`` each jaw
+point (except the chin) has a precomputed horizontal line of candidate vertices (same
+height band, same side, from the landmark vertex inwards and towards the front); at every
+iteration the candidate that is outermost in the rotated camera frame is used (the
+silhouette), as in Zhu et al. (3DDFA) and Booth et al.  ``contour="fixed"`` always uses the
+model's landmark vertex (right when the 2D landmarks are projections of those vertices,
+as in the demo world's sidecars).  ``contour_weight`` scales the weight of the jaw points.
+
+Hand-written rather than a generic optimiser because the two closed-form steps are exact,
+deterministic and need no step sizes; tests compare them against per-face numpy/scipy
+references.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+JAW = np.arange(17)
+CHIN = 8
+LEFT_EYE = np.arange(36, 42)
+RIGHT_EYE = np.arange(42, 48)
+
+
+def interocular(lm) -> np.ndarray:
+    """Distance between the eye centres of 68-point shapes ``[..., 68, D] -> [...]``."""
+    lm = np.asarray(lm, np.float64)
+    return np.linalg.norm(lm[..., LEFT_EYE, :].mean(-2) - lm[..., RIGHT_EYE, :].mean(-2), axis=-1)
+
+
+@dataclass
+class FitOptions:
+    """Options of :class:`LandmarkFitter` (config section ``fit``)."""
+
+    iterations: int = 10
+    n_id: Optional[int] = None          # identity components used (None: all)
+    n_exp: Optional[int] = None         # expression components used (None: all E)
+    prior_id: float = 1.0
+    prior_exp: float = 1.0
+    sigma: float = 0.03                 # landmark noise, fraction of the model inter-ocular distance
+    contour: str = "dynamic"            # dynamic | fixed
+    contour_weight: float = 1.0
+    device: Optional[str] = None        # None: cuda when available, else cpu
+
+    @classmethod
+    def from_config(cls, fit_cfg: dict, **over) -> "FitOptions":
+        names = set(cls.__dataclass_fields__)
+        kw = {k: v for k, v in dict(fit_cfg).items() if k in names}
+        kw.update(over)
+        return cls(**kw)
+
+
+@dataclass
+class FitResult:
+    """Per-face results (numpy): ``p_id [B,K']``, ``p_exp [B,E']`` (normalised),
+    ``camera [B,7]``, ``lm_fitted [B,68,2]`` (pixels), ``fit_error [B]`` (landmark RMSE /
+    inter-ocular distance of the target landmarks), ``converged [B]`` bool."""
+
+    p_id: np.ndarray
+    p_exp: np.ndarray
+    camera: np.ndarray
+    lm_fitted: np.ndarray
+    fit_error: np.ndarray
+    converged: np.ndarray = field(default=None)
+
+
+def rotation_to_angles(R):
+    """Inverse of ``R = Rz(roll) Ry(yaw) Rx(pitch)``: ``R [...,3,3] -> (pitch, yaw, roll)``
+    (torch tensors ``[...]``)."""
+    import torch
+
+    yaw = torch.asin(torch.clamp(-R[..., 2, 0], -1.0, 1.0))
+    roll = torch.atan2(R[..., 1, 0], R[..., 0, 0])
+    pitch = torch.atan2(R[..., 2, 1], R[..., 2, 2])
+    return pitch, yaw, roll
+
+
+def scaled_orthographic_camera(X, y, w):
+    """Closed-form weak-perspective camera for 3D points and their 2D projections.
+
+    Args:
+        X: ``[B, L, 3]`` model points; y: ``[B, L, 2]`` pixels (u, v); w: ``[B, L]`` weights.
+    Returns:
+        ``(s [B], R [B,3,3], t [B,2])`` with ``[u, v] ~ (s X R[0] + tx, -s X R[1] + ty)``.
+    """
+    import torch
+
+    yf = torch.stack([y[..., 0], -y[..., 1]], -1)                      # [B,L,2], v flipped
+    Xh = torch.cat([X, torch.ones_like(X[..., :1])], -1)               # [B,L,4]
+    Xw = Xh * w[..., None]
+    G = Xw.transpose(1, 2) @ Xh                                        # [B,4,4]
+    G = G + 1e-9 * G.diagonal(dim1=1, dim2=2).mean(-1)[:, None, None] * torch.eye(4, dtype=X.dtype, device=X.device)
+    M = torch.linalg.solve(G, Xw.transpose(1, 2) @ yf)                 # [B,4,2]
+    A = M[:, :3, :].transpose(1, 2)                                    # [B,2,3]
+    U, S, Vh = torch.linalg.svd(A, full_matrices=False)                # U [B,2,2], Vh [B,2,3]
+    R2 = U @ Vh
+    s = S.mean(-1)
+    r3 = torch.linalg.cross(R2[:, 0], R2[:, 1], dim=-1)
+    R = torch.cat([R2, r3[:, None]], 1)
+    proj = s[:, None, None] * (X @ R2.transpose(1, 2))                 # [B,L,2]
+    wsum = w.sum(-1).clamp_min(1e-12)
+    t = ((yf - proj) * w[..., None]).sum(1) / wsum[:, None]
+    return s, R, torch.stack([t[:, 0], -t[:, 1]], -1)
+
+
+def camera_vector(s, R, t):
+    """``(s [B], R [B,3,3], t [B,2]) -> camera [B,7]`` (weak perspective, dist = 0)."""
+    import torch
+
+    pitch, yaw, roll = rotation_to_angles(R)
+    return torch.stack([pitch, yaw, roll, t[:, 0], t[:, 1], s, torch.zeros_like(s)], -1)
+
+
+def _contour_candidates(mean: np.ndarray, landmarks: np.ndarray, max_candidates: int = 48) -> np.ndarray:
+    """Candidate vertex lines for the jaw points: ``[17, C] int64`` (row 8 = chin, fixed).
+
+    For jaw landmark j with vertex (x_j, y_j, z_j): vertices in a horizontal band
+    ``|y - y_j| < h_j`` on the same side (``x * x_j > 0``), inwards (``|x| <= |x_j|``) and
+    not behind it (``z >= z_j``); the landmark vertex itself is always first.  When more
+    than ``max_candidates`` qualify, an even subsample along x is kept.  Rows are padded
+    by repeating the landmark vertex.
+    """
+    V = mean.reshape(-1, 3).astype(np.float64)
+    jaw = landmarks[JAW]
+    P = V[jaw]
+    spacing = np.abs(np.diff(P[:, 1]))
+    rows = []
+    for j in range(17):
+        lv = jaw[j]
+        if j == CHIN:
+            rows.append([lv])
+            continue
+        near = [spacing[j - 1] if j > 0 else np.inf, spacing[j] if j < 16 else np.inf]
+        h = max(0.5 * min(near), 1e-3 * np.ptp(V[:, 1]))
+        x, y, z = P[j]
+        sel = ((np.abs(V[:, 1] - y) < h) & (V[:, 0] * x > 0) & (np.abs(V[:, 0]) <= abs(x))
+               & (V[:, 2] >= z))
+        cand = np.flatnonzero(sel)
+        cand = cand[cand != lv]
+        if len(cand) > max_candidates - 1:
+            order = cand[np.argsort(np.abs(V[cand, 0]), kind="stable")]
+            cand = order[np.linspace(0, len(order) - 1, max_candidates - 1).round().astype(int)]
+        rows.append([lv] + list(cand))
+    C = max(len(r) for r in rows)
+    return np.array([r + [r[0]] * (C - len(r)) for r in rows], np.int64)
+
+
+class LandmarkFitter:
+    """Fit camera + identity + expression to batches of 68 2D landmarks.
+
+    ``LandmarkFitter(model, options).fit(lm [B,68,2], weights [B,68] | None) -> FitResult``.
+    Deterministic (float64, no randomness); runs on ``options.device``.
+    """
+
+    def __init__(self, model, options: FitOptions | None = None):
+        import torch
+
+        self.model = model
+        self.opt = opt = options or FitOptions()
+        if opt.contour not in ("dynamic", "fixed"):
+            raise ValueError(f"fit.contour must be 'dynamic' or 'fixed', got {opt.contour!r}")
+        self.device = torch.device(opt.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dtype = torch.float64
+        self.k = model.n_id if opt.n_id is None else max(0, min(int(opt.n_id), model.n_id))
+        self.e = model.n_exp if opt.n_exp is None else max(0, min(int(opt.n_exp), model.n_exp + model.n_speech))
+        U_e, ev_e = model._exp_basis_np(self.e) if self.e else (np.zeros((model.mean.size, 0)), np.zeros(0))
+        lm = np.asarray(model.landmarks, np.int64)
+        if opt.contour == "dynamic":
+            cand = _contour_candidates(model.mean, lm)                 # [17, C]
+        else:
+            cand = lm[JAW][:, None]
+        self.n_cand = cand.shape[1]
+        verts = np.concatenate([lm, cand.reshape(-1)])                 # 68 + 17*C vertex ids
+        rows = (verts[:, None] * 3 + np.arange(3)[None]).reshape(-1)
+        B_id = model.U_id[rows, : self.k].astype(np.float64) * np.sqrt(model.ev_id[: self.k].astype(np.float64))
+        B_ex = U_e[rows].astype(np.float64) * np.sqrt(np.asarray(ev_e, np.float64))
+        basis = np.concatenate([B_id, B_ex], 1).reshape(len(verts), 3, self.k + self.e)
+        mean = model.mean[rows].astype(np.float64).reshape(len(verts), 3)
+        t = lambda a: torch.as_tensor(a, dtype=self.dtype, device=self.device)  # noqa: E731
+        self._mean_lm, self._basis_lm = t(mean[:68]), t(basis[:68])
+        self._mean_c = t(mean[68:].reshape(17, self.n_cand, 3))
+        self._basis_c = t(basis[68:].reshape(17, self.n_cand, 3, self.k + self.e))
+        self._side = t(np.where(np.arange(17) < CHIN, -1.0, 1.0))     # outward direction in x
+        self.model_iod = float(interocular(mean[:68]))
+        prior = np.concatenate([np.full(self.k, opt.prior_id), np.full(self.e, opt.prior_exp)])
+        self._prior = t(prior)
+
+    # ---------------------------------------------------------------- pieces
+    def _landmark_geometry(self, p, R):
+        """3D landmarks and basis rows for params ``p [B,P]`` and rotations ``R [B,3,3]``.
+
+        Returns ``X [B,68,3]``, ``Bm [B,68,3,P]``, ``m [B,68,3]`` (mean rows), using the
+        silhouette candidate for the jaw points when the contour is dynamic.
+        """
+        import torch
+
+        Bsz = p.shape[0]
+        m = self._mean_lm.expand(Bsz, -1, -1)
+        Bm = self._basis_lm.expand(Bsz, -1, -1, -1)
+        if self.n_cand > 1 and R is not None:
+            Xc = self._mean_c[None] + torch.einsum("jckp,bp->bjck", self._basis_c, p)   # [B,17,C,3]
+            xcam = torch.einsum("bjck,bk->bjc", Xc, R[:, 0])                           # camera x
+            pick = torch.argmax(xcam * self._side[None, :, None], dim=-1)              # [B,17]
+            jm = torch.gather(self._mean_c.expand(Bsz, -1, -1, -1), 2,
+                              pick[:, :, None, None].expand(-1, -1, 1, 3))[:, :, 0]    # [B,17,3]
+            jb = self._basis_c[torch.arange(17, device=p.device)[None], pick]          # [B,17,3,P]
+            m = torch.cat([jm, m[:, 17:]], 1)
+            Bm = torch.cat([jb, Bm[:, 17:]], 1)
+        X = m + torch.einsum("blkp,bp->blk", Bm, p)
+        return X, Bm, m
+
+    def _solve_shape(self, y, w, s, R, t, Bm, m, s_ref):
+        """Exact minimiser of E over p for a fixed camera (batched normal equations)."""
+        import torch
+
+        R2 = R[:, :2]                                                   # [B,2,3]
+        yf = torch.stack([y[..., 0] - t[:, None, 0], -(y[..., 1] - t[:, None, 1])], -1)   # [B,L,2]
+        A = torch.einsum("bij,bljp->blip", R2, Bm)                      # [B,L,2,P]
+        b = yf / s[:, None, None] - torch.einsum("bij,blj->bli", R2, m)
+        sigma = self.opt.sigma * self.model_iod
+        # ||s (A p - b)||^2 / (sigma s_ref)^2 per point
+        wd = (w * (s / s_ref)[:, None] ** 2 / sigma ** 2)[..., None, None]
+        P = A.shape[-1]
+        Af = A.reshape(A.shape[0], -1, P)
+        wf = wd.expand(-1, -1, 2, 1).reshape(A.shape[0], -1, 1)
+        H = Af.transpose(1, 2) @ (wf * Af) + torch.diag_embed(self._prior.expand(A.shape[0], -1))
+        g = Af.transpose(1, 2) @ (wf * b.reshape(A.shape[0], -1, 1))
+        return torch.linalg.solve(H, g)[..., 0]
+
+    # ---------------------------------------------------------------- main
+    def fit(self, lm2d, weights=None) -> FitResult:
+        """Fit a batch.
+
+        Args:
+            lm2d: ``[B, 68, 2]`` target landmarks, pixels (u, v) (numpy or torch).
+            weights: ``[B, 68]`` per-point weights (0 ignores a point); default ones.
+        Returns:
+            :class:`FitResult` with numpy arrays (float32).
+        """
+        import torch
+
+        from render.camera import project_torch
+
+        y = torch.as_tensor(np.asarray(lm2d, np.float64), dtype=self.dtype, device=self.device)
+        if y.ndim != 3 or y.shape[1:] != (68, 2):
+            raise ValueError(f"landmarks must be [B, 68, 2], got {tuple(y.shape)}")
+        Bsz = y.shape[0]
+        P = self.k + self.e
+        if Bsz == 0:
+            z = np.zeros
+            return FitResult(z((0, self.k), np.float32), z((0, self.e), np.float32), z((0, 7), np.float32),
+                             z((0, 68, 2), np.float32), z(0, np.float32), z(0, bool))
+        w = (torch.ones(Bsz, 68, dtype=self.dtype, device=self.device) if weights is None
+             else torch.as_tensor(np.asarray(weights, np.float64), dtype=self.dtype, device=self.device))
+        w = w.clone()
+        w[:, JAW] *= self.opt.contour_weight
+        iod_2d = torch.as_tensor(interocular(np.asarray(lm2d, np.float64)), dtype=self.dtype, device=self.device)
+        s_ref = (iod_2d / self.model_iod).clamp_min(1e-12)
+        p = torch.zeros(Bsz, P, dtype=self.dtype, device=self.device)
+        R = None
+        for _ in range(max(1, int(self.opt.iterations))):
+            X, Bm, m = self._landmark_geometry(p, R)
+            s, R, t = scaled_orthographic_camera(X, y, w)
+            X, Bm, m = self._landmark_geometry(p, R)
+            p = self._solve_shape(y, w, s, R, t, Bm, m, s_ref)
+        X, Bm, m = self._landmark_geometry(p, R)
+        s, R, t = scaled_orthographic_camera(X, y, w)
+        X, _, _ = self._landmark_geometry(p, R)
+        cam = camera_vector(s, R, t)
+        fitted = project_torch(X, cam)
+        err = torch.sqrt(((fitted - y) ** 2).sum(-1).mean(-1)) / iod_2d.clamp_min(1e-12)
+        ok = torch.isfinite(err) & torch.isfinite(p).all(-1) & torch.isfinite(cam).all(-1)
+        f = lambda a: a.detach().cpu().numpy().astype(np.float32)  # noqa: E731
+        return FitResult(p_id=f(p[:, : self.k]), p_exp=f(p[:, self.k:]), camera=f(cam),
+                         lm_fitted=f(fitted), fit_error=f(err), converged=ok.cpu().numpy())
