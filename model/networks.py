@@ -1,0 +1,202 @@
+"""SliderGAN generator and discriminator.
+
+Conventions (all tensors NCHW, images in [-1, 1]):
+
+* ``B`` batch, ``H``/``W`` image side (``image_size``), ``E`` conditioning width
+  (30 expression parameters, or 40 with speech).
+* Generator attention convention (the paper's): ``M`` is the attention mask G_m,
+  ``C`` the colour image G_i, and
+
+      I_gen = M * C + (1 - M) * I_org
+
+  so ``M == 0`` keeps the input pixel and ``M == 1`` paints the generator's colour.
+  GANimation's code uses the reverse (``A * real + (1 - A) * colour``); a mask from that
+  code equals ``1 - M`` here.
+
+``build_networks(model_config)`` builds both networks from the plain dict stored in every
+checkpoint (``ckpt["model_config"]``); ``load_from_checkpoint_state(ckpt)`` also loads their
+weights.  This module never reads files: ``train/checkpoint.py`` (or the caller) does
+``torch.load(path, weights_only=True)``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+
+MODEL_CONFIG_KEYS = ("image_size", "c_dim", "g_conv_dim", "g_repeat", "d_conv_dim", "d_repeat")
+MASK_CONVENTION = "I_gen = M * C + (1 - M) * I_org"
+
+
+class ModelConfigError(ValueError):
+    """A model configuration that cannot build networks (one-line message)."""
+
+
+class ResidualBlock(nn.Module):
+    """conv3x3-IN-ReLU-conv3x3-IN plus identity (CycleGAN/StarGAN). [B,C,H,W] -> [B,C,H,W]."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.main = nn.Sequential(
+            nn.Conv2d(dim, dim, 3, 1, 1, bias=False),
+            nn.InstanceNorm2d(dim, affine=True, track_running_stats=False),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(dim, dim, 3, 1, 1, bias=False),
+            nn.InstanceNorm2d(dim, affine=True, track_running_stats=False),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.main(x)
+
+
+class Generator(nn.Module):
+    """StarGAN/GANimation ResNet generator with colour and attention heads.
+
+    7x7 conv (conv_dim) -> 2 stride-2 4x4 down-samplings -> ``repeat`` residual blocks ->
+    2 stride-2 4x4 transposed-conv up-samplings -> two 7x7 heads: colour (3 ch, tanh) and
+    mask (1 ch, sigmoid).  Instance norm everywhere (affine, no running stats).
+
+    ``forward(x [B,3,H,W], c [B,E]) -> (out [B,3,H,W], colour [B,3,H,W], mask [B,1,H,W])``
+    with ``out = mask * colour + (1 - mask) * x``.  H and W must be multiples of 4.
+    """
+
+    def __init__(self, conv_dim: int = 64, c_dim: int = 30, repeat_num: int = 6):
+        super().__init__()
+        self.c_dim = c_dim
+        layers = [
+            nn.Conv2d(3 + c_dim, conv_dim, 7, 1, 3, bias=False),
+            nn.InstanceNorm2d(conv_dim, affine=True, track_running_stats=False),
+            nn.ReLU(inplace=True),
+        ]
+        cur = conv_dim
+        for _ in range(2):
+            layers += [
+                nn.Conv2d(cur, cur * 2, 4, 2, 1, bias=False),
+                nn.InstanceNorm2d(cur * 2, affine=True, track_running_stats=False),
+                nn.ReLU(inplace=True),
+            ]
+            cur *= 2
+        layers += [ResidualBlock(cur) for _ in range(repeat_num)]
+        for _ in range(2):
+            layers += [
+                nn.ConvTranspose2d(cur, cur // 2, 4, 2, 1, bias=False),
+                nn.InstanceNorm2d(cur // 2, affine=True, track_running_stats=False),
+                nn.ReLU(inplace=True),
+            ]
+            cur //= 2
+        self.main = nn.Sequential(*layers)
+        self.colour = nn.Sequential(nn.Conv2d(cur, 3, 7, 1, 3, bias=False), nn.Tanh())
+        self.mask = nn.Sequential(nn.Conv2d(cur, 1, 7, 1, 3, bias=False), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor):
+        if c.dim() != 2 or c.shape[1] != self.c_dim or c.shape[0] != x.shape[0]:
+            raise ValueError(f"generator expects c of shape [{x.shape[0]},{self.c_dim}], got {list(c.shape)}")
+        tiled = c.to(x.dtype)[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
+        h = self.main(torch.cat([x, tiled], dim=1))
+        colour = self.colour(h)
+        mask = self.mask(h)
+        return compose(x, colour, mask), colour, mask
+
+
+def compose(x: torch.Tensor, colour: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``mask * colour + (1 - mask) * x``: x, colour [B,3,H,W], mask [B,1,H,W] -> [B,3,H,W]."""
+    return mask * colour + (1.0 - mask) * x
+
+
+class Discriminator(nn.Module):
+    """GANimation/StarGAN PatchGAN critic with a parameter-regression head.
+
+    ``repeat`` 4x4 stride-2 convs (conv_dim, doubling), LeakyReLU(0.01), no normalisation
+    (the gradient penalty forbids batch norm).  Heads on the [B, conv_dim*2^(repeat-1),
+    H/2^repeat, W/2^repeat] features:
+
+    * patch realism: 3x3 conv -> ``[B,1,H/2^repeat,W/2^repeat]`` (unbounded critic scores);
+    * regression: conv with kernel ``H/2^repeat`` -> ``[B,E]`` (estimated parameters).
+
+    ``forward(x [B,3,H,W]) -> (patch [B,1,h,w], params [B,E])``.
+    """
+
+    def __init__(self, image_size: int = 128, conv_dim: int = 64, c_dim: int = 30, repeat_num: int = 6):
+        super().__init__()
+        kernel = image_size // (2 ** repeat_num)
+        if kernel < 1 or image_size % (2 ** repeat_num):
+            raise ModelConfigError(
+                f"image_size {image_size} is not divisible by 2^d_repeat = {2 ** repeat_num}")
+        layers = [nn.Conv2d(3, conv_dim, 4, 2, 1), nn.LeakyReLU(0.01)]
+        cur = conv_dim
+        for _ in range(1, repeat_num):
+            layers += [nn.Conv2d(cur, cur * 2, 4, 2, 1), nn.LeakyReLU(0.01)]
+            cur *= 2
+        self.main = nn.Sequential(*layers)
+        self.patch = nn.Conv2d(cur, 1, 3, 1, 1, bias=False)
+        self.regress = nn.Conv2d(cur, c_dim, kernel, 1, 0, bias=False)
+
+    def forward(self, x: torch.Tensor):
+        h = self.main(x)
+        return self.patch(h), self.regress(h).flatten(1)
+
+
+def model_config_from_train(train: Mapping[str, Any], c_dim: int) -> dict:
+    """The checkpoint's ``model_config`` dict from the ``train:`` config section."""
+    return {
+        "image_size": int(train["image_size"]),
+        "c_dim": int(c_dim),
+        "g_conv_dim": int(train["g_conv_dim"]),
+        "g_repeat": int(train["g_repeat"]),
+        "d_conv_dim": int(train["d_conv_dim"]),
+        "d_repeat": int(train["d_repeat"]),
+        "mask_convention": MASK_CONVENTION,
+    }
+
+
+def validate_model_config(cfg: Mapping[str, Any]) -> dict:
+    missing = [k for k in MODEL_CONFIG_KEYS if k not in cfg]
+    if missing:
+        raise ModelConfigError(f"model_config misses keys {missing}")
+    out = dict(cfg)
+    for k in MODEL_CONFIG_KEYS:
+        if not isinstance(cfg[k], int) or isinstance(cfg[k], bool) or cfg[k] < 1:
+            raise ModelConfigError(f"model_config[{k!r}] must be a positive int, got {cfg[k]!r}")
+    size = cfg["image_size"]
+    if size % 4:
+        raise ModelConfigError(f"image_size {size} must be a multiple of 4 (two down-samplings)")
+    if size % (2 ** cfg["d_repeat"]):
+        raise ModelConfigError(
+            f"image_size {size} is not divisible by 2^d_repeat = {2 ** cfg['d_repeat']}; "
+            f"lower train.d_repeat to at most {int(math.log2(size & -size))}")
+    return out
+
+
+def build_networks(model_config: Mapping[str, Any]) -> tuple[Generator, Discriminator]:
+    """Build ``(G, D)`` (randomly initialised) from a checkpoint's ``model_config`` dict."""
+    cfg = validate_model_config(model_config)
+    G = Generator(cfg["g_conv_dim"], cfg["c_dim"], cfg["g_repeat"])
+    D = Discriminator(cfg["image_size"], cfg["d_conv_dim"], cfg["c_dim"], cfg["d_repeat"])
+    return G, D
+
+
+def load_from_checkpoint_state(ckpt: Mapping[str, Any]) -> tuple[Generator, Discriminator, dict]:
+    """``(G, D, meta)`` from a loaded checkpoint dict (``torch.load(..., weights_only=True)``).
+
+    G and D are in eval mode on the CPU; ``meta`` holds ``variant``, ``step``, ``phase``,
+    ``model_config`` and ``format``.  Raises :class:`ModelConfigError` on a dict that is not a
+    SliderGAN checkpoint or whose weights do not fit the stored ``model_config``.
+    """
+    if not isinstance(ckpt, Mapping) or "model_config" not in ckpt or "G" not in ckpt:
+        raise ModelConfigError("not a SliderGAN checkpoint (no model_config/G)")
+    G, D = build_networks(ckpt["model_config"])
+    for name, net in (("G", G), ("D", D)):
+        if name not in ckpt:
+            continue
+        try:
+            net.load_state_dict(ckpt[name])
+        except RuntimeError as e:
+            raise ModelConfigError(f"checkpoint {name} weights do not fit model_config: "
+                                   f"{str(e).splitlines()[0]}") from None
+    G.eval()
+    D.eval()
+    meta = {k: ckpt.get(k) for k in ("format", "variant", "step", "phase")}
+    meta["model_config"] = dict(ckpt["model_config"])
+    return G, D, meta
