@@ -219,7 +219,7 @@ def run_stage(stage: Stage, out_dir: str | os.PathLike, chunk_size: int = 64, fo
                 else:
                     report.failed[i] = res
             report.computed.sort()
-        _finalize(stage, out, chunks, phash, mhash, report, cache)
+        _finalize(stage, out, chunks, int(chunk_size), phash, mhash, report, cache)
         cache.save()
     report.seconds = time.perf_counter() - t0
     log(report.summary())
@@ -232,10 +232,15 @@ def _execute(stage: Stage, args: dict[int, tuple], cluster: Any, workers: int | 
     from tqdm import tqdm
 
     results: dict[int, dict | str] = {}
-    bar = tqdm(total=len(args), unit="chunk", desc=stage.name, disable=not progress, file=sys.stderr,
-               dynamic_ncols=True)
+    bar = None
     t0 = time.perf_counter()
     items = 0
+
+    def start_bar() -> None:
+        nonlocal bar, t0
+        bar = tqdm(total=len(args), unit="chunk", desc=stage.name, disable=not progress, file=sys.stderr,
+                   dynamic_ncols=True)
+        t0 = time.perf_counter()
 
     def done(i: int, res: dict | str) -> None:
         nonlocal items
@@ -247,6 +252,7 @@ def _execute(stage: Stage, args: dict[int, tuple], cluster: Any, workers: int | 
     inprocess = cluster == "inprocess" or (cluster == "local" and len(args) == 1)
     try:
         if inprocess:
+            start_bar()
             for i, a in args.items():
                 err = ""
                 for _attempt in range(retries + 1):
@@ -264,6 +270,7 @@ def _execute(stage: Stage, args: dict[int, tuple], cluster: Any, workers: int | 
 
         n = min(workers or os.cpu_count() or 1, len(args))
         with open_client(cluster, n, log=log) as client:
+            start_bar()
             tag = uuid.uuid4().hex[:8]
             futures = {client.submit(run_chunk, stage, *a, key=f"{stage.name}-{tag}-chunk-{i:05d}",
                                      pure=False, retries=retries): i for i, a in args.items()}
@@ -280,11 +287,12 @@ def _execute(stage: Stage, args: dict[int, tuple], cluster: Any, workers: int | 
                     done(i, msg)
                 fut.release()
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     return results
 
 
-def _finalize(stage: Stage, out: Path, chunks: list[list[str]], phash: str, mhash: str,
+def _finalize(stage: Stage, out: Path, chunks: list[list[str]], chunk_size: int, phash: str, mhash: str,
               report: StageReport, cache: _HashCache) -> None:
     """Write rejects.jsonl then _stage.json (both atomic), from the shards on disk."""
     for p in out.glob("shard-*.h5"):                       # shards of a longer earlier run
@@ -326,7 +334,7 @@ def _finalize(stage: Stage, out: Path, chunks: list[list[str]], phash: str, mhas
         "schema": STAGE_SCHEMA, "shard_schema": SCHEMA, "name": stage.name,
         "params": stage.params(), "params_hash": phash, "model_hash": mhash,
         "code_version": str(stage.version), "attrs": stage.attrs() or {},
-        "chunk_size": len(chunks[0]) if chunks else 0, "n_chunks": len(chunks),
+        "chunk_size": chunk_size, "n_chunks": len(chunks),
         "complete": report.ok, "shards": shards,
         "failed": {str(c): m for c, m in sorted(report.failed.items())},
         "missing": sorted(report.missing),
