@@ -1,0 +1,309 @@
+"""The editor's glue: load a checkpoint and a 3DMM, fit + align a photo, run G, render the
+3D blendshape face, regress parameters with D, paste the edit back into the photo.
+
+Everything here is plain Python over numpy/torch; :mod:`workflows.editor.app` puts it on
+the web and :mod:`workflows.commands.edit` on the command line.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.config import ConfigError
+from workflows.editor import fitbridge
+from workflows.editor.imaging import ImageInputError, paste_back, to_uint8
+
+CHECKPOINT_FORMAT = "slidergan-ckpt/1"
+
+
+@dataclass
+class Face:
+    """A photo prepared for editing.
+
+    image: uint8 [H, W, 3] the photo; crop: uint8 [S, S, 3] the aligned crop G sees;
+    align: float32 [2, 3] photo pixels -> crop pixels; p_exp: float32 [E] fitted normalised
+    expression (width of the checkpoint); p_id: float32 [K] fitted identity;
+    camera: float32 [7] fit camera in photo pixels; landmarks: float32 [68, 2] photo pixels.
+    """
+
+    key: str
+    image: np.ndarray
+    crop: np.ndarray
+    align: np.ndarray
+    p_exp: np.ndarray
+    p_id: np.ndarray | None = None
+    camera: np.ndarray | None = None
+    landmarks: np.ndarray | None = None
+    fit_error: float | None = None
+    landmark_source: str = ""
+    timings: dict = field(default_factory=dict)
+
+
+def _as_tensor_output(out) -> torch.Tensor:
+    """G's output image [B, 3, H, W] from whatever container G returns (tensor, tuple whose
+    first item is the image, or a mapping with an ``output``/``image`` entry)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict):
+        for k in ("output", "image", "out", "fake"):
+            if k in out:
+                return out[k]
+        raise TypeError(f"generator returned a mapping without an image entry: {sorted(out)}")
+    if hasattr(out, "output"):
+        return out.output
+    if isinstance(out, (tuple, list)):
+        return out[0]
+    raise TypeError(f"unexpected generator output {type(out).__name__}")
+
+
+def _regression_output(out) -> torch.Tensor:
+    """D's parameter regression [B, E] from its output ((realism, params) or a mapping)."""
+    if isinstance(out, dict):
+        for k in ("params", "p", "regression", "exp"):
+            if k in out:
+                return out[k]
+        raise TypeError(f"discriminator returned a mapping without a params entry: {sorted(out)}")
+    if hasattr(out, "params"):
+        return out.params
+    if isinstance(out, (tuple, list)) and len(out) >= 2:
+        return out[1]
+    raise TypeError(f"unexpected discriminator output {type(out).__name__}")
+
+
+def load_checkpoint(path, device: str = "cpu") -> dict:
+    """Read a ``slidergan-ckpt/1`` checkpoint (docs/INTERFACES.md) safely
+    (``weights_only=True``); bad files raise :class:`ConfigError` with one line."""
+    p = Path(path)
+    if p.is_dir():
+        cand = p / "checkpoints" / "latest.pt"
+        p = cand if cand.is_file() else p / "latest.pt"
+    if not p.is_file():
+        raise ConfigError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(p, map_location=device, weights_only=True)
+    except Exception as e:  # noqa: BLE001 — any unpickling/zip failure is a bad file
+        raise ConfigError(f"{p}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        fmt = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ConfigError(f"{p}: not a SliderGAN checkpoint (format {fmt!r}, expected {CHECKPOINT_FORMAT!r})")
+    for k in ("model_config", "G"):
+        if k not in ckpt:
+            raise ConfigError(f"{p}: checkpoint has no {k!r} entry")
+    ckpt["_path"] = str(p)
+    return ckpt
+
+
+def build_from_checkpoint(ckpt: dict, device: str = "cpu"):
+    """(G, D) in eval mode with the checkpoint's weights (D is None when it has none)."""
+    from model.networks import build_networks
+
+    try:
+        G, D = build_networks(dict(ckpt["model_config"]))
+        G.load_state_dict(ckpt["G"])
+        if ckpt.get("D") is not None and D is not None:
+            D.load_state_dict(ckpt["D"])
+        else:
+            D = None
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"{ckpt.get('_path', 'checkpoint')}: weights do not match its model_config "
+                          f"({str(e).splitlines()[0]})") from None
+    G.to(device).eval()
+    if D is not None:
+        D.to(device).eval()
+    return G, D
+
+
+def find_model_file(checkpoint_path) -> Path | None:
+    """The run's ``model.h5`` next to a checkpoint laid out as RUN/train/<variant>/checkpoints/x.pt
+    (searched in the checkpoint's parent folders)."""
+    p = Path(checkpoint_path).resolve()
+    for parent in list(p.parents)[:5]:
+        cand = parent / "model.h5"
+        if cand.is_file():
+            return cand
+    return None
+
+
+def _n_params_from(ckpt: dict, G) -> int:
+    mc = ckpt["model_config"]
+    for k in ("n_params", "n_exp", "p_dim", "c_dim", "E"):
+        if k in mc and isinstance(mc[k], int):
+            return int(mc[k])
+    for k in ("n_params", "c_dim", "n_exp"):
+        if hasattr(G, k):
+            return int(getattr(G, k))
+    raise ConfigError(f"{ckpt.get('_path', 'checkpoint')}: cannot tell the number of expression parameters")
+
+
+class Editor:
+    """A trained generator plus the 3DMM, ready to edit photos.
+
+    ``edit(face, p)`` and ``render_face(face, p)`` are called once per slider move; both
+    are serialised by a lock (two cores: parallel requests would only slow each other).
+    """
+
+    def __init__(self, G, D, morphable_model, n_params: int, *, image_size: int = 128, device: str = "cpu",
+                 variant: str = "", step: int | None = None, render_size: int = 160):
+        self.G, self.D, self.model = G, D, morphable_model
+        self.n_params = int(n_params)
+        self.image_size = int(image_size)
+        self.device = device
+        self.variant, self.step = variant, step
+        self.render_size = int(render_size)
+        self._lock = threading.Lock()
+        names = list(getattr(morphable_model, "exp_names", []) or [])
+        names += list(getattr(morphable_model, "speech_names", []) or [])
+        self.exp_names = [str(n) if i < len(names) and names[i] else f"p{i + 1}"
+                          for i, n in enumerate((names + [""] * self.n_params)[: self.n_params])]
+        self._render_cam = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_files(cls, checkpoint, model_path=None, device: str = "cpu") -> "Editor":
+        from fitting.model import ModelError, MorphableModel
+
+        ckpt = load_checkpoint(checkpoint, device)
+        G, D = build_from_checkpoint(ckpt, device)
+        mpath = Path(model_path) if model_path else find_model_file(ckpt["_path"])
+        if mpath is None:
+            raise ConfigError(f"no 3DMM found next to {checkpoint}: pass --model model.h5")
+        if not mpath.is_file():
+            raise ConfigError(f"3DMM file not found: {mpath}")
+        try:
+            mm = MorphableModel.load(mpath)
+        except (ModelError, OSError) as e:
+            raise ConfigError(f"{mpath}: {str(e).splitlines()[0]}") from None
+        n = _n_params_from(ckpt, G)
+        if n > mm.n_exp + mm.n_speech:
+            raise ConfigError(f"checkpoint expects {n} expression parameters; {mpath} has {mm.n_exp + mm.n_speech}")
+        size = int(ckpt["model_config"].get("image_size", 128))
+        return cls(G, D, mm, n, image_size=size, device=device, variant=str(ckpt.get("variant", "")),
+                   step=ckpt.get("step"))
+
+    # ------------------------------------------------------------------ parameters
+    def check_params(self, p) -> np.ndarray:
+        """A parameter vector from a list [E] or a {name: value} mapping; float32 [E].
+        Bad input raises :class:`ConfigError` (one line)."""
+        if isinstance(p, dict):
+            out = np.zeros(self.n_params, np.float32)
+            index = {n: i for i, n in enumerate(self.exp_names)}
+            for k, v in p.items():
+                if k not in index:
+                    raise ConfigError(f"unknown expression parameter {k!r} (known: {', '.join(self.exp_names)})")
+                out[index[k]] = _number(v, k)
+            return out
+        if not isinstance(p, (list, tuple, np.ndarray)):
+            raise ConfigError(f"parameters must be a list of {self.n_params} numbers or a {{name: value}} mapping")
+        if len(p) != self.n_params:
+            raise ConfigError(f"expected {self.n_params} parameters, got {len(p)}")
+        return np.array([_number(v, f"p[{i}]") for i, v in enumerate(p)], np.float32)
+
+    def prototypes(self) -> dict[str, list[float]]:
+        """The seven discrete expressions as normalised vectors of width E (name -> [E])."""
+        from fitting.demo_model import EXPRESSION_NAMES, expression_prototypes
+
+        P = np.asarray(expression_prototypes(self.model), np.float32)
+        out = np.zeros((P.shape[0], self.n_params), np.float32)
+        w = min(P.shape[1], self.n_params)
+        out[:, :w] = P[:, :w]
+        return {str(n): [round(float(x), 4) for x in out[i]] for i, n in enumerate(EXPRESSION_NAMES)}
+
+    # ------------------------------------------------------------------ photos
+    def prepare(self, image: np.ndarray, key: str = "photo", landmarks: np.ndarray | None = None) -> Face:
+        """Detect (unless ``landmarks`` [68, 2] are given), fit the 3DMM and align the photo.
+        image uint8 [H, W, 3].  No face -> :class:`ImageInputError`."""
+        t0 = time.perf_counter()
+        fit = fitbridge.fit_photo(image, self.model, landmarks=landmarks, crop_size=self.image_size)
+        p = np.zeros(self.n_params, np.float32)
+        w = min(self.n_params, len(fit["p_exp"]))
+        p[:w] = fit["p_exp"][:w]
+        face = Face(key=key, image=image, crop=fit["crop"], align=fit["align"], p_exp=p, p_id=fit.get("p_id"),
+                    camera=fit.get("camera"), landmarks=fit.get("landmarks"), fit_error=fit.get("fit_error"),
+                    landmark_source=fit.get("landmark_source", ""))
+        face.timings["fit_ms"] = (time.perf_counter() - t0) * 1e3
+        return face
+
+    # ------------------------------------------------------------------ networks
+    def _crop_tensor(self, crop: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.array(crop, dtype=np.uint8, copy=True)).to(self.device).permute(2, 0, 1)[None].float()
+        return x / 127.5 - 1.0  # [1, 3, S, S] in [-1, 1]
+
+    @torch.inference_mode()
+    def edit(self, face: Face, p) -> np.ndarray:
+        """G(crop, p): the edited crop, uint8 [S, S, 3]."""
+        pt = torch.as_tensor(np.asarray(p, np.float32), device=self.device)[None]
+        with self._lock:
+            out = _as_tensor_output(self.G(self._crop_tensor(face.crop), pt))
+        img = (out[0].float().clamp(-1, 1) + 1.0) * 0.5
+        return to_uint8(img.permute(1, 2, 0))
+
+    @torch.inference_mode()
+    def regress(self, face: Face) -> np.ndarray:
+        """D's regression of the expression parameters of the aligned crop, float32 [E]."""
+        if self.D is None:
+            raise ConfigError("this checkpoint has no discriminator weights to regress parameters with")
+        with self._lock:
+            out = _regression_output(self.D(self._crop_tensor(face.crop)))
+        return out.reshape(-1)[: self.n_params].float().cpu().numpy()
+
+    def paste(self, face: Face, edited: np.ndarray) -> np.ndarray:
+        """The edited crop pasted back into the full photo, uint8 [H, W, 3]."""
+        return paste_back(face.image, edited, face.align)
+
+    # ------------------------------------------------------------------ 3D render
+    def _camera(self) -> np.ndarray:
+        """A fixed near-frontal camera framing the mean face in a render_size square."""
+        if self._render_cam is None:
+            from render.camera import make_camera
+
+            V = self.model.instance()
+            lo, hi = V.min(0), V.max(0)
+            c = (lo + hi) / 2
+            yaw, pitch = 0.25, 0.08
+            ext = float(max(hi[0] - lo[0], hi[1] - lo[1]))
+            s = 0.86 * self.render_size / ext
+            # camera rotates then projects: put the rotated centre at the image centre
+            from render.camera import rotation_matrix
+
+            R = rotation_matrix(pitch, yaw, 0.0)
+            cc = R @ c
+            half = self.render_size / 2
+            self._render_cam = make_camera(pitch=pitch, yaw=yaw, tx=half - s * cc[0], ty=half + s * cc[1], scale=s)
+        return self._render_cam
+
+    def render_face(self, face: Face | None, p) -> np.ndarray:
+        """The 3D blendshape face for expression ``p`` (the photo's fitted identity), shaded
+        grey, uint8 [R, R, 3] (R = render_size)."""
+        from render import render
+        from render.lighting import AMBIENT
+
+        pe = np.zeros(self.n_params, np.float32)
+        pe[: len(p)] = np.asarray(p, np.float32)[: self.n_params]
+        pid = face.p_id if face is not None and face.p_id is not None else None
+        V = self.model.instance(pid, pe)
+        light = np.array(AMBIENT, np.float64) * 0.55
+        light[1:4] = np.array([0.35, 0.55, 0.2]) * 2.0  # key light from above-right-front (y, z, x)
+        colours = np.full((V.shape[0], 3), 0.8, np.float32)
+        res = render(V, self.model.trilist, colours, self._camera(),
+                     background=(self.render_size, self.render_size), light=light)
+        img = res.image
+        img[~res.mask] = np.array([0.93, 0.94, 0.96], np.float32)
+        return to_uint8(img)
+
+
+def _number(v, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)):
+        raise ConfigError(f"parameter {what} must be a number, got {v!r}")
+    f = float(v)
+    if not np.isfinite(f):
+        raise ConfigError(f"parameter {what} must be finite, got {v!r}")
+    return f
+
+
+__all__ = ["Editor", "Face", "ImageInputError", "load_checkpoint", "build_from_checkpoint", "find_model_file",
+           "CHECKPOINT_FORMAT"]

@@ -1,0 +1,94 @@
+"""The editor's bridge to the fitting stage code: detect 68 landmarks, fit the 3DMM, align.
+
+The editor must see a photo exactly as the trainer saw its training crops, so this module
+only *calls* ``fitting/`` (the functions ``fit-emotionet`` uses: dlib detection, the
+batched landmark fitter, the similarity alignment to the model's reference landmarks and
+the crop warp) and adds nothing of its own beyond turning "no face" into a clear
+:class:`ImageInputError`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from workflows.editor.imaging import ImageInputError
+
+_FITTERS: dict = {}
+
+
+def fit_options():
+    """The ``fit:`` section of the default preset (the settings ``fit-emotionet`` uses)."""
+    from fitting.fit import FitOptions
+    from pipeline.config import load_config
+
+    return FitOptions.from_config(load_config().section("fit"), device="cpu")
+
+
+def _fitter(model):
+    from fitting.fit import LandmarkFitter
+
+    key = id(model)
+    if key not in _FITTERS:
+        _FITTERS.clear()
+        _FITTERS[key] = LandmarkFitter(model, fit_options())
+    return _FITTERS[key]
+
+
+def read_landmarks_sidecar(image_path) -> np.ndarray | None:
+    """Landmarks [68, 2] from the photo's ``.pts``/``.ljson`` sidecar; None when there is
+    none; a malformed one raises :class:`ImageInputError`."""
+    from fitting.landmarks import LandmarkFileError, read_sidecar, sidecar_path
+
+    side = sidecar_path(Path(image_path))
+    if side is None:
+        return None
+    try:
+        return read_sidecar(side)
+    except LandmarkFileError as e:
+        raise ImageInputError(str(e)) from None
+
+
+def detect_landmarks(image: np.ndarray) -> np.ndarray:
+    """68 iBUG landmarks [68, 2] (project pixels) of the largest face, by dlib; no face ->
+    :class:`ImageInputError`."""
+    from fitting.landmarks import get_detector
+
+    lm = get_detector().detect(image)
+    if lm is None:
+        raise ImageInputError("no face found in the photo (try a larger, frontal, well-lit face)")
+    return lm
+
+
+def align_matrix(model, landmarks: np.ndarray, crop_size: int) -> np.ndarray:
+    """[2, 3] similarity map from photo pixels to the crop: the landmarks onto the model's
+    mean landmarks seen frontally (fitting.align)."""
+    from fitting.align import reference_shape, similarity_transform
+
+    ref = reference_shape(model.landmarks_3d(), crop_size)
+    return similarity_transform(landmarks, ref)
+
+
+def fit_photo(image: np.ndarray, model, landmarks: np.ndarray | None = None, crop_size: int = 128) -> dict:
+    """Detect (unless given), fit and align one photo.
+
+    image uint8 [H, W, 3]; landmarks float [68, 2] or None.  Returns a dict with
+    ``crop`` uint8 [S, S, 3], ``align`` float32 [2, 3], ``p_exp`` float32 [E'],
+    ``p_id`` float32 [K'], ``camera`` float32 [7], ``landmarks`` float32 [68, 2],
+    ``fit_error`` float, ``landmark_source`` ("sidecar" | "detected").
+    """
+    from fitting.align import warp_crop
+
+    source = "sidecar"
+    if landmarks is None:
+        landmarks = detect_landmarks(image)
+        source = "detected"
+    lm = np.asarray(landmarks, np.float64)
+    if lm.shape != (68, 2) or not np.all(np.isfinite(lm)):
+        raise ImageInputError(f"landmarks must be [68, 2] finite numbers, got shape {lm.shape}")
+    res = _fitter(model).fit(lm[None])
+    align = align_matrix(model, lm, crop_size)
+    crop = warp_crop(image, align, crop_size)
+    return {"crop": crop, "align": align.astype(np.float32), "p_exp": np.asarray(res.p_exp[0], np.float32),
+            "p_id": np.asarray(res.p_id[0], np.float32), "camera": np.asarray(res.camera[0], np.float32),
+            "landmarks": lm.astype(np.float32), "fit_error": float(res.fit_error[0]), "landmark_source": source}
