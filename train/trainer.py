@@ -1,0 +1,507 @@
+"""The SliderGAN training loop: phases, variants, losses, checkpoints, logging.
+
+One *step* is one batch: a critic (D) update, plus a generator (G) update on every
+``n_critic``-th step (StarGAN's iteration; GANimation trains G every 5 D steps the same way).
+``--steps N`` / ``train.max_steps`` cap the number of steps.
+
+Phases: ``paired`` (epochs over the 3D warps, pairs within a face group, L_gen on) then
+``unpaired`` (epochs over the real photos, targets sampled).  The position in the data
+(phase, epoch, batch) is a pure function of the step, the seed and the dataset sizes, so a
+resumed run continues with exactly the batches an uninterrupted run would have seen.
+
+Tensor shapes: x [B,3,S,S] in [-1,1]; p, p_trg [B,E]; masks [B,1,S,S]; critic patches
+[B,1,S/2^r,S/2^r].
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from model import losses as L
+from model.identity import build_identity
+from model.networks import build_networks, model_config_from_train
+from pipeline.atomic import atomic_write_text
+from pipeline.config import Config, ConfigError
+from train import checkpoint as ck
+from train.data import (PairedDataset, ResumableBatchSampler, UnpairedDataset, open_stage,
+                        params_to_width)
+from train.variants import Variant, get_variant
+
+log = logging.getLogger("slidergan.train")
+
+
+@dataclass
+class Phase:
+    name: str            # "paired" | "unpaired"
+    epochs: int
+    dataset: Any
+    batches_per_epoch: int
+
+    @property
+    def steps(self) -> int:
+        return self.epochs * self.batches_per_epoch
+
+
+def _dist_info() -> tuple[int, int]:
+    """(rank, world) under torchrun (env WORLD_SIZE set), else (0, 1)."""
+    if "WORLD_SIZE" not in os.environ:
+        return 0, 1
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _grad_norm(params) -> float:
+    sq = [p.grad.detach().float().pow(2).sum() for p in params if p.grad is not None]
+    return float(torch.stack(sq).sum().sqrt()) if sq else 0.0
+
+
+def image_grid(rows: list[torch.Tensor]) -> torch.Tensor:
+    """Columns (input | mask | colour | output | target) side by side, one row per sample.
+
+    rows: tensors [N,C,S,S] in [-1,1] (masks [N,1,S,S] in [0,1], shown grey) -> [3, N*S, 5*S] in [0,1].
+    """
+    cols = []
+    for t in rows:
+        t = t.detach().float().cpu()
+        t = t.expand(-1, 3, -1, -1) if t.shape[1] == 1 else (t + 1) / 2
+        cols.append(t.clamp(0, 1))
+    grid = torch.cat(cols, dim=3)                   # [N,3,S,5S]
+    return torch.cat(list(grid), dim=1)             # [3,N*S,5S]
+
+
+class Trainer:
+    """Build everything from a run folder and a config, then :meth:`run`.
+
+    ``Trainer(data, out, cfg, variant=None, steps=None)``; ``cfg`` is the whole preset
+    (:class:`pipeline.config.Config`); ``variant`` overrides ``train.variant``; ``steps``
+    overrides ``train.max_steps``.
+    """
+
+    def __init__(self, data: str | Path, out: str | Path, cfg: Config, variant: str | None = None,
+                 steps: int | None = None, echo: Callable[[str], None] = print):
+        self.data, self.out, self.echo = Path(data), Path(out), echo
+        self.cfg = cfg
+        t = cfg.section("train")
+        self.t = t
+        self.seed = int(cfg.get("seed", 0))
+        self.variant: Variant = get_variant(variant or t["variant"])
+        self.max_steps = int(steps if steps is not None else t["max_steps"])
+        if self.max_steps < 0:
+            raise ConfigError(f"--steps must be >= 0, got {self.max_steps}")
+        if t["n_critic"] < 1:
+            raise ConfigError("train.n_critic must be >= 1")
+        if t["target"] not in ("shuffle", "uniform", "normal"):
+            raise ConfigError(f"train.target must be shuffle|uniform|normal, got {t['target']!r}")
+        self.rank, self.world = _dist_info()
+        dev = t.get("device", "auto")
+        self.device = torch.device("cuda" if dev == "auto" and torch.cuda.is_available()
+                                   else ("cpu" if dev == "auto" else dev))
+        if self.world > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(self.device)
+        self.amp = bool(t["amp"]) and self.device.type == "cuda"
+        self.E = 40 if t["speech"] else 30
+        self.lam = {k: float(t[f"lambda_{k}"]) for k in ("adv", "exp", "rec", "gen", "id", "att", "gp")}
+        if not self.variant.use_gen:
+            self.lam["gen"] = 0.0
+        if not self.variant.use_id:
+            self.lam["id"] = 0.0
+        self._tb = None
+
+    # -- setup ----------------------------------------------------------------------------
+    def _say(self, msg: str) -> None:
+        if self.rank == 0:
+            self.echo(msg)
+
+    def build_data(self) -> None:
+        t, S = self.t, int(self.t["image_size"])
+        fits = open_stage(self.data, "fits", required=True)
+        fit_p = params_to_width(fits.read("p_exp"), self.E, str(fits.dir), bool(t["speech"]))
+        self.fits = fits
+        phases: list[Phase] = []
+        bs = int(t["batch_size"])
+        if self.variant.paired and t["epochs_paired"] > 0:
+            warps = open_stage(self.data, "warps", required=False)
+            if warps is None:
+                self._say(f"note: {self.data / 'warps'} has no shard stage; skipping the paired phase")
+            else:
+                warp_p = params_to_width(warps.read("p_exp"), self.E, str(warps.dir), bool(t["speech"]))
+                ds = PairedDataset(fits, fit_p, warps, warp_p, S, seed=self.seed)
+                if ds.n_lonely:
+                    self._say(f"note: {ds.n_lonely} warps have no other image of their face; "
+                              "they are paired with themselves")
+                phases.append(Phase("paired", int(t["epochs_paired"]), ds, 0))
+        if t["epochs_unpaired"] > 0:
+            phases.append(Phase("unpaired", int(t["epochs_unpaired"]), UnpairedDataset(fits, fit_p, S), 0))
+        if not phases:
+            raise ConfigError("nothing to train: train.epochs_paired and train.epochs_unpaired are 0")
+        smallest = min(len(p.dataset) for p in phases)
+        if smallest < bs * self.world:
+            self._say(f"note: batch size {bs} lowered to {max(1, smallest // self.world)} "
+                      f"(only {smallest} samples)")
+            bs = max(1, smallest // self.world)
+        self.batch_size = bs
+        for p in phases:
+            p.batches_per_epoch = ResumableBatchSampler.count(len(p.dataset), bs, self.world)
+        self.phases = phases
+        total = sum(p.steps for p in phases)
+        self.total_steps = min(total, self.max_steps) if self.max_steps > 0 else total
+        if self.total_steps <= 0:
+            raise ConfigError("nothing to train: 0 steps")
+
+    def build_model(self) -> None:
+        t = self.t
+        self.model_config = model_config_from_train(t, self.E)
+        try:
+            G, D = build_networks(self.model_config)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        self.G, self.D = G.to(self.device), D.to(self.device)
+        betas = (float(t["beta1"]), float(t["beta2"]))
+        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=float(t["lr_g"]), betas=betas)
+        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=float(t["lr_d"]), betas=betas)
+        self.scaler_state: dict = {}     # bf16 autocast needs no loss scaling; kept for the format
+        self.Fnet = None
+        self.identity_info = None
+        if self.lam["id"] > 0:
+            self.Fnet = self._load_identity().to(self.device)
+
+    def _load_identity(self):
+        path = self.t.get("identity_weights")
+        if path is None:
+            path = self.out / "identity.pt"
+            if not path.is_file():
+                if self.rank == 0:
+                    from train.identity import train_identity
+                    self._say(f"no train.identity_weights given: training a small identity embedder -> {path}")
+                    train_identity(self.data, path, self.cfg, echo=self._say)
+                if self.world > 1:
+                    import torch.distributed as dist
+                    dist.barrier()
+        from model.identity import IdentityWeightsError
+        try:
+            F = build_identity(ck.load_identity_file(path))
+        except IdentityWeightsError as e:
+            raise ConfigError(f"{path}: {e}") from None
+        self.identity_info = {"path": str(path), "config": dict(F.config)}
+        return F
+
+    # -- schedule -------------------------------------------------------------------------
+    def position(self, step: int) -> tuple[int, int, int]:
+        """(phase index, epoch, batch in epoch) of global step ``step``."""
+        for i, p in enumerate(self.phases):
+            if step < p.steps or i == len(self.phases) - 1:
+                return i, step // max(1, p.batches_per_epoch), step % max(1, p.batches_per_epoch)
+            step -= p.steps
+        raise AssertionError
+
+    def lr_factor(self, step: int) -> float:
+        """1 until the last ``lr_decay_fraction`` of training, then linear down to 0 at the end."""
+        frac = float(self.t["lr_decay_fraction"])
+        start = self.total_steps * (1.0 - frac)
+        if frac <= 0 or step < start:
+            return 1.0
+        return max(0.0, (self.total_steps - step) / max(1e-9, self.total_steps - start))
+
+    # -- one step -------------------------------------------------------------------------
+    def sample_targets(self, p: torch.Tensor) -> torch.Tensor:
+        """Unpaired target parameters [B,E] for source parameters p [B,E]."""
+        B, E = p.shape
+        mode, noise = self.t["target"], float(self.t["target_noise"])
+        if mode == "shuffle":
+            perm = torch.randperm(B, generator=self.gen)
+            u = torch.rand(B, E, generator=self.gen) * 2 - 1
+            return p[perm.to(p.device)] + noise * u.to(p.device)
+        if mode == "uniform":
+            return (torch.rand(B, E, generator=self.gen) * 2 - 1).to(p.device)
+        return (torch.randn(B, E, generator=self.gen) * 0.5).clamp(-1, 1).to(p.device)
+
+    def _autocast(self):
+        if self.amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _allreduce(self, params) -> None:
+        """Average gradients over ranks by hand: DDP's wrapper cannot run the gradient
+        penalty's double backward (torch.autograd.grad with create_graph)."""
+        if self.world <= 1:
+            return
+        import torch.distributed as dist
+        for q in params:
+            if q.grad is not None:
+                dist.all_reduce(q.grad)
+                q.grad /= self.world
+
+    def train_step(self, batch: dict, paired: bool, step: int) -> dict:
+        """One critic update (+ one generator update when ``(step+1) % n_critic == 0``).
+
+        Returns this step's scalar metrics."""
+        dev, lam, kind = self.device, self.lam, self.variant.adv
+        x = batch["image"].to(dev, non_blocking=True)
+        p = batch["p"].to(dev, non_blocking=True)
+        if paired:
+            p_trg = batch["p_trg"].to(dev, non_blocking=True)
+            x_trg = batch["target"].to(dev, non_blocking=True)
+        else:
+            p_trg, x_trg = self.sample_targets(p), None
+        f = self.lr_factor(step)
+        for g in self.opt_G.param_groups:
+            g["lr"] = float(self.t["lr_g"]) * f
+        for g in self.opt_D.param_groups:
+            g["lr"] = float(self.t["lr_d"]) * f
+        m: dict[str, float] = {"lr_g": float(self.t["lr_g"]) * f}
+
+        # critic
+        with torch.no_grad(), self._autocast():
+            fake = self.G(x, p_trg)[0]
+        with self._autocast():
+            real_s, real_r = self.D(x)
+            fake_s, _ = self.D(fake.detach())
+            d_adv = L.adv_d_loss(real_s, fake_s, kind)
+            d_exp = L.exp_loss(real_r, p)
+        gp = L.gradient_penalty(lambda z: self.D(z.float())[0], L.interpolate(x, fake.float(), self.gen))
+        loss_d = lam["adv"] * (d_adv + lam["gp"] * gp) + lam["exp"] * d_exp
+        self.opt_D.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self._allreduce(self.D.parameters())
+        m.update(loss_d=loss_d.item(), d_adv=d_adv.item(), d_gp=gp.item(), d_exp=d_exp.item(),
+                 grad_norm_d=_grad_norm(self.D.parameters()),
+                 d_real=float(real_s.float().mean()), d_fake=float(fake_s.float().mean()))
+        self.opt_D.step()
+
+        if (step + 1) % int(self.t["n_critic"]) != 0:
+            return m
+        # generator
+        for q in self.D.parameters():
+            q.requires_grad_(False)
+        try:
+            with self._autocast():
+                fake, colour, mask = self.G(x, p_trg)
+                fake_s, fake_r = self.D(fake)
+                with torch.no_grad():
+                    real_s = self.D(x)[0] if kind == "rad" else None
+                g_adv = L.adv_g_loss(real_s, fake_s, kind)
+                g_exp = L.exp_loss(fake_r, p_trg)
+                rec, _, mask_rec = self.G(fake, p)
+                g_rec = L.l1_loss(rec, x)
+                g_gen = L.l1_loss(fake, x_trg) if (paired and lam["gen"] > 0) else torch.zeros((), device=dev)
+                if self.Fnet is not None:
+                    with torch.no_grad():
+                        e_org = self.Fnet(x.float())
+                    g_id = L.identity_loss(self.Fnet(fake.float()), e_org)
+                else:
+                    g_id = torch.zeros((), device=dev)
+                tv = float(self.t["att_tv"])
+                g_att = L.attention_loss(mask, tv) + L.attention_loss(mask_rec, tv)
+            loss_g = (lam["adv"] * g_adv + lam["exp"] * g_exp + lam["rec"] * g_rec + lam["gen"] * g_gen
+                      + lam["id"] * g_id + lam["att"] * g_att)
+            self.opt_G.zero_grad(set_to_none=True)
+            loss_g.backward()
+            self._allreduce(self.G.parameters())
+            m.update(loss_g=loss_g.item(), g_adv=g_adv.item(), g_exp=g_exp.item(), g_rec=g_rec.item(),
+                     g_gen=g_gen.item(), g_id=g_id.item(), g_att=g_att.item(),
+                     grad_norm_g=_grad_norm(self.G.parameters()), **L.mask_stats(mask))
+            self.opt_G.step()
+        finally:
+            for q in self.D.parameters():
+                q.requires_grad_(True)
+        return m
+
+    # -- state ----------------------------------------------------------------------------
+    def state(self, step: int) -> dict:
+        ph, epoch, b = self.position(step) if step < self.total_steps else (len(self.phases) - 1, -1, 0)
+        return {
+            "variant": self.variant.name, "step": int(step), "phase": self.phases[ph].name,
+            "epoch": int(epoch), "batch": int(b),
+            "data_order": {"seed": self.seed, "batch_size": self.batch_size, "world": self.world,
+                           "phases": [[p.name, p.epochs, p.batches_per_epoch] for p in self.phases]},
+            "total_steps": int(self.total_steps),
+            "model_config": dict(self.model_config), "train_config": _plain(self.t),
+            "G": self.G.state_dict(), "D": self.D.state_dict(),
+            "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
+            "scaler": dict(self.scaler_state),
+            "rng": dict(ck.get_rng_state(), target=self.gen.get_state()),
+            "identity": self.identity_info,
+        }
+
+    def restore(self, ckpt: dict) -> int:
+        if ckpt.get("model_config") != self.model_config:
+            raise ConfigError(f"checkpoint in {self.out} has model_config {ckpt.get('model_config')} "
+                              f"but this run builds {self.model_config}; use another --out")
+        if ckpt.get("variant") != self.variant.name:
+            raise ConfigError(f"{self.out} holds a {ckpt.get('variant')!r} run, not {self.variant.name!r}; "
+                              "use another --out")
+        order = ckpt.get("data_order", {})
+        now = [[p.name, p.epochs, p.batches_per_epoch] for p in self.phases]
+        if order.get("phases") != now or order.get("batch_size") != self.batch_size:
+            self._say(f"warning: data or epochs changed since the checkpoint ({order.get('phases')} -> {now}); "
+                      "continuing from its step with the new data order")
+        self.G.load_state_dict(ckpt["G"])
+        self.D.load_state_dict(ckpt["D"])
+        self.opt_G.load_state_dict(ckpt["opt_G"])
+        self.opt_D.load_state_dict(ckpt["opt_D"])
+        ck.set_rng_state(ckpt["rng"])
+        self.gen.set_state(ckpt["rng"]["target"])
+        return int(ckpt["step"])
+
+    # -- logging --------------------------------------------------------------------------
+    def _tb_writer(self, start: int):
+        if self._tb is None and self.rank == 0 and self.t.get("tensorboard", True):
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self._tb = SummaryWriter(str(self.out / "tb"), purge_step=start if start > 0 else None)
+            except ImportError:
+                self._say("note: tensorboard not installed; writing metrics.jsonl only")
+                self._tb = False
+        return self._tb or None
+
+    def _trim_metrics(self, start: int) -> None:
+        path = self.out / "metrics.jsonl"
+        if not path.is_file():
+            return
+        keep = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= start:
+                    keep.append(line)
+            except ValueError:
+                pass                     # a line cut by kill -9
+        atomic_write_text(path, "".join(k + "\n" for k in keep))
+
+    def _log(self, step: int, phase: str, epoch: int, acc: dict, t0: float, steps_done: int) -> None:
+        rec = {"step": step, "phase": phase, "epoch": epoch}
+        rec.update({k: s / n for k, (s, n) in sorted(acc.items())})
+        rec["it_per_s"] = steps_done / max(1e-9, time.perf_counter() - t0)
+        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(rec) + "\n")
+        tb = self._tb_writer(step)
+        if tb:
+            for k, v in rec.items():
+                if isinstance(v, float):
+                    tb.add_scalar(f"{'loss' if k[:2] in ('d_', 'g_') or k.startswith('loss') else 'stats'}/{k}", v, step)
+            tb.flush()
+
+    def _log_images(self, step: int, batch: dict, paired: bool) -> None:
+        tb = self._tb_writer(step)
+        if not tb:
+            return
+        n = min(4, batch["image"].shape[0])
+        x = batch["image"][:n].to(self.device)
+        p_trg = batch["p_trg"][:n].to(self.device) if paired else self.sample_targets_eval(batch["p"][:n])
+        with torch.no_grad():
+            out, colour, mask = self.G(x, p_trg.to(self.device))
+        trg = batch["target"][:n] if paired else torch.zeros_like(x)
+        tb.add_image("grid/input|mask|colour|output|target", image_grid([x, mask, colour, out, trg.to(self.device)]), step)
+        tb.flush()
+
+    def sample_targets_eval(self, p: torch.Tensor) -> torch.Tensor:
+        """Targets for the image grid without touching the training RNG: the batch rolled by one."""
+        return torch.roll(p, 1, dims=0).to(self.device)
+
+    # -- main loop ------------------------------------------------------------------------
+    def run(self) -> dict:
+        from pipeline.lock import StageLock
+        self.out.mkdir(parents=True, exist_ok=True)
+        lock = StageLock(self.out).acquire() if self.rank == 0 else None
+        try:
+            return self._run()
+        finally:
+            if self._tb:
+                self._tb.close()
+            if lock is not None:
+                lock.release()
+
+    def _run(self) -> dict:
+        import random
+        random.seed(self.seed)
+        np.random.seed(self.seed)
+        torch.manual_seed(self.seed)
+        self.gen = torch.Generator().manual_seed(self.seed * 7 + 1 + self.rank)
+        self.build_data()
+        self.build_model()
+        start = 0
+        latest = ck.latest_checkpoint(self.out)
+        if latest is not None:
+            start = self.restore(ck.load_checkpoint(latest))
+            self._say(f"resuming {self.variant.name} from {latest} (step {start})")
+        if self.rank == 0:
+            self._trim_metrics(start)
+        t = self.t
+        desc = ", ".join(f"{p.name}: {p.epochs} epochs x {p.batches_per_epoch} batches" for p in self.phases)
+        self._say(f"training {self.variant.name} on {self.device} ({desc}; batch {self.batch_size}; "
+                  f"{self.total_steps} steps{' capped' if self.max_steps else ''})")
+        step, t0, done = start, time.perf_counter(), 0
+        acc: dict[str, tuple[float, int]] = {}
+        every_ck, every_log, every_img = (max(1, int(t[k])) for k in ("checkpoint_every", "log_every", "image_every"))
+        delay = float(os.environ.get("SLIDERGAN_TRAIN_STEP_DELAY", "0") or 0)   # test hook (kill -9 tests)
+        last_saved = start
+        while step < self.total_steps:
+            ph, epoch, b = self.position(step)
+            phase = self.phases[ph]
+            paired = phase.name == "paired"
+            if paired:
+                phase.dataset.set_epoch(epoch)
+            sampler = ResumableBatchSampler(len(phase.dataset), self.batch_size, self.seed * 10 + ph, epoch,
+                                            b, self.rank, self.world)
+            workers = int(t["workers"])
+            loader = DataLoader(phase.dataset, batch_sampler=sampler, num_workers=workers,
+                                pin_memory=self.device.type == "cuda",
+                                persistent_workers=False, prefetch_factor=4 if workers > 0 else None)
+            for batch in loader:
+                m = self.train_step(batch, paired, step)
+                step += 1
+                done += 1
+                for k, v in m.items():
+                    s, n = acc.get(k, (0.0, 0))
+                    acc[k] = (s + v, n + 1)
+                if self.rank == 0:
+                    if step % every_log == 0 or step == self.total_steps:
+                        self._log(step, phase.name, epoch, acc, t0, done)
+                        acc = {}
+                    if step % every_img == 0:
+                        self._log_images(step, batch, paired)
+                    if step % every_ck == 0 or step == self.total_steps:
+                        ck.save_checkpoint(self.out, self.state(step), keep=int(t["keep_checkpoints"]))
+                        last_saved = step
+                if delay:
+                    time.sleep(delay)
+                if step >= self.total_steps:
+                    break
+        if self.rank == 0 and last_saved != step:
+            ck.save_checkpoint(self.out, self.state(step), keep=int(t["keep_checkpoints"]))
+        self._say(f"done: {step} steps; checkpoint {ck.checkpoint_dir(self.out) / 'latest.pt'}")
+        return {"step": step, "total_steps": self.total_steps, "variant": self.variant.name}
+
+
+def _plain(obj: Any) -> Any:
+    """Config values as plain python (weights_only-safe)."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return str(obj)
+
+
+def seconds_per_step(trainer: Trainer, batch: dict, paired: bool, n: int) -> float:  # used by the benchmark
+    t0 = time.perf_counter()
+    for i in range(n):
+        trainer.train_step(batch, paired, i)
+    if trainer.device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / n
+
