@@ -1,0 +1,290 @@
+"""The ``fit`` shard stage (slidergan fit-emotionet): load, landmark, fit, align each photo.
+
+Glue only; the algorithms live in ``fitting/`` (images, inputs, landmarks, fit, align, itw).
+Datasets per row: key group identity label image p_exp p_id camera lm_detected lm_fitted
+align fit_error lm_source (0 sidecar, 1 detected) (+ au [60] for EmotioNet lists).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from pipeline.stage import ChunkResult, Stage
+
+LANDMARK_MODES = ("sidecar", "detect", "auto")
+FITTERS = ("landmarks", "itw")
+_CACHE: dict = {}
+
+
+def key_group(key: str) -> int:
+    """Stable non-negative int64 id of a photo: first 63 bits of sha256(key)."""
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") >> 1
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """``{key: (identity, label)}`` from an HDF5 file with ``key`` and ``identity``/``label``
+    datasets (e.g. the demo world's ``emotionet/truth.h5``)."""
+    import h5py
+
+    out = {}
+    with h5py.File(path, "r") as f:
+        if "key" not in f:
+            return out
+        keys = [k.decode() if isinstance(k, bytes) else str(k) for k in f["key"][()]]
+        n = len(keys)
+        ident = f["identity"][()].astype(np.int64) if "identity" in f else np.full(n, -1, np.int64)
+        label = f["label"][()].astype(np.int64) if "label" in f else np.full(n, -1, np.int64)
+    for k, i, l in zip(keys, ident, label):
+        out[k] = (int(i), int(l))
+    return out
+
+
+def _model_hash(path: str) -> str:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            h = f.attrs.get("hash")
+        if h is not None:
+            return h.decode() if isinstance(h, bytes) else str(h)
+    except OSError:
+        pass
+    from fitting.model import MorphableModel
+
+    return MorphableModel.load(path).hash
+
+
+def _cached(key, make):
+    if key not in _CACHE:
+        _CACHE[key] = make()
+    return _CACHE[key]
+
+
+class FitStage(Stage):
+    """Fit every input photo; picklable (paths, inputs and options only)."""
+
+    name = "fit"
+    version = "1"
+    compression = "lzf"
+
+    def __init__(self, inputs, model_path: str, fit_cfg: dict, metadata: Optional[dict] = None,
+                 metadata_source: str = "", seed: int = 0):
+        self.inputs = inputs
+        self.model_path = str(model_path)
+        self.cfg = dict(fit_cfg)
+        self.metadata = metadata or {}
+        self.metadata_source = metadata_source
+        self.seed = int(seed)
+        self._model_hash = _model_hash(self.model_path)
+
+    # ------------------------------------------------------------------ Stage API
+    def input_keys(self) -> list[str]:
+        return list(self.inputs.keys)
+
+    def params(self) -> dict:
+        cfg = {k: v for k, v in self.cfg.items() if k not in ("chunk_size",)}
+        meta = hashlib.sha256(repr(sorted(self.metadata.items())).encode()).hexdigest()[:16]
+        return {"fit": cfg, "root": os.path.abspath(self.inputs.root), "metadata": meta,
+                "has_au": self.inputs.au is not None}
+
+    def model_hash(self) -> str | None:
+        return self._model_hash
+
+    def attrs(self) -> dict:
+        return {"camera_layout": "pitch,yaw,roll,tx,ty,scale,dist", "fitter": str(self.cfg.get("fitter")),
+                "metadata_source": self.metadata_source}
+
+    # ------------------------------------------------------------------ helpers
+    def _model(self):
+        from fitting.model import MorphableModel
+
+        return _cached(("model", self.model_path, self._model_hash), lambda: MorphableModel.load(self.model_path))
+
+    def _fitter(self, model, contour: Optional[str] = None):
+        """The per-process cached landmark fitter; ``contour`` overrides fit.contour."""
+        from fitting.fit import FitOptions, LandmarkFitter
+
+        c = contour or self.cfg.get("contour", "dynamic")
+        if c == "auto":
+            c = "dynamic"
+        opts = FitOptions.from_config(self.cfg, contour=c)
+        return _cached(("fitter", self._model_hash, repr(opts)), lambda: LandmarkFitter(model, opts))
+
+    def _landmarks(self, key: str, path: str, rgb: np.ndarray):
+        """-> (lm [68,2], source 0 sidecar / 1 detected); raises Reject."""
+        from fitting.landmarks import LandmarkFileError, get_detector, read_sidecar, sidecar_path
+        from pipeline.stage import Reject
+
+        mode = self.cfg.get("landmarks", "auto")
+        side = sidecar_path(path) if mode in ("sidecar", "auto") else None
+        if side is not None:
+            try:
+                return read_sidecar(side), 0
+            except LandmarkFileError as e:
+                if mode == "sidecar":
+                    raise Reject("bad landmarks", str(e)) from None
+        elif mode == "sidecar":
+            raise Reject("no landmarks", "no .pts/.ljson sidecar beside the image (fit.landmarks=sidecar)")
+        lm = get_detector().detect(rgb)
+        if lm is None:
+            raise Reject("no face", "no face detected")
+        return lm, 1
+
+    # ------------------------------------------------------------------ chunk
+    def process_chunk(self, keys: list[str], chunk: int) -> ChunkResult:
+        from fitting.align import reference_shape, similarity_transform, warp_crop
+        from fitting.fit import interocular
+        from fitting.images import ImageReject, load_image
+        from fitting.inputs import N_AU, label_from_au
+        from pipeline.stage import Reject
+
+        cfg = self.cfg
+        model = self._model()
+        size = int(cfg.get("crop_size", 128))
+        max_pixels = int(cfg.get("max_pixels", 64_000_000))
+        min_face = float(cfg.get("min_face_px", 40))
+        rejects, items = [], []
+        for key in keys:
+            path = self.inputs.paths[key]
+            try:
+                try:
+                    rgb = load_image(path, max_pixels=max_pixels, min_side=16)
+                except ImageReject as e:
+                    raise Reject(e.reason, e.detail) from None
+                lm, src = self._landmarks(key, path, rgb)
+                if not np.all(np.isfinite(lm)):
+                    raise Reject("bad landmarks", "non-finite coordinates")
+                face = 2.5 * float(interocular(lm))
+                if face < min_face:
+                    raise Reject("too small", f"face {face:.0f} px < fit.min_face_px={min_face:g}")
+                items.append((key, rgb, lm, src))
+            except Reject as e:
+                rejects.append({"key": key, "reason": e.reason, "detail": e.detail})
+            except Exception as e:  # noqa: BLE001 — a bad input is a reject, never a crash
+                rejects.append({"key": key, "reason": "error", "detail": f"{e.__class__.__name__}: {e}".splitlines()[0]})
+
+        fits = self._fit([it[2] for it in items], [it[1] for it in items], model,
+                         np.array([it[3] for it in items], np.int64))
+        ref = reference_shape(model.mean_shape[model.landmarks], size)
+        max_err = float(cfg.get("max_fit_error", 0.25))
+        cols = {k: [] for k in ("key", "group", "identity", "label", "image", "p_exp", "p_id", "camera",
+                                "lm_detected", "lm_fitted", "align", "fit_error", "lm_source")}
+        if self.inputs.au is not None:
+            cols["au"] = []
+        for i, (key, rgb, lm, src) in enumerate(items):
+            err = float(fits.fit_error[i])
+            if not fits.converged[i] or not np.isfinite(err) or err > max_err:
+                rejects.append({"key": key, "reason": "fit diverged",
+                                "detail": f"landmark error {err:.3f} x inter-ocular > fit.max_fit_error={max_err:g}"})
+                continue
+            A = similarity_transform(lm, ref)
+            ident, label = self.metadata.get(key, (-1, -1))
+            au = None
+            if self.inputs.au is not None:
+                au = self.inputs.au.get(key, np.full(N_AU, np.nan, np.float32))
+                if label < 0:
+                    label = label_from_au(au)
+                cols["au"].append(np.asarray(au, np.float32))
+            cols["key"].append(key)
+            cols["group"].append(key_group(key))
+            cols["identity"].append(ident)
+            cols["label"].append(label)
+            cols["image"].append(warp_crop(rgb, A, size))
+            cols["p_exp"].append(fits.p_exp[i])
+            cols["p_id"].append(fits.p_id[i])
+            cols["camera"].append(fits.camera[i])
+            cols["lm_detected"].append(lm.astype(np.float32))
+            cols["lm_fitted"].append(fits.lm_fitted[i])
+            cols["align"].append(A.astype(np.float32))
+            cols["fit_error"].append(np.float32(err))
+            cols["lm_source"].append(src)
+        n_id, n_exp = fits.p_id.shape[1], fits.p_exp.shape[1]
+        shapes = {"group": ((), np.int64), "identity": ((), np.int64), "label": ((), np.int64),
+                  "image": ((size, size, 3), np.uint8), "p_exp": ((n_exp,), np.float32),
+                  "p_id": ((n_id,), np.float32), "camera": ((7,), np.float32),
+                  "lm_detected": ((68, 2), np.float32), "lm_fitted": ((68, 2), np.float32),
+                  "align": ((2, 3), np.float32), "fit_error": ((), np.float32), "lm_source": ((), np.int8),
+                  "au": ((N_AU,), np.float32)}
+        rows = {}
+        for name, vals in cols.items():
+            if name == "key":
+                rows[name] = list(vals)
+                continue
+            shp, dt = shapes[name]
+            rows[name] = (np.stack([np.asarray(v, dt) for v in vals]) if vals
+                          else np.zeros((0,) + shp, dt))
+        rejects.sort(key=lambda r: r["key"])
+        return ChunkResult(rows=rows, rejects=rejects)
+
+    def _fit(self, lms, rgbs, model, sources):
+        """Fit all faces of a chunk at once -> FitResult.
+
+        ``fit.contour=auto``: sidecar landmarks (source 0) use fixed landmark vertices,
+        detected ones (source 1) the dynamic silhouette contour (docs/fitting.md)."""
+        from fitting.fit import FitResult
+
+        lm = np.stack(lms) if lms else np.zeros((0, 68, 2))
+        if self.cfg.get("fitter", "landmarks") == "itw":
+            from fitting.itw import ITWFitter
+
+            fitter = _cached(("itw", self._model_hash, repr(sorted(self.cfg.items()))),
+                             lambda: ITWFitter(model, self.cfg, landmark_fitter=self._fitter(model, "fixed")))
+            return fitter.fit(rgbs, lm)
+        if self.cfg.get("contour", "dynamic") != "auto" or len(lm) == 0:
+            return self._fitter(model).fit(lm)
+        parts = {}
+        for src, contour in ((0, "fixed"), (1, "dynamic")):
+            idx = np.flatnonzero(sources == src)
+            if len(idx):
+                parts[src] = (idx, self._fitter(model, contour).fit(lm[idx]))
+        first = next(iter(parts.values()))[1]
+        out = {}
+        for name in ("p_id", "p_exp", "camera", "lm_fitted", "fit_error", "converged"):
+            ref = getattr(first, name)
+            arr = np.zeros((len(lm),) + ref.shape[1:], ref.dtype)
+            for idx, res in parts.values():
+                arr[idx] = getattr(res, name)
+            out[name] = arr
+        return FitResult(**out)
+
+
+def build_stage(images: str, model: str, fit_cfg: dict, root: Optional[str] = None,
+                metadata: Optional[str] = None, seed: int = 0) -> FitStage:
+    """Validate the inputs and options and build the stage (raises ConfigError)."""
+    from fitting.inputs import InputError, collect_inputs
+    from pipeline.config import ConfigError
+
+    if fit_cfg.get("landmarks") not in LANDMARK_MODES:
+        raise ConfigError(f"fit.landmarks must be one of {', '.join(LANDMARK_MODES)}, got {fit_cfg.get('landmarks')!r}")
+    if fit_cfg.get("fitter") not in FITTERS:
+        raise ConfigError(f"fit.fitter must be one of {', '.join(FITTERS)}, got {fit_cfg.get('fitter')!r}")
+    if fit_cfg.get("contour", "auto") not in ("auto", "dynamic", "fixed"):
+        raise ConfigError(f"fit.contour must be auto, dynamic or fixed, got {fit_cfg.get('contour')!r}")
+    if int(fit_cfg.get("crop_size", 128)) < 8:
+        raise ConfigError("fit.crop_size must be >= 8")
+    if not Path(model).is_file():
+        raise ConfigError(f"model file not found: {model}")
+    try:
+        inputs = collect_inputs(images, root)
+    except InputError as e:
+        raise ConfigError(str(e)) from None
+    meta, source = {}, ""
+    mpath = metadata
+    if mpath is None and Path(images).is_dir() and (Path(images) / "truth.h5").is_file():
+        mpath = str(Path(images) / "truth.h5")
+    if mpath:
+        if not Path(mpath).is_file():
+            raise ConfigError(f"metadata file not found: {mpath}")
+        try:
+            meta = read_metadata(mpath)
+        except (OSError, KeyError, ValueError) as e:
+            raise ConfigError(f"cannot read metadata {mpath}: {e}") from None
+        source = os.path.abspath(mpath)
+    try:
+        return FitStage(inputs, model, fit_cfg, meta, source, seed)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read model {model}: {e}") from None
