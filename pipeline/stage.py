@@ -104,8 +104,8 @@ def process_items(keys: Iterable[str], fn: Callable[[str], Mapping[str, Any] | N
             rejects.append({"key": key, "reason": e.reason, "detail": e.detail})
             continue
         except Exception as e:  # noqa: BLE001 — a bad input is a reject, not a crash
-            last = traceback.format_exception_only(type(e), e)[-1].strip()
-            rejects.append({"key": key, "reason": reason, "detail": last})
+            last = traceback.format_exception_only(type(e), e)[-1].strip().splitlines()
+            rejects.append({"key": key, "reason": reason, "detail": last[0][:500] if last else ""})
             continue
         if row is not None:
             kept.append(row)
