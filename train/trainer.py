@@ -279,7 +279,7 @@ class Trainer:
         self._allreduce(self.D.parameters())
         m.update(loss_d=loss_d.item(), d_adv=d_adv.item(), d_gp=gp.item(), d_exp=d_exp.item(),
                  grad_norm_d=_grad_norm(self.D.parameters()),
-                 d_real=float(real_s.float().mean()), d_fake=float(fake_s.float().mean()))
+                 d_real=real_s.detach().float().mean().item(), d_fake=fake_s.detach().float().mean().item())
         self.opt_D.step()
 
         if (step + 1) % int(self.t["n_critic"]) != 0:
