@@ -1,0 +1,145 @@
+"""Reading a run folder's test material for evaluation (DESIGN.md, Run folder).
+
+Each source is optional: a missing stage makes the metrics that need it ``null`` with the
+reason recorded in :class:`Unavailable` (never an exception for the user).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+class Unavailable(Exception):
+    """A metric or figure cannot be computed; ``str(e)`` is the reason shown in the report."""
+
+
+def _shardset(path: Path, what: str):
+    from pipeline.shards import ShardSet, ShardError
+
+    if not path.is_dir():
+        raise Unavailable(f"no {what} stage at {path}")
+    try:
+        return ShardSet(path)
+    except ShardError as e:
+        raise Unavailable(f"{what} stage unusable: {e}")
+
+
+def _columns(ds, names, rows=None, optional=()) -> dict:
+    have = set(ds.datasets)
+    out = {}
+    for n in list(names) + list(optional):
+        if n not in have:
+            if n in optional:
+                continue
+            raise Unavailable(f"{ds.dir} has no dataset {n!r}")
+        out[n] = ds.read(n) if rows is None else ds.read(n, rows)
+    return out
+
+
+def held_out_identity(identity, fraction: float, seed: int = 0) -> np.ndarray:
+    """Deterministic identity-level split: True for identities in the test part.
+
+    identity int [N] -> bool [N]. An identity is held out when sha256(f"{seed}:{id}")
+    falls in the lowest ``fraction`` of the hash range; -1 (unknown) is never held out.
+    Independent of which other identities exist, so it is stable as a world grows.
+    """
+    ids = np.asarray(identity, np.int64)
+    out = np.zeros(len(ids), bool)
+    for u in np.unique(ids):
+        if u < 0:
+            continue
+        h = int.from_bytes(hashlib.sha256(f"{seed}:{int(u)}".encode()).digest()[:8], "big") / 2.0 ** 64
+        out[ids == u] = h < fraction
+    return out
+
+
+@dataclass
+class RealSet:
+    """Aligned real photos (fit-emotionet): images uint8 [N,H,W,3], p_exp [N,E], identity [N],
+    label [N] (-1 none), key [N], test bool [N] (held-out identities)."""
+
+    images: np.ndarray
+    p_exp: np.ndarray
+    identity: np.ndarray
+    label: np.ndarray
+    key: np.ndarray
+    test: np.ndarray
+
+
+@dataclass
+class FabSet:
+    """4DFAB renders of held-out identities (split == 1): images, p_exp [N,E], group [N]."""
+
+    images: np.ndarray
+    p_exp: np.ndarray
+    group: np.ndarray
+    key: np.ndarray
+
+
+@dataclass
+class EvalData:
+    run: Path
+    model: object = None                 # fitting.model.MorphableModel
+    real: RealSet | None = None
+    fab: FabSet | None = None
+    lrw_dir: Path | None = None
+    missing: dict = field(default_factory=dict)  # source -> reason
+
+
+def load_real(run: Path, test_fraction: float, seed: int, max_items: int | None = None) -> RealSet:
+    ds = _shardset(run / "fits", "fits")
+    cols = _columns(ds, ["p_exp", "identity"], optional=["label", "key"])
+    n = len(ds)
+    if n == 0:
+        raise Unavailable("fits stage has no rows")
+    ident = np.asarray(cols["identity"], np.int64)
+    label = np.asarray(cols.get("label", np.full(n, -1)), np.int64)
+    test = held_out_identity(ident, test_fraction, seed)
+    if not test.any():  # tiny worlds: hold out at least one identity
+        known = np.unique(ident[ident >= 0])
+        if len(known) > 1:
+            test = ident == known[-1]
+    images = ds.read("image")
+    key = np.asarray(cols.get("key", np.array([str(i) for i in range(n)], object)))
+    return RealSet(images, np.asarray(cols["p_exp"], np.float32), ident, label, key, test)
+
+
+def load_fab(run: Path) -> FabSet:
+    ds = _shardset(run / "4dfab-params", "4dfab-params")
+    cols = _columns(ds, ["p_exp", "group"], optional=["split", "key"])
+    split = np.asarray(cols.get("split", np.ones(len(ds))), np.int64)
+    rows = np.nonzero(split == 1)[0]
+    if len(rows) == 0:
+        raise Unavailable("4dfab-params has no held-out (split == 1) renders")
+    key = cols.get("key", np.array([str(i) for i in range(len(ds))], object))
+    return FabSet(ds.read("image", rows), np.asarray(cols["p_exp"][rows], np.float32),
+                  np.asarray(cols["group"][rows], np.int64), np.asarray(key)[rows])
+
+
+def load_data(run, test_fraction: float = 0.17, seed: int = 0) -> EvalData:
+    """Everything evaluation reads from a run folder; absent parts are listed in ``missing``."""
+    run = Path(run)
+    data = EvalData(run=run)
+    try:
+        from fitting.model import MorphableModel
+
+        if not (run / "model.h5").is_file():
+            raise Unavailable(f"no 3DMM at {run / 'model.h5'}")
+        data.model = MorphableModel.load(run / "model.h5")
+    except Unavailable as e:
+        data.missing["model"] = str(e)
+    except Exception as e:  # noqa: BLE001 — a broken model.h5 disables the renders, not the run
+        data.missing["model"] = f"cannot load {run / 'model.h5'}: {e}"
+    for name, fn in (("real", lambda: load_real(run, test_fraction, seed)), ("fab", lambda: load_fab(run))):
+        try:
+            setattr(data, name, fn())
+        except Unavailable as e:
+            data.missing[name] = str(e)
+    if (run / "lrw" / "truth.h5").is_file():
+        data.lrw_dir = run / "lrw"
+    else:
+        data.missing["lrw"] = f"no LRW-style sequences at {run / 'lrw'} (truth.h5)"
+    return data

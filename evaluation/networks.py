@@ -1,0 +1,169 @@
+"""Checkpoint loading and batched inference for evaluation.
+
+A checkpoint (docs/INTERFACES.md) is a dict with ``format``, ``variant``, ``step``,
+``model_config`` (accepted by ``model.networks.build_networks``), ``G`` and ``D`` state
+dicts. Images cross this module's boundary as uint8 ``[B, H, W, 3]`` or float
+``[B, H, W, 3]`` in [0, 1]; the networks see float ``[B, 3, H, W]`` in [-1, 1].
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import ConfigError
+
+
+@dataclass
+class Networks:
+    """An evaluated checkpoint: ``G(image, p) -> image (+ mask, colour)``, ``D(image) -> (realism, p)``."""
+
+    name: str
+    variant: str
+    G: Any
+    D: Any
+    n_params: int
+    path: str = ""
+    step: int = -1
+    model_config: dict = field(default_factory=dict)
+    device: str = "cpu"
+
+
+def _probe_n_params(D, size: int, device: str) -> int:
+    import torch
+
+    with torch.no_grad():
+        out = D(torch.zeros(1, 3, size, size, device=device))
+    return int(_regressed(out).shape[-1])
+
+
+def load_checkpoint(path: str | os.PathLike, device: str = "cpu", name: str | None = None) -> Networks:
+    """Load a ``slidergan-ckpt/1`` file and rebuild G and D in eval mode.
+
+    Raises ConfigError (one line) for a missing or malformed checkpoint.
+    """
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(p, map_location=device, weights_only=True)
+    except Exception as e:  # noqa: BLE001 — any unreadable file is a usage error here
+        raise ConfigError(f"cannot read checkpoint {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+    if not isinstance(ckpt, dict) or not all(k in ckpt for k in ("model_config", "G", "D")):
+        raise ConfigError(f"{path}: not a SliderGAN checkpoint (needs model_config, G, D)")
+    from model.networks import build_networks
+
+    cfg = dict(ckpt["model_config"])
+    G, D = build_networks(cfg)
+    try:
+        G.load_state_dict(ckpt["G"])
+        D.load_state_dict(ckpt["D"])
+    except RuntimeError as e:
+        raise ConfigError(f"{path}: weights do not match model_config ({str(e).splitlines()[0]})")
+    G.to(device).eval()
+    D.to(device).eval()
+    variant = str(ckpt.get("variant", "model"))
+    size = int(cfg.get("image_size", 128))
+    n = cfg.get("n_params") or cfg.get("n_exp") or cfg.get("c_dim")
+    n = int(n) if n else _probe_n_params(D, size, device)
+    step = ckpt.get("step", -1)
+    return Networks(name=name or variant, variant=variant, G=G, D=D, n_params=n, path=str(p),
+                    step=int(step) if step is not None else -1, model_config=cfg, device=device)
+
+
+def to_tensor(images, device: str = "cpu"):
+    """uint8 [B,H,W,3] (or float in [0,1]) -> torch float [B,3,H,W] in [-1, 1]."""
+    import torch
+
+    a = np.asarray(images)
+    a = a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a.astype(np.float32)
+    t = torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2)
+    return (t * 2.0 - 1.0).to(device)
+
+
+def from_tensor(t) -> np.ndarray:
+    """torch [B,3,H,W] in [-1, 1] -> float32 numpy [B,H,W,3] in [0, 1]."""
+    x = ((t.detach().float().clamp(-1, 1) + 1.0) * 0.5).permute(0, 2, 3, 1).cpu().numpy()
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _generated(out):
+    """The edited image out of G's return value (tensor, tuple (image, mask, colour) or dict)."""
+    if isinstance(out, dict):
+        for k in ("image", "output", "out", "fake"):
+            if k in out:
+                return out[k]
+        raise TypeError(f"generator returned a dict without an image ({sorted(out)})")
+    if isinstance(out, (tuple, list)):
+        return out[0]
+    if hasattr(out, "image"):
+        return out.image
+    return out
+
+
+def _regressed(out):
+    """The regressed parameters out of D's return value ((realism, params) or dict)."""
+    if isinstance(out, dict):
+        for k in ("params", "p", "regression", "exp"):
+            if k in out:
+                return out[k]
+        raise TypeError(f"discriminator returned a dict without parameters ({sorted(out)})")
+    if isinstance(out, (tuple, list)):
+        return out[1]
+    if hasattr(out, "params"):
+        return out.params
+    raise TypeError("discriminator must return (realism, params)")
+
+
+def generate(nets: Networks, images, p, batch_size: int = 16) -> np.ndarray:
+    """G(images, p): images uint8/float [B,H,W,3], p [B,E'] -> float32 [B,H,W,3] in [0,1].
+
+    ``p`` is cut or zero-padded to the checkpoint's width E (a 30-parameter checkpoint
+    ignores speech parameters; a 40-parameter one gets zero speech for a 30-vector).
+    """
+    import torch
+
+    imgs = np.asarray(images)
+    pp = fit_width(np.asarray(p, np.float32), nets.n_params)
+    if len(imgs) != len(pp):
+        raise ValueError(f"generate: {len(imgs)} images but {len(pp)} parameter vectors")
+    outs = []
+    with torch.no_grad():
+        for s in range(0, len(imgs), batch_size):
+            x = to_tensor(imgs[s:s + batch_size], nets.device)
+            c = torch.from_numpy(pp[s:s + batch_size]).to(nets.device)
+            outs.append(from_tensor(_generated(nets.G(x, c))))
+    if not outs:
+        return np.zeros((0,) + imgs.shape[1:3] + (3,), np.float32)
+    return np.concatenate(outs)
+
+
+def regress(nets: Networks, images, batch_size: int = 32) -> np.ndarray:
+    """D's regressed parameters: images uint8/float [B,H,W,3] -> float32 [B,E]."""
+    import torch
+
+    imgs = np.asarray(images)
+    outs = []
+    with torch.no_grad():
+        for s in range(0, len(imgs), batch_size):
+            x = to_tensor(imgs[s:s + batch_size], nets.device)
+            outs.append(_regressed(nets.D(x)).detach().float().reshape(len(x), -1).cpu().numpy())
+    if not outs:
+        return np.zeros((0, nets.n_params), np.float32)
+    return np.concatenate(outs).astype(np.float32)
+
+
+def fit_width(p: np.ndarray, width: int) -> np.ndarray:
+    """Cut or zero-pad the last axis of p [..., E'] to ``width`` -> float32 [..., width]."""
+    p = np.asarray(p, np.float32)
+    if p.shape[-1] == width:
+        return p
+    if p.shape[-1] > width:
+        return np.ascontiguousarray(p[..., :width])
+    pad = np.zeros(p.shape[:-1] + (width - p.shape[-1],), np.float32)
+    return np.concatenate([p, pad], axis=-1)

@@ -1,0 +1,168 @@
+"""The paper's evaluation protocols on a loaded checkpoint (:class:`evaluation.networks.Networks`).
+
+* Table 1 (:func:`table1_ied`): 4DFAB renders of held-out identities; random ordered pairs
+  (source, target) of the same identity+session (``group``); G(source, p_target) is compared
+  with the target render by IED.
+* Table 4 (:func:`real_edits`): on real test photos, ``d_rel_error_fit`` = mean
+  ||p_fit - D(I)|| / ||p_fit||, and ``d_rel_error_trg`` = mean ||p_trg - D(G(I, p_trg))|| / ||p_trg||
+  with p_trg the fitted parameters of another test photo (a fixed random permutation).
+  The same edits give ``identity_cos`` and ``exp_rel_error_refit``.
+* Table 2 (:func:`expression_recognition`): presets = per-class mean of D's regressed
+  parameters over the labelled photos; test photos are translated to each of the seven
+  presets and a D-independent classifier must recognise the target class.
+* Table 3 (:func:`evaluation.lrw.table3_ied`): expression + speech transfer in LRW-style sequences.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from evaluation import metrics
+from evaluation.data import Unavailable
+from evaluation.networks import Networks, generate, regress
+
+
+def same_group_pairs(group, n_pairs: int, seed: int = 0) -> np.ndarray:
+    """Random ordered pairs (i, j), i != j, group[i] == group[j] -> int64 [P, 2], P <= n_pairs.
+
+    Pairs are drawn without replacement from all such ordered pairs (deterministic for a seed).
+    """
+    g = np.asarray(group)
+    cand = []
+    for u in np.unique(g):
+        idx = np.nonzero(g == u)[0]
+        if len(idx) < 2:
+            continue
+        a, b = np.meshgrid(idx, idx, indexing="ij")
+        m = a != b
+        cand.append(np.stack([a[m], b[m]], 1))
+    if not cand:
+        return np.zeros((0, 2), np.int64)
+    cand = np.concatenate(cand).astype(np.int64)
+    rng = np.random.default_rng(seed)
+    take = rng.permutation(len(cand))[: max(0, int(n_pairs))]
+    return cand[np.sort(take)]
+
+
+def table1_ied(nets: Networks, images, p_exp, group, n_pairs: int, seed: int = 0) -> dict:
+    """IED of G(source, p_target) against the target: {"ied", "n_pairs", "ied_identity"}.
+
+    images uint8 [N,H,W,3], p_exp [N,E], group [N]. ``ied_identity`` is the IED of the
+    untouched source against the target (the do-nothing baseline).
+    """
+    from evaluation import ied
+
+    pairs = same_group_pairs(group, n_pairs, seed)
+    if len(pairs) == 0:
+        raise Unavailable("no identity+session group has two held-out 4DFAB renders")
+    src, trg = pairs[:, 0], pairs[:, 1]
+    out = generate(nets, images[src], p_exp[trg])
+    target = images[trg].astype(np.float64) / 255.0
+    d = ied(out, target)
+    base = ied(images[src].astype(np.float64) / 255.0, target)
+    return {"ied": float(np.mean(d)), "n_pairs": int(len(pairs)), "ied_identity": float(np.mean(base)),
+            "per_pair": d}
+
+
+@dataclass
+class RealEdits:
+    """Real test photos edited towards other photos' parameters (inputs of Tables 4 and refit)."""
+
+    inputs: np.ndarray        # uint8 [N,H,W,3]
+    p_fit: np.ndarray         # [N,E] fitted parameters of the inputs
+    p_trg: np.ndarray         # [N,E] target parameters
+    outputs: np.ndarray       # float32 [N,H,W,3] in [0,1]
+    d_fit: np.ndarray         # [N,E] D(inputs)
+    d_out: np.ndarray         # [N,E] D(outputs)
+    extra: dict = field(default_factory=dict)
+
+
+def target_permutation(n: int, seed: int = 0) -> np.ndarray:
+    """A fixed permutation of range(n) without fixed points when n > 1 (a cyclic shift of a shuffle)."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n)
+    perm = np.empty(n, np.int64)
+    perm[order] = np.roll(order, -1)
+    return perm
+
+
+def real_edits(nets: Networks, images, p_fit, seed: int = 0) -> RealEdits:
+    p_fit = np.asarray(p_fit, np.float32)[:, : nets.n_params]
+    if len(images) == 0:
+        raise Unavailable("no real test photos")
+    p_trg = p_fit[target_permutation(len(images), seed)]
+    outputs = generate(nets, images, p_trg)
+    return RealEdits(images, p_fit, p_trg, outputs, regress(nets, images), regress(nets, outputs))
+
+
+def d_errors(ed: RealEdits) -> dict:
+    """Table 4: {"d_rel_error_fit", "d_rel_error_trg"} (each None when no usable row)."""
+    return {"d_rel_error_fit": metrics.mean_relative_error(ed.p_fit, ed.d_fit),
+            "d_rel_error_trg": metrics.mean_relative_error(ed.p_trg, ed.d_out)}
+
+
+def refit_error(model, ed: RealEdits, fit_options: dict | None = None, upsample: int = 2) -> dict:
+    """Fit the 3DMM to each generated image and compare with p_trg.
+
+    Landmarks: ``fitting.landmarks.Detector`` (dlib HOG detector + 68-point predictor) with
+    ``upsample`` pyramid up-samplings (a 128x128 face is small for dlib's detector); images without a detected face are counted
+    (``refit_no_face``) and left out. Returns {"exp_rel_error_refit", "refit_no_face", "refit_n"}.
+    """
+    from fitting.fit import FitOptions, LandmarkFitter
+    from fitting.landmarks import Detector
+
+    det = Detector(upsample=upsample)
+    lms, rows = [], []
+    for i, im in enumerate(metrics.to_uint8(ed.outputs)):
+        lm = det.detect(im)
+        if lm is not None:
+            lms.append(lm)
+            rows.append(i)
+    n_no_face = len(ed.outputs) - len(rows)
+    if not rows:
+        raise Unavailable(f"no face detected in any of the {len(ed.outputs)} generated images")
+    E = ed.p_trg.shape[1]
+    opts = dict(fit_options or {})
+    opts.setdefault("n_exp", E)
+    opts.setdefault("device", "cpu")
+    fitter = LandmarkFitter(model, FitOptions(**{k: v for k, v in opts.items()
+                                                 if k in FitOptions.__dataclass_fields__}))
+    res = fitter.fit(np.stack(lms))
+    rows = np.asarray(rows)
+    err = metrics.mean_relative_error(ed.p_trg[rows], res.p_exp)
+    return {"exp_rel_error_refit": err, "refit_no_face": int(n_no_face), "refit_n": int(len(rows))}
+
+
+def expression_presets(nets: Networks, images, labels, n_classes: int = 7) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class mean of D's regressed parameters over labelled photos (the paper's presets).
+
+    images [N,H,W,3], labels [N] in 0..n_classes-1 -> (presets [n_classes,E], have bool [n_classes]).
+    """
+    labels = np.asarray(labels, np.int64)
+    reg = regress(nets, images)
+    presets = np.zeros((n_classes, nets.n_params), np.float32)
+    have = np.zeros(n_classes, bool)
+    for c in range(n_classes):
+        m = labels == c
+        if m.any():
+            presets[c] = reg[m].mean(0)
+            have[c] = True
+    return presets, have
+
+
+def expression_recognition(nets: Networks, classifier, test_images, presets, have) -> dict:
+    """Translate every test photo to every available preset and classify the result.
+
+    Returns {"expr_recognition_acc", "expr_n", "per_class" {c: acc}}.
+    """
+    classes = np.nonzero(have)[0]
+    if len(classes) < 2 or len(test_images) == 0:
+        raise Unavailable("need test photos and presets of at least two expression classes")
+    n = len(test_images)
+    imgs = np.concatenate([test_images] * len(classes))
+    p = np.repeat(presets[classes], n, axis=0)
+    truth = np.repeat(classes, n)
+    pred = classifier.predict(generate(nets, imgs, p))
+    per = {int(c): metrics.accuracy(pred[truth == c], truth[truth == c]) for c in classes}
+    return {"expr_recognition_acc": metrics.accuracy(pred, truth), "expr_n": int(len(truth)), "per_class": per}
