@@ -255,6 +255,27 @@ class LandmarkFitter:
         g = Af.transpose(1, 2) @ (wf * b.reshape(A.shape[0], -1, 1))
         return torch.linalg.solve(H, g)[..., 0]
 
+    def solve_shape(self, lm2d, camera, weights=None) -> np.ndarray:
+        """The shape step alone: MAP ``p = [p_id, p_exp]`` ``[B, P]`` for fixed weak-perspective
+        cameras ``[B, 7]`` and landmarks ``[B, 68, 2]`` (fixed landmark vertices)."""
+        import torch
+
+        from render.camera import camera_rotation
+
+        y = torch.as_tensor(np.asarray(lm2d, np.float64), dtype=self.dtype, device=self.device)
+        cam = np.asarray(camera, np.float64)
+        R = torch.as_tensor(camera_rotation(cam), dtype=self.dtype, device=self.device)
+        s = torch.as_tensor(cam[:, 5], dtype=self.dtype, device=self.device)
+        t = torch.as_tensor(cam[:, 3:5], dtype=self.dtype, device=self.device)
+        w = (torch.ones(y.shape[:2], dtype=self.dtype, device=self.device) if weights is None
+             else torch.as_tensor(np.asarray(weights, np.float64), dtype=self.dtype, device=self.device))
+        s_ref = torch.as_tensor(interocular(np.asarray(lm2d, np.float64)) / self.model_iod,
+                                dtype=self.dtype, device=self.device)
+        Bsz = y.shape[0]
+        m = self._mean_lm.expand(Bsz, -1, -1)
+        Bm = self._basis_lm.expand(Bsz, -1, -1, -1)
+        return self._solve_shape(y, w, s, R, t, Bm, m, s_ref).cpu().numpy()
+
     # ---------------------------------------------------------------- main
     def fit(self, lm2d, weights=None) -> FitResult:
         """Fit a batch.
