@@ -154,7 +154,8 @@ def _expression_fields(V: np.ndarray, L: np.ndarray) -> list[np.ndarray]:
     F["lips_part"] = _bump(V, upper_lip, 0.07, [0, 0.02, 0]) + _bump(V, lower_lip, 0.07, [0, -0.03, 0])
     F["lip_suck"] = _bump(V, upper_lip, 0.07, [0, 0, -0.04]) + _bump(V, lower_lip, 0.07, [0, 0, -0.04])
     F["jaw_forward"] = _bump(V, chin, 0.3, [0, 0, 0.05]) * below[:, None]
-    return [F[n] for n in EXP_NAMES]
+    # Local motions are exaggerated 1.5x so that +-1 is clearly visible at 128x128.
+    return [F[n] * (1.0 if n == "jaw_open" else 1.5) for n in EXP_NAMES]
 
 
 def _speech_fields(V: np.ndarray, L: np.ndarray) -> list[np.ndarray]:

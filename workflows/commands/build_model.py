@@ -20,6 +20,8 @@ def add_arguments(p):
     p.add_argument("--n-exp", type=int, default=None, help="expression components to keep (paper: 30)")
     p.add_argument("--seed", type=int, default=0, help="demo model seed")
     p.add_argument("--out", required=True, metavar="F", help="output model.h5")
+    p.add_argument("--preview", metavar="PNG", help="also write front renders of -1/0/+1 of the first "
+                   "10 expression components")
 
 
 def run(args) -> int:
@@ -52,4 +54,9 @@ def run(args) -> int:
         raise ConfigError(str(e)) from None
     model.save(args.out)
     print(f"wrote {args.out}: {model}")
+    if args.preview:
+        from fitting.preview import blendshape_sheet
+
+        blendshape_sheet(model).save(args.preview)
+        print(f"wrote {args.preview}")
     return 0
