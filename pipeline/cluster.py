@@ -81,7 +81,7 @@ def _local_cluster(profile: dict, workers: int):
                         processes=bool(profile.get("processes", True)),
                         memory_limit=profile.get("memory_limit", "auto"),
                         dashboard_address=profile.get("dashboard_address", ":0"),
-                        silence_logs=logging.ERROR)
+                        silence_logs=logging.CRITICAL)
 
 
 @contextlib.contextmanager

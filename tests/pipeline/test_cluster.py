@@ -1,0 +1,47 @@
+"""Cluster profiles: the SLURM profile renders a valid job script (no SLURM needed)."""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from pipeline.cluster import load_profile, slurm_cluster
+from pipeline.config import ConfigError
+
+
+def test_slurm_profile_renders_job_script(tmp_path):
+    prof = load_profile("slurm")
+    assert prof["kind"] == "slurm"
+    with slurm_cluster(prof) as cluster:
+        script = cluster.job_script()
+    lines = script.splitlines()
+    assert lines[0].startswith("#!")
+    assert f"#SBATCH -p {prof['queue']}" in lines
+    assert f"#SBATCH -t {prof['walltime']}" in lines
+    assert f"#SBATCH --cpus-per-task={prof['cores']}" in lines
+    for extra in prof["job_extra_directives"]:
+        assert f"#SBATCH {extra}" in lines
+    for pro in prof["job_script_prologue"]:
+        assert pro in lines
+    worker = [ln for ln in lines if "distributed.cli.dask_worker" in ln]
+    assert len(worker) == 1
+    assert f"--nworkers {prof['processes']}" in worker[0] and "--nthreads 1" in worker[0]
+    (tmp_path / "job.sh").write_text(script)
+    assert subprocess.run(["bash", "-n", str(tmp_path / "job.sh")]).returncode == 0
+
+
+def test_profile_file_and_errors(tmp_path):
+    custom = tmp_path / "site.yaml"
+    custom.write_text("kind: slurm\nqueue: gpu\ncores: 2\nprocesses: 2\nmemory: 4GB\nwalltime: '00:10:00'\n"
+                      "job_extra_directives: ['--gres=gpu:1']\n")
+    with slurm_cluster(load_profile(str(custom))) as cluster:
+        script = cluster.job_script()
+    assert "#SBATCH -p gpu" in script and "#SBATCH --gres=gpu:1" in script
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kind: slurm\nqueue: gpu\nqeue: typo\n")
+    with pytest.raises(ConfigError, match="unknown slurm cluster key 'qeue'"):
+        load_profile(str(bad))
+    with pytest.raises(ConfigError, match="no cluster profile"):
+        load_profile("pbs")
+    with pytest.raises(ConfigError, match="cluster profile not found"):
+        load_profile(str(tmp_path / "missing.yaml"))
