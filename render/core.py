@@ -16,7 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from render.camera import project_camera_frame, to_camera_frame
+from numba import njit
+
+from render.camera import camera_rotation
 from render.lighting import check_light, shade, vertex_normals
 from render.raster import rasterize
 
@@ -74,7 +76,37 @@ def _check_mesh(vertices, triangles, colours):
     C = np.asarray(colours, dtype=np.float64)
     if C.shape != V.shape:
         raise ValueError(f"colours must be [N, 3] like vertices {V.shape}, got {C.shape}")
-    return V, T.astype(np.int64), C
+    return V, np.asarray(T, dtype=np.int64), C
+
+
+@njit(cache=True, nogil=True)
+def _transform_kernel(V, R, tx, ty, s, d, Xc, uv, w):  # pragma: no cover - jitted
+    for i in range(V.shape[0]):
+        x = R[0, 0] * V[i, 0] + R[0, 1] * V[i, 1] + R[0, 2] * V[i, 2]
+        y = R[1, 0] * V[i, 0] + R[1, 1] * V[i, 1] + R[1, 2] * V[i, 2]
+        z = R[2, 0] * V[i, 0] + R[2, 1] * V[i, 1] + R[2, 2] * V[i, 2]
+        Xc[i, 0], Xc[i, 1], Xc[i, 2] = x, y, z
+        if d > 0:
+            w[i] = d - z
+            k = s * d / w[i]
+        else:
+            w[i] = 1.0
+            k = s
+        uv[i, 0] = k * x + tx
+        uv[i, 1] = -k * y + ty
+
+
+def camera_transform(V: np.ndarray, cam: np.ndarray):
+    """Camera-frame vertices ``Xc [N, 3]``, pixels ``uv [N, 2]`` and homogeneous weights
+    ``w [N]`` in one pass (the same maths as :func:`render.camera.project`, checked by the
+    tests; a fused kernel avoids BLAS threading overhead on ``[N, 3] @ [3, 3]``)."""
+    V = np.ascontiguousarray(V, dtype=np.float64)
+    R = np.ascontiguousarray(camera_rotation(cam))
+    Xc = np.empty_like(V)
+    uv = np.empty((len(V), 2))
+    w = np.empty(len(V))
+    _transform_kernel(V, R, float(cam[3]), float(cam[4]), float(cam[5]), float(cam[6]), Xc, uv, w)
+    return Xc, uv, w
 
 
 def barycentrics_at_pixels(uv: np.ndarray, w: np.ndarray, triangles: np.ndarray, tri: np.ndarray) -> np.ndarray:
@@ -128,9 +160,7 @@ def render(vertices, triangles, colours, camera, background=(128, 128), light=No
     size, bg = _background(background)
     L = check_light(light)
 
-    Xc = to_camera_frame(V, cam)
-    uv = project_camera_frame(Xc, cam)
-    w = (cam[6] - Xc[:, 2]) if cam[6] > 0 else np.ones(len(V))
+    Xc, uv, w = camera_transform(V, cam)
     shaded = shade(C, vertex_normals(Xc, T), L) if L is not None else np.clip(C, 0, 1).astype(np.float32)
 
     if backend == "fast":
@@ -172,9 +202,7 @@ def visible_vertices(vertices, triangles, camera, size, tolerance: float = 0.01)
     T = np.asarray(triangles, dtype=np.int64)
     cam = np.asarray(camera, dtype=np.float64)
     H, W = int(size[0]), int(size[1])
-    Xc = to_camera_frame(V, cam)
-    uv = project_camera_frame(Xc, cam)
-    w = (cam[6] - Xc[:, 2]) if cam[6] > 0 else np.ones(len(V))
+    Xc, uv, w = camera_transform(V, cam)
     _, _, depth = rasterize(uv, Xc[:, 2], w, T, (H, W))
     j = np.floor(uv[:, 0]).astype(np.int64)
     i = np.floor(uv[:, 1]).astype(np.int64)

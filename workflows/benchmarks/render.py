@@ -1,0 +1,91 @@
+"""Renderer throughput: the numba fast path against pyrender (OSMesa), side by side.
+
+Both render the *same* frames: the demo model's mesh (53k vertices, 106k triangles) with a
+new random identity + expression each frame (new geometry, so nothing can be cached on
+the GPU side), per-vertex albedo, a random SH light, 128x128, composited over a background.
+
+- ``render_images_per_s``: ``render.render(..., backend="fast")`` with all buffers
+  (image, mask, triangle ids, barycentrics, depth).
+- ``render_baseline_images_per_s``: ``render.render(..., backend="pyrender", buffers=False)``:
+  a new pyrender Mesh/Scene per frame, image + mask only (the cheapest pyrender call; the
+  id pass that produces tri/bary is *not* counted against the baseline).
+- ``render_baseline_full_images_per_s``: pyrender with the id pass (all buffers, like the fast path).
+- ``render_speedup``: ratio of the first two.
+
+Warm-up frames (JIT cache load, OpenGL context creation) are excluded for both; the two
+backends alternate frame by frame so that machine load affects both alike.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+
+def _frames(ctx, n: int):
+    from fitting.model import MorphableModel
+
+    path = ctx.world / "model.h5"
+    if path.exists():
+        model = MorphableModel.load(path)
+    else:  # no world: the demo model itself
+        from fitting.demo_model import build_demo_model
+
+        model = build_demo_model(seed=0)
+    rng = np.random.default_rng(0)
+    from render.camera import camera_fitting_view
+    from render.lighting import random_light
+
+    frames = []
+    for _ in range(n):
+        V = model.instance(rng.normal(size=model.n_id).astype(np.float32),
+                           rng.uniform(-1, 1, model.n_exp).astype(np.float32))
+        cam = camera_fitting_view(V, (128, 128), yaw=rng.uniform(-0.6, 0.6), pitch=rng.uniform(-0.2, 0.2))
+        frames.append((V, cam, random_light(rng)))
+    return model, frames
+
+
+def _rates(fns, frames) -> list[float]:
+    """Images/s of each function on the same frames, interleaved frame by frame so that a
+    change in machine load affects all of them alike."""
+    for fn in fns:
+        fn(*frames[0])  # warm-up
+    spent = [0.0] * len(fns)
+    for f in frames:
+        for k, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn(*f)
+            spent[k] += time.perf_counter() - t0
+    return [len(frames) / s for s in spent]
+
+
+def run(ctx) -> dict:
+    os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+    import render
+
+    n = 10 if ctx.quick else 40
+    model, frames = _frames(ctx, n)
+    T = model.trilist
+    C = model.texture()
+    bg = np.full((128, 128, 3), 90, np.uint8)
+
+    def fast(V, cam, light):
+        return render.render(V, T, C, cam, bg, light=light, backend="fast")
+
+    def pyr(V, cam, light):
+        return render.render(V, T, C, cam, bg, light=light, backend="pyrender", buffers=False)
+
+    def pyr_full(V, cam, light):
+        return render.render(V, T, C, cam, bg, light=light, backend="pyrender", buffers=True)
+
+    fast_rate, base_rate = _rates([fast, pyr], frames)
+    (full_rate,) = _rates([pyr_full], frames[: max(5, n // 4)])
+    return {
+        "render_images_per_s": round(fast_rate, 2),
+        "render_baseline_images_per_s": round(base_rate, 2),
+        "render_baseline_full_images_per_s": round(full_rate, 2),
+        "render_speedup": round(fast_rate / base_rate, 2),
+        "render_vertices": int(model.n_vertices),
+        "render_size": "128x128",
+    }
