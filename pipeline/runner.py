@@ -120,13 +120,16 @@ def _shard_current(path: Path, stage: Stage, chunk: int, phash: str, mhash: str,
 
 class _HashCache:
     """sha256 of shards keyed by (size, mtime_ns, inode), so a re-run does not re-hash
-    unchanged shards.  A private speed-up; _stage.json holds the authoritative hashes."""
+    unchanged shards, and does notice a shard whose bytes changed since it was written
+    (it is then recomputed).  A private speed-up; _stage.json holds the authoritative hashes."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, listed: dict[str, str]):
         self.path = folder / HASH_CACHE
+        self.listed = listed                      # file -> sha256 from the previous _stage.json
         try:
             self.data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
+            assert isinstance(self.data, dict)
+        except (OSError, ValueError, AssertionError):
             self.data = {}
 
     @staticmethod
@@ -146,11 +149,33 @@ class _HashCache:
         self.data[p.name] = sig + [sha]
         return sha
 
+    def intact(self, p: Path) -> bool:
+        """False when the shard's bytes differ from what this runner wrote or last listed."""
+        hit = self.data.get(p.name)
+        expected = hit[3] if hit else self.listed.get(p.name)
+        if expected is None:
+            return True
+        if hit and hit[:3] == self._sig(p):
+            return True
+        sha = sha256_file(p)
+        if sha != expected:
+            return False
+        self.data[p.name] = self._sig(p) + [sha]
+        return True
+
     def save(self) -> None:
         try:
             atomic_write_json(self.path, self.data)
         except OSError:
             pass
+
+
+def _listed_hashes(out: Path) -> dict[str, str]:
+    try:
+        meta = json.loads((out / STAGE_FILE).read_text(encoding="utf-8"))
+        return {s["file"]: s["sha256"] for s in meta.get("shards", [])}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
 
 
 def run_stage(stage: Stage, out_dir: str | os.PathLike, chunk_size: int = 64, force: bool = False,
@@ -188,9 +213,12 @@ def run_stage(stage: Stage, out_dir: str | os.PathLike, chunk_size: int = 64, fo
                              params_hash=phash)
         if only is not None and not 0 <= int(only) < len(chunks):
             raise ConfigError(f"--only {only}: stage {stage.name} has chunks 0..{len(chunks) - 1}")
+        cache = _HashCache(out, _listed_hashes(out))
         todo = []
         for i in range(len(chunks)):
-            current = _shard_current(out / shard_name(i), stage, i, phash, mhash, khashes[i])
+            path = out / shard_name(i)
+            current = (_shard_current(path, stage, i, phash, mhash, khashes[i])
+                       and (force or cache.intact(path)))
             if only is not None:
                 if i == int(only):
                     todo.append(i)
@@ -204,7 +232,6 @@ def run_stage(stage: Stage, out_dir: str | os.PathLike, chunk_size: int = 64, fo
                 report.skipped.append(i)
         log(f"stage {stage.name}: {len(keys)} inputs, {len(chunks)} chunks of {chunk_size}, "
             f"{len(todo)} to compute, {len(report.skipped)} current")
-        cache = _HashCache(out)
         if todo:
             (out / STAGE_FILE).unlink(missing_ok=True)
             args = {i: (chunks[i], i, str(out), phash, mhash, khashes[i]) for i in todo}
@@ -219,6 +246,7 @@ def run_stage(stage: Stage, out_dir: str | os.PathLike, chunk_size: int = 64, fo
                 else:
                     report.failed[i] = res
             report.computed.sort()
+            cache.save()
         _finalize(stage, out, chunks, int(chunk_size), phash, mhash, report, cache)
         cache.save()
     report.seconds = time.perf_counter() - t0

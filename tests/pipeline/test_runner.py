@@ -163,3 +163,20 @@ def test_dask_cluster_gives_same_bytes_retries_and_failures(inputs, tmp_path, da
     assert addr.startswith("tcp://")
     rep = _run(ToyStage(inputs, fail_chunks=[3]), tmp_path / "f", cluster=addr, force=True)
     assert list(rep.failed) == [3] and rep.computed == [0, 1, 2]
+
+
+def test_corrupted_shard_is_recomputed_on_rerun(inputs, tmp_path):
+    out = tmp_path / "o"
+    _run(ToyStage(inputs), out)
+    first = _bytes(out)
+    victim = out / shard_name(2)
+    data = bytearray(victim.read_bytes())
+    data[-100] ^= 0xFF                                   # inside the last image's bytes
+    victim.write_bytes(bytes(data))
+    rep = _run(ToyStage(inputs), out)
+    assert rep.computed == [2] and rep.skipped == [0, 1, 3]
+    assert _bytes(out) == first
+    (out / ".sha256-cache.json").unlink()                # without the cache: _stage.json's hashes
+    victim.write_bytes(bytes(data))
+    rep = _run(ToyStage(inputs), out)
+    assert rep.computed == [2] and _bytes(out) == first
