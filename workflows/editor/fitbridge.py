@@ -17,21 +17,34 @@ from workflows.editor.imaging import ImageInputError
 _FITTERS: dict = {}
 
 
-def fit_options():
+def fit_config() -> dict:
     """The ``fit:`` section of the default preset (the settings ``fit-emotionet`` uses)."""
-    from fitting.fit import FitOptions
     from pipeline.config import load_config
 
-    return FitOptions.from_config(load_config().section("fit"), device="cpu")
+    return load_config().section("fit")
 
 
-def _fitter(model):
+def fit_options(source: str):
+    """FitOptions for landmarks from a ``sidecar`` or ``detected``; ``fit.contour=auto``
+    means fixed jaw vertices for sidecars, the dynamic silhouette for detections (as the
+    fit stage does)."""
+    from fitting.fit import FitOptions
+
+    cfg = fit_config()
+    contour = cfg.get("contour", "dynamic")
+    if contour == "auto":
+        contour = "fixed" if source == "sidecar" else "dynamic"
+    return FitOptions.from_config(cfg, contour=contour, device="cpu")
+
+
+def _fitter(model, source: str):
     from fitting.fit import LandmarkFitter
 
-    key = id(model)
+    key = (id(model), source)
     if key not in _FITTERS:
-        _FITTERS.clear()
-        _FITTERS[key] = LandmarkFitter(model, fit_options())
+        if any(k[0] != id(model) for k in _FITTERS):
+            _FITTERS.clear()
+        _FITTERS[key] = LandmarkFitter(model, fit_options(source))
     return _FITTERS[key]
 
 
@@ -65,7 +78,7 @@ def align_matrix(model, landmarks: np.ndarray, crop_size: int) -> np.ndarray:
     mean landmarks seen frontally (fitting.align)."""
     from fitting.align import reference_shape, similarity_transform
 
-    ref = reference_shape(model.landmarks_3d(), crop_size)
+    ref = reference_shape(model.mean_shape[model.landmarks], crop_size)  # as workflows/stages/fit.py
     return similarity_transform(landmarks, ref)
 
 
@@ -78,7 +91,9 @@ def fit_photo(image: np.ndarray, model, landmarks: np.ndarray | None = None, cro
     ``fit_error`` float, ``landmark_source`` ("sidecar" | "detected").
     """
     from fitting.align import warp_crop
+    from fitting.fit import interocular
 
+    cfg = fit_config()
     source = "sidecar"
     if landmarks is None:
         landmarks = detect_landmarks(image)
@@ -86,9 +101,16 @@ def fit_photo(image: np.ndarray, model, landmarks: np.ndarray | None = None, cro
     lm = np.asarray(landmarks, np.float64)
     if lm.shape != (68, 2) or not np.all(np.isfinite(lm)):
         raise ImageInputError(f"landmarks must be [68, 2] finite numbers, got shape {lm.shape}")
-    res = _fitter(model).fit(lm[None])
+    face_px = 2.5 * float(interocular(lm))
+    if face_px < float(cfg.get("min_face_px", 40)):
+        raise ImageInputError(f"the face is too small ({face_px:.0f} px; at least {cfg.get('min_face_px', 40)} px needed)")
+    res = _fitter(model, source).fit(lm[None])
+    err = float(res.fit_error[0])
+    max_err = float(cfg.get("max_fit_error", 0.25))
+    if not np.isfinite(err) or err > max_err or (res.converged is not None and not bool(res.converged[0])):
+        raise ImageInputError(f"the 3D face fit failed (landmark error {err:.3f} x inter-ocular > {max_err:g})")
     align = align_matrix(model, lm, crop_size)
     crop = warp_crop(image, align, crop_size)
     return {"crop": crop, "align": align.astype(np.float32), "p_exp": np.asarray(res.p_exp[0], np.float32),
             "p_id": np.asarray(res.p_id[0], np.float32), "camera": np.asarray(res.camera[0], np.float32),
-            "landmarks": lm.astype(np.float32), "fit_error": float(res.fit_error[0]), "landmark_source": source}
+            "landmarks": lm.astype(np.float32), "fit_error": err, "landmark_source": source}

@@ -152,15 +152,3 @@ def paste_back(full: np.ndarray, crop: np.ndarray, align: np.ndarray, feather: f
     blended = weight * sampled + (1.0 - weight) * region
     out[y0:y0 + h, x0:x0 + w] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
     return out
-
-
-def warp_to_crop(full: np.ndarray, align: np.ndarray, size: int) -> np.ndarray:
-    """Cut the aligned crop out of a photo: uint8 [H, W, 3] -> uint8 [size, size, 3]
-    (bilinear, border pixels repeated).  The inverse of :func:`paste_back`'s sampling."""
-    M = np.vstack([np.asarray(align, np.float64), [0.0, 0.0, 1.0]])
-    inv = np.linalg.inv(M)[:2]
-    H, W = full.shape[:2]
-    grid, _, _ = _pixel_grid_to_normalised(inv, 0, 0, size, size, (H, W))
-    src = torch.from_numpy(np.ascontiguousarray(full)).permute(2, 0, 1)[None].float()
-    out = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
-    return np.clip(np.rint(out.permute(1, 2, 0).numpy()), 0, 255).astype(np.uint8)
