@@ -334,17 +334,22 @@ def _smoothstep(x, lo, hi):
 class MouthStretch:
     """Dark mouth for meshes whose lips are joined by skin (no mouth slit, or a slit hidden
     behind rolled-in lips, as in the demo model): when the jaw opens, the triangles between
-    the lips stretch; vertices in the mouth region are darkened by how much their adjacent
-    triangles' area grew relative to the mean shape (``smoothstep(ratio, lo, hi)``).
+    the lips stretch.  Mouth-region vertices are darkened by ``smoothstep(area ratio, lo, hi)``
+    of their adjacent triangles (relative to the mean shape), gated by how far the mouth
+    opened: the outer-lip gap (iBUG 51-57) grown by ``open_lo..open_hi`` mouth widths over the
+    expression-free shape.  The gate keeps a smile's sideways stretch from darkening lips.
 
     ``vertices [M]`` mouth-region vertex ids (inside the outer-lip landmark polygon 48-59 of
     the frontal mean, slightly enlarged), ``triangles [Tm, 3]`` the triangles touching them,
-    ``area0 [Tm]`` their mean-shape areas."""
+    ``area0 [Tm]`` their mean-shape areas, ``landmarks [68]``."""
     vertices: np.ndarray
     triangles: np.ndarray
     area0: np.ndarray
+    landmarks: np.ndarray
     lo: float = 1.6
     hi: float = 3.5
+    open_lo: float = 0.04
+    open_hi: float = 0.2
     dark: float = 0.12
 
     @classmethod
@@ -363,25 +368,36 @@ class MouthStretch:
         T = np.asarray(triangles, np.int64)
         tsel = inside[T].any(1)
         Tm = T[tsel]
-        return cls(np.nonzero(inside)[0], Tm, cls._areas(V, Tm))
+        return cls(np.nonzero(inside)[0], Tm, cls._areas(V, Tm), L)
 
     @staticmethod
     def _areas(V, T):
         a, b, c = V[T[:, 0]], V[T[:, 1]], V[T[:, 2]]
         return 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
 
-    def weights(self, V) -> np.ndarray:
-        """Darkening weight per mouth vertex ``[M]`` in [0, 1] for shape ``V [N, 3]``."""
+    def opening(self, V, rest) -> float:
+        """Outer-lip gap growth of ``V`` over ``rest`` (both ``[N, 3]``), in mouth widths."""
+        L = self.landmarks
+        V, R = np.asarray(V, np.float64), np.asarray(rest, np.float64)
+        width = max(np.linalg.norm(R[L[54]] - R[L[48]]), 1e-12)
+        return float((np.linalg.norm(V[L[51]] - V[L[57]]) - np.linalg.norm(R[L[51]] - R[L[57]])) / width)
+
+    def weights(self, V, rest=None) -> np.ndarray:
+        """Darkening weight per mouth vertex ``[M]`` in [0, 1] for shape ``V [N, 3]``
+        (``rest``: the expression-free shape for the opening gate; None = no gate)."""
+        gate = 1.0 if rest is None else float(_smoothstep(self.opening(V, rest), self.open_lo, self.open_hi))
+        if gate <= 0:
+            return np.zeros(len(self.vertices))
         r = self._areas(np.asarray(V, np.float64), self.triangles) / np.maximum(self.area0, 1e-18)
         n = int(np.asarray(V).shape[0])
         acc = np.bincount(self.triangles.ravel(), weights=np.repeat(r, 3), minlength=n)
         cnt = np.bincount(self.triangles.ravel(), minlength=n)
         vr = acc[self.vertices] / np.maximum(cnt[self.vertices], 1)
-        return _smoothstep(vr, self.lo, self.hi)
+        return gate * _smoothstep(vr, self.lo, self.hi)
 
-    def apply(self, V, C) -> np.ndarray:
-        """Colours ``C [N, 3]`` with the stretched mouth darkened towards ``dark`` x lip colour."""
-        w = self.weights(V)
+    def apply(self, V, C, rest=None) -> np.ndarray:
+        """Colours ``C [N, 3]`` with the opened mouth darkened towards ``dark`` x lip colour."""
+        w = self.weights(V, rest)
         if not (w > 0).any():
             return C
         C = np.array(C, np.float32, copy=True)
@@ -529,7 +545,7 @@ class Warper:
         out = np.empty((len(Vs), self.size, self.size, 3), np.uint8)
         masks = np.empty((len(Vs), self.size, self.size), bool)
         for i, V in enumerate(Vs):
-            C = self.stretch.apply(V, src.colours) if self.stretch is not None else src.colours
+            C = self.stretch.apply(V, src.colours, src.shape_id) if self.stretch is not None else src.colours
             Ve, Ce = self.with_cavity(V, C)
             r = render(Ve, self.triangles_ext, Ce, src.camera, background=src.background, backend=self.backend)
             img, mask = r.image, r.mask
