@@ -86,10 +86,13 @@ def _local_cluster(profile: dict, workers: int):
 
 @contextlib.contextmanager
 def open_client(cluster: Any = "local", workers: int | None = None,
-                log: Callable[[str], None] = lambda s: None) -> Iterator[Any]:
+                log: Callable[[str], None] = lambda s: None, max_workers: int | None = None) -> Iterator[Any]:
     """Yield a ``distributed.Client`` for ``cluster`` (see module doc); closes what it opened.
 
-    ``cluster`` may also be an existing ``distributed.Client`` (used as is)."""
+    workers: Dask workers to start (default: CPU count for local, the profile's ``workers``
+    for SLURM), at most ``max_workers`` (the number of tasks).  ``cluster`` may also be an
+    existing ``distributed.Client`` (used as is)."""
+    cap = (lambda n: max(1, min(n, max_workers))) if max_workers else (lambda n: max(1, n))
     from distributed import Client
 
     if not isinstance(cluster, str):          # an existing Client
@@ -106,12 +109,12 @@ def open_client(cluster: Any = "local", workers: int | None = None,
         return
     profile = load_profile(cluster)
     if profile["kind"] == "local":
-        n = workers or os.cpu_count() or 1
+        n = cap(workers or os.cpu_count() or 1)
         with _local_cluster(profile, n) as lc, Client(lc) as client:
             log(f"dashboard: {client.dashboard_link}")
             yield client
         return
-    n = workers or int(profile.get("workers", 1))
+    n = cap(workers or int(profile.get("workers", 1)))
     with slurm_cluster(profile) as sc:
         sc.scale(n=n)
         with Client(sc) as client:

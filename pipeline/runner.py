@@ -233,9 +233,10 @@ def run_stage(stage: Stage, out_dir: str | os.PathLike, chunk_size: int = 64, fo
         log(f"stage {stage.name}: {len(keys)} inputs, {len(chunks)} chunks of {chunk_size}, "
             f"{len(todo)} to compute, {len(report.skipped)} current")
         if todo:
-            (out / STAGE_FILE).unlink(missing_ok=True)
             args = {i: (chunks[i], i, str(out), phash, mhash, khashes[i]) for i in todo}
-            results = _execute(stage, args, cluster, workers, progress, retries, log)
+            # the folder stops being a finished stage once the scheduler is up and work starts
+            begin = lambda: (out / STAGE_FILE).unlink(missing_ok=True)  # noqa: E731
+            results = _execute(stage, args, cluster, workers, progress, retries, log, begin)
             for i, res in results.items():
                 if isinstance(res, dict):
                     report.computed.append(i)
@@ -255,7 +256,7 @@ def run_stage(stage: Stage, out_dir: str | os.PathLike, chunk_size: int = 64, fo
 
 
 def _execute(stage: Stage, args: dict[int, tuple], cluster: Any, workers: int | None, progress: bool,
-             retries: int, log: Callable[[str], None]) -> dict[int, dict | str]:
+             retries: int, log: Callable[[str], None], begin: Callable[[], Any]) -> dict[int, dict | str]:
     """Run the chunks; return {chunk: shard info dict, or a one-line error string}."""
     from tqdm import tqdm
 
@@ -280,6 +281,7 @@ def _execute(stage: Stage, args: dict[int, tuple], cluster: Any, workers: int | 
     inprocess = cluster == "inprocess" or (cluster == "local" and len(args) == 1)
     try:
         if inprocess:
+            begin()
             start_bar()
             for i, a in args.items():
                 err = ""
@@ -296,8 +298,8 @@ def _execute(stage: Stage, args: dict[int, tuple], cluster: Any, workers: int | 
 
         from pipeline.cluster import open_client
 
-        n = min(workers or os.cpu_count() or 1, len(args))
-        with open_client(cluster, n, log=log) as client:
+        with open_client(cluster, workers, log=log, max_workers=len(args)) as client:
+            begin()
             start_bar()
             tag = uuid.uuid4().hex[:8]
             futures = {client.submit(run_chunk, stage, *a, key=f"{stage.name}-{tag}-chunk-{i:05d}",
