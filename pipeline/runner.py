@@ -194,6 +194,9 @@ def run_stage(stage: Stage, out_dir: str | os.PathLike, chunk_size: int = 64, fo
         raise ConfigError(f"--chunk-size must be >= 1, got {chunk_size}")
     if workers is not None and int(workers) < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
+    if isinstance(cluster, str) and cluster != "inprocess" and "://" not in cluster:
+        from pipeline.cluster import load_profile
+        load_profile(cluster)                      # fail early on a bad profile (ConfigError)
     out = Path(out_dir).absolute()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out_dir} exists and is not a folder")
@@ -248,7 +251,7 @@ def run_stage(stage: Stage, out_dir: str | os.PathLike, chunk_size: int = 64, fo
                     report.failed[i] = res
             report.computed.sort()
             cache.save()
-        _finalize(stage, out, chunks, int(chunk_size), phash, mhash, report, cache)
+        _finalize(stage, out, chunks, int(chunk_size), phash, mhash, khashes, report, cache)
         cache.save()
     report.seconds = time.perf_counter() - t0
     log(report.summary())
@@ -323,7 +326,7 @@ def _execute(stage: Stage, args: dict[int, tuple], cluster: Any, workers: int | 
 
 
 def _finalize(stage: Stage, out: Path, chunks: list[list[str]], chunk_size: int, phash: str, mhash: str,
-              report: StageReport, cache: _HashCache) -> None:
+              khashes: list[str], report: StageReport, cache: _HashCache) -> None:
     """Write rejects.jsonl then _stage.json (both atomic), from the shards on disk."""
     for p in out.glob("shard-*.h5"):                       # shards of a longer earlier run
         try:
@@ -340,6 +343,10 @@ def _finalize(stage: Stage, out: Path, chunks: list[list[str]], chunk_size: int,
         attrs = read_shard_attrs(path)
         if attrs is None:
             report.missing.append(i)
+            continue
+        if (attrs.get("params_hash"), attrs.get("model_hash"), attrs.get("keys_hash")) != (phash, mhash, khashes[i]):
+            # e.g. a straggler worker of a killed run with other params renamed over it
+            report.failed[i] = "shard was replaced by another writer; re-run the stage"
             continue
         rej = read_shard_rejects(path)
         lines += [json.dumps(r, sort_keys=True, ensure_ascii=False) for r in rej]

@@ -180,3 +180,12 @@ def test_corrupted_shard_is_recomputed_on_rerun(inputs, tmp_path):
     victim.write_bytes(bytes(data))
     rep = _run(ToyStage(inputs), out)
     assert rep.computed == [2] and _bytes(out) == first
+
+
+def test_bad_cluster_is_a_config_error_before_any_change(inputs, tmp_path):
+    out = tmp_path / "o"
+    _run(ToyStage(inputs), out)
+    first = _bytes(out)
+    with pytest.raises(ConfigError, match="no cluster profile"):
+        run_stage(ToyStage(inputs), out, chunk_size=CS, force=True, cluster="pbs", progress=False, log=None)
+    assert _bytes(out) == first
