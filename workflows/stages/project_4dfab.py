@@ -159,6 +159,17 @@ class Project4DFABStage(Stage):
         return _cached(("joint", self.model_path, self._model_hash, ridge),
                        lambda: JointProjector(self._model(), ridge=ridge))
 
+    def _mouth(self):
+        """The warps' mouth darkening (:class:`fitting.warp.MouthStretch`), so open mouths in
+        vertex-coloured meshes look like they do in the 3D-warped training images."""
+        from fitting.warp import MouthStretch
+
+        if not bool(self.cfg.get("mouth", True)):
+            return None
+        model = self._model()
+        return _cached(("mouth", self.model_path, self._model_hash),
+                       lambda: MouthStretch.build(model.mean_shape, model.trilist, model.landmarks))
+
     def _index_map(self):
         from fitting.meshio import load_correspondence
 
@@ -197,9 +208,11 @@ class Project4DFABStage(Stage):
         from fitting.meshio import parse_mesh_key
         from fitting.projection import project_expression, similarity_align
         from pipeline.stage import Reject
-        from render import render
+        from fitting.sampling import item_rng
+        from render import random_light, render
 
         model = self._model()
+        lit = bool(self.cfg.get("light", True))
         proj = self._projector()
         cfg = self.cfg
         method = str(cfg.get("method", "joint"))
@@ -222,9 +235,14 @@ class Project4DFABStage(Stage):
                 colours = mesh.colours if mesh.colours is not None else model.texture()
                 gname = f"{ident}/{sess}"
                 cam = group_camera(self.seed, gname, model, self.size, yaw, pitch, roll)
+                light = random_light(item_rng(self.seed, gname, 0, purpose="light")) if lit else None
+                mouth = self._mouth()
+                if mouth is not None and mesh.colours is not None:
+                    colours = mouth.apply(S, colours, model.instance(p_id=p_id))
                 image = np.empty((self.size, self.size, 3), np.float32)
                 image[:] = bg
-                img = render(S, model.trilist, colours, cam, background=image, backend=self.backend).image_uint8()
+                img = render(S, model.trilist, colours, cam, background=image, light=light,
+                             backend=self.backend).image_uint8()
             except Reject as e:
                 rejects.append({"key": key, "reason": e.reason, "detail": e.detail})
                 continue
