@@ -1,0 +1,137 @@
+"""slidergan fit-emotionet end to end: bad inputs, lists, CLI errors, and the demo world."""
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from pipeline.shards import ShardSet
+from conftest import slidergan
+
+from .fit_helpers import synthetic_faces, tiny_model, write_bad_inputs
+
+
+@pytest.fixture(scope="module")
+def tiny_model_file(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fitmodel")
+    m = tiny_model()
+    m.save(d / "model.h5")
+    return m, d / "model.h5"
+
+
+def _face_landmarks(model):
+    """Exact 68 landmarks of one synthetic face inside a 200x200 image."""
+    _, _, cam, lm = synthetic_faces(model, 1, seed=11, max_yaw=0.3)
+    lm = lm[0]
+    return lm - lm.mean(0) + 100.0
+
+
+def test_bad_input_folder(tmp_path, tiny_model_file):
+    model, mfile = tiny_model_file
+    expect = write_bad_inputs(tmp_path / "imgs", face_lm=_face_landmarks(model))
+    out = tmp_path / "fits"
+    proc = slidergan("fit-emotionet", "--images", tmp_path / "imgs", "--model", mfile, "--out", out,
+                     "--workers", "1", "--chunk-size", "5", "--no-progress", timeout=300)
+    assert proc.returncode == 0
+    assert "Traceback" not in proc.stderr
+    rejects = {}
+    for line in (out / "rejects.jsonl").read_text(encoding="utf-8").splitlines():
+        r = json.loads(line)
+        rejects[r["key"]] = r
+    bad = {k: v for k, v in expect.items() if v is not None}
+    good = sorted(k for k, v in expect.items() if v is None)
+    assert set(rejects) == set(bad)
+    for k, reason in bad.items():
+        assert rejects[k]["reason"] == reason, rejects[k]
+        assert rejects[k]["detail"] and "\n" not in rejects[k]["detail"]
+    ds = ShardSet(out)
+    assert sorted(ds.read("key")) == good
+    assert ds.read("image").shape == (len(good), 128, 128, 3)
+    assert np.all(ds.read("fit_error") < 0.01)
+    assert np.all(ds.read("identity") == -1) and np.all(ds.read("label") == -1)
+    assert len(set(ds.read("group").tolist())) == len(good)
+    assert np.all(ds.read("lm_source") == 0)
+    # re-run: nothing to compute, same result
+    again = slidergan("fit-emotionet", "--images", tmp_path / "imgs", "--model", mfile, "--out", out,
+                      "--workers", "1", "--chunk-size", "5", "--no-progress", timeout=300)
+    assert "0 to compute" in again.stdout + again.stderr
+    assert np.array_equal(ShardSet(out).read("p_exp"), ds.read("p_exp"))
+
+
+def test_emotionet_list_with_root_keeps_aus(tmp_path, tiny_model_file):
+    model, mfile = tiny_model_file
+    expect = write_bad_inputs(tmp_path / "dl", face_lm=_face_landmarks(model))
+    assert expect["plain.jpg"] is None
+    au = ["1", "0"] + ["999"] * 58
+    rows = ["http://img.example.com/x/plain.jpg\thttp://orig/1\t" + "\t".join(au),
+            "http://img.example.com/y/text.jpg\thttp://orig/2\t" + "\t".join(["0"] * 60),
+            "http://img.example.com/z/gone.jpg\thttp://orig/3\t" + "\t".join(["0"] * 60)]
+    (tmp_path / "dataFile_0001.txt").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "fits"
+    slidergan("fit-emotionet", "--images", tmp_path / "dataFile_0001.txt", "--root", tmp_path / "dl",
+              "--model", mfile, "--out", out, "--workers", "1", "--no-progress", timeout=300)
+    ds = ShardSet(out)
+    assert ds.read("key").tolist() == ["plain.jpg"]
+    a = ds.read("au")[0]
+    assert a.shape == (60,) and a[0] == 1 and a[1] == 0 and np.isnan(a[2])
+    reasons = {r["key"]: r["reason"] for r in map(json.loads, (out / "rejects.jsonl").read_text().splitlines())}
+    assert reasons == {"text.jpg": "not an image", "gone.jpg": "unreadable"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--images", "/nonexistent/dir"], "images not found"),
+    (["--set", "fit.landmarks=magic"], "fit.landmarks"),
+    (["--set", "fit.contour=wobbly"], "fit.contour"),
+    (["--model", "/nonexistent/model.h5"], "model file not found"),
+])
+def test_cli_usage_errors_exit_2(tmp_path, tiny_model_file, args, message):
+    _, mfile = tiny_model_file
+    (tmp_path / "imgs").mkdir()
+    base = {"--images": str(tmp_path / "imgs"), "--model": str(mfile), "--out": str(tmp_path / "o")}
+    extra = []
+    i = 0
+    while i < len(args):
+        if args[i] in base:
+            base[args[i]] = args[i + 1]
+        else:
+            extra += args[i:i + 2]
+        i += 2
+    flat = [x for kv in base.items() for x in kv]
+    proc = slidergan("fit-emotionet", *flat, *extra, "--no-progress", check=False, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_demo_world_fits_match_truth(tiny_world, tiny_fits):
+    ds = ShardSet(tiny_fits)
+    with h5py.File(tiny_world / "emotionet" / "truth.h5", "r") as f:
+        tkeys = [k.decode() if isinstance(k, bytes) else str(k) for k in f["key"][()]]
+        truth = {n: f[n][()] for n in ("p_exp", "camera", "identity", "label", "landmarks")}
+    index = {k: i for i, k in enumerate(tkeys)}
+    keys = ds.read("key").tolist()
+    assert len(keys) == len(tkeys)                          # every demo photo fitted
+    rows = np.array([index[k] for k in keys])
+    p_exp = ds.read("p_exp")
+    t_exp = truth["p_exp"][rows][:, :p_exp.shape[1]]
+    rel = np.linalg.norm(p_exp - t_exp, axis=1) / np.linalg.norm(t_exp, axis=1)
+    assert np.mean(rel) < 0.7, np.mean(rel)                 # landmarks only: loose bound (benchmark has figures)
+    assert np.mean(rel) < np.mean(np.linalg.norm(t_exp, axis=1) / np.linalg.norm(t_exp, axis=1)) - 0.2
+    cam = ds.read("camera")
+    assert np.all(cam[:, 6] == 0)
+    assert np.mean(np.abs(cam[:, 1] - truth["camera"][rows, 1])) < 0.1          # yaw (rad)
+    from fitting.fit import interocular
+    lm_true = truth["landmarks"][rows]
+    err = np.sqrt(((ds.read("lm_fitted") - lm_true) ** 2).sum(-1).mean(-1)) / interocular(lm_true)
+    assert np.mean(err) < 0.03
+    np.testing.assert_allclose(ds.read("lm_detected"), lm_true, atol=1e-3)      # sidecars read exactly
+    assert np.array_equal(ds.read("identity"), truth["identity"][rows])
+    assert np.array_equal(ds.read("label"), truth["label"][rows])
+    # align maps the landmarks into the crop, eyes level-ish and inside
+    from fitting.align import apply_affine
+    A = ds.read("align")
+    crop_lm = np.einsum("nij,nkj->nki", A[:, :, :2], lm_true) + A[:, None, :, 2]
+    assert crop_lm.min() > 0 and crop_lm.max() < 128
+    np.testing.assert_allclose(apply_affine(A[0], lm_true[0]), crop_lm[0], atol=1e-3)
