@@ -296,14 +296,16 @@ def mesh_params(model, protos, P: WorldParams, m: int, s: int, f: int) -> dict:
 
 def lrw_trajectory(rng: np.random.Generator, n_frames: int, n_exp: int, n_speech: int) -> np.ndarray:
     """Smoothly varying ``[F, E + S]`` normalised parameters: a few active expression
-    components (slow sinusoids) and all speech components (faster sinusoids)."""
-    t = np.arange(n_frames, dtype=np.float64) / max(n_frames, 1)
+    components (slow sinusoids, 0.005-0.03 cycles per frame) and all speech components
+    (0.03-0.08 cycles per frame, about 1-2 Hz at LRW's 25 fps), so that consecutive frames
+    differ by at most ``2 pi * 0.08 * 0.9 = 0.45`` per parameter."""
+    t = np.arange(n_frames, dtype=np.float64)
     out = np.zeros((n_frames, n_exp + n_speech))
     active = rng.choice(n_exp, size=min(n_exp, int(rng.integers(2, 6))), replace=False)
     for k in active:
-        out[:, k] = rng.uniform(0.2, 0.8) * np.sin(2 * np.pi * rng.uniform(0.2, 0.8) * t + rng.uniform(0, 2 * np.pi))
+        out[:, k] = rng.uniform(0.2, 0.8) * np.sin(2 * np.pi * rng.uniform(0.005, 0.03) * t + rng.uniform(0, 2 * np.pi))
     for k in range(n_exp, n_exp + n_speech):
-        out[:, k] = rng.uniform(0.2, 0.9) * np.sin(2 * np.pi * rng.uniform(0.8, 2.5) * t + rng.uniform(0, 2 * np.pi))
+        out[:, k] = rng.uniform(0.2, 0.9) * np.sin(2 * np.pi * rng.uniform(0.03, 0.08) * t + rng.uniform(0, 2 * np.pi))
     return out.astype(np.float32)
 
 
@@ -390,6 +392,7 @@ def run_chunk(out: str, kind: str, chunk: int, items: list, params: dict, phash:
                 keys.append(key)
     else:  # pragma: no cover - internal
         raise ValueError(f"unknown chunk kind {kind!r}")
+    rec.parent.mkdir(parents=True, exist_ok=True)
     _save_record(rec, rows, keys, phash)
     return len(items)
 

@@ -1,0 +1,175 @@
+"""The offline demo world built by ``slidergan make-demo`` (the session's ``tiny_world``)."""
+import hashlib
+import json
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import ROOT, TINY_WORLD, slidergan
+
+# tests/render/ is named like the package: make sure ``import render`` finds the package
+# (a regular package on sys.path wins over a namespace folder).
+import sys  # noqa: E402
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+if "render" in sys.modules and getattr(sys.modules["render"], "__file__", None) is None:
+    del sys.modules["render"]
+
+SIZES = dict(s.split("=") for s in TINY_WORLD)
+N_FACES = int(SIZES["demo.faces"])
+N_MESHES = int(SIZES["demo.identities_4dfab"]) * int(SIZES["demo.sessions_4dfab"]) * int(SIZES["demo.frames_4dfab"])
+N_LRW = int(SIZES["demo.lrw_sequences"]) * int(SIZES["demo.lrw_frames"])
+
+
+def _truth(path):
+    with h5py.File(path, "r") as h:
+        return {k: (np.array([s.decode() if isinstance(s, bytes) else s for s in h[k][:]]) if k == "key" else h[k][:])
+                for k in h}
+
+
+@pytest.fixture(scope="module")
+def model(tiny_world):
+    from fitting.model import MorphableModel
+
+    return MorphableModel.load(tiny_world / "model.h5")
+
+
+def test_layout_and_counts(tiny_world):
+    for p in ("model.h5", "preview.png", "_demo.json", "emotionet/truth.h5", "4dfab/truth.h5", "lrw/truth.h5"):
+        assert (tiny_world / p).is_file(), p
+    marker = json.loads((tiny_world / "_demo.json").read_text())
+    assert marker["counts"] == {"emotionet": N_FACES, "4dfab": N_MESHES, "lrw": N_LRW}
+    assert len(list((tiny_world / "emotionet").glob("*.jpg"))) == N_FACES
+    assert len(list((tiny_world / "emotionet").glob("*.pts"))) == N_FACES
+    assert len(list((tiny_world / "4dfab").rglob("*.obj"))) == N_MESHES
+    assert not list(tiny_world.rglob("*.tmp-*"))
+
+
+def test_truth_schema(tiny_world, model):
+    t = _truth(tiny_world / "emotionet/truth.h5")
+    n = N_FACES
+    assert t["p_id"].shape == (n, model.n_id) and t["p_exp"].shape == (n, model.n_exp)
+    assert t["camera"].shape == (n, 7) and t["landmarks"].shape == (n, 68, 2) and t["size"].shape == (n, 2)
+    assert t["identity"].dtype == np.int64 and t["label"].dtype == np.int64
+    assert set(t["label"]) <= set(range(-1, 7)) and (t["label"] >= 0).any() and (t["label"] == -1).any()
+    assert len(set(t["identity"])) == int(SIZES["demo.identities"])
+    assert (t["size"] >= 160).all() and (t["size"] <= 400).all()
+    assert np.abs(np.rad2deg(t["camera"][:, 1])).max() <= 45.0
+    m = _truth(tiny_world / "4dfab/truth.h5")
+    assert list(m["key"][:2]) == ["id000/s00/000", "id000/s00/001"]
+    assert m["p_exp"].shape == (N_MESHES, model.n_exp) and m["session"].shape == (N_MESHES,)
+    lr = _truth(tiny_world / "lrw/truth.h5")
+    assert lr["p_exp"].shape == (N_LRW, model.n_exp + model.n_speech)
+    assert lr["key"][0] == "seq000/000.jpg"
+
+
+def test_pts_load_with_menpo_and_match_truth(tiny_world):
+    import menpo.io as mio
+    from PIL import Image
+
+    t = _truth(tiny_world / "emotionet/truth.h5")
+    for i in (0, 5, N_FACES - 1):
+        key = t["key"][i]
+        groups = mio.import_landmark_file(tiny_world / "emotionet" / key.replace(".jpg", ".pts"))
+        pts = next(iter(groups.values())).points  # menpo: (y, x), 0-based pixel centres
+        np.testing.assert_allclose(pts[:, ::-1] + 0.5, t["landmarks"][i], atol=1e-3)
+        w, h = Image.open(tiny_world / "emotionet" / key).size
+        assert (h, w) == tuple(t["size"][i])
+        lm = t["landmarks"][i]
+        assert (lm >= 0).all() and (lm[:, 0] <= w).all() and (lm[:, 1] <= h).all()
+
+
+def test_truth_matches_rendering(tiny_world, model):
+    """Re-projecting the true shape with the true camera gives the stored landmarks, and
+    re-rendering the face from the truth reproduces the JPEG inside the face mask."""
+    import render
+    from PIL import Image
+
+    t = _truth(tiny_world / "emotionet/truth.h5")
+    for i in (1, 7):
+        V = model.instance(t["p_id"][i], t["p_exp"][i])
+        lm = render.project(V[model.landmarks], t["camera"][i])
+        np.testing.assert_allclose(lm, t["landmarks"][i], atol=1e-3)
+        photo = np.asarray(Image.open(tiny_world / "emotionet" / t["key"][i]).convert("RGB"), np.float32) / 255
+        r = render.render(V, model.trilist, model.texture(t["p_tex"][i]), t["camera"][i],
+                          background=tuple(int(s) for s in t["size"][i]), light=t["light"][i])
+        inner = r.mask & np.roll(r.mask, 2, 0) & np.roll(r.mask, -2, 0) & np.roll(r.mask, 2, 1) & np.roll(r.mask, -2, 1)
+        assert inner.sum() > 1000
+        assert np.abs(photo[inner] - r.image[inner]).mean() < 0.03
+    lr = _truth(tiny_world / "lrw/truth.h5")
+    V = model.instance(lr["p_id"][3], lr["p_exp"][3])
+    np.testing.assert_allclose(render.project(V[model.landmarks], lr["camera"][3]), lr["landmarks"][3], atol=1e-3)
+
+
+def test_meshes_load_with_trimesh(tiny_world, model):
+    import trimesh
+
+    m = _truth(tiny_world / "4dfab/truth.h5")
+    i = N_MESHES - 1
+    mesh = trimesh.load(tiny_world / "4dfab" / f"{m['key'][i]}.obj", process=False)
+    np.testing.assert_allclose(mesh.vertices, model.instance(m["p_id"][i], m["p_exp"][i]), atol=2e-6)
+    np.testing.assert_array_equal(mesh.faces, model.trilist)
+    cols = mesh.visual.vertex_colors[:, :3] / 255.0
+    np.testing.assert_allclose(cols, model.texture(m["p_tex"][i]), atol=1 / 255 + 1e-4)
+
+
+def test_sessions_ramp_and_sequences_smooth(tiny_world):
+    m = _truth(tiny_world / "4dfab/truth.h5")
+    first = (m["identity"] == m["identity"][0]) & (m["session"] == 0)
+    norms = np.linalg.norm(m["p_exp"][first], axis=1)
+    assert norms[-1] > norms[0]  # neutral -> apex
+    assert len(set(map(tuple, m["p_id"][first]))) == 1
+    lr = _truth(tiny_world / "lrw/truth.h5")
+    seq = lr["sequence"] == 0
+    p = lr["p_exp"][seq]
+    assert np.abs(np.diff(p, axis=0)).max() < 0.5  # smooth from frame to frame
+    assert np.ptp(p, axis=0).max() > 0.05  # and actually moving
+    assert len(set(map(tuple, lr["camera"][seq]))) == 1
+
+
+def test_items_do_not_depend_on_chunking(tiny_world, tmp_path):
+    """Re-generating two photos and a mesh as a different chunk in a fresh folder gives
+    byte-identical files (determinism for a seed, independent of chunking/process)."""
+    from workflows.stages.demo_world import params_hash, run_chunk
+
+    marker = json.loads((tiny_world / "_demo.json").read_text())
+    params = marker["params"]
+    shutil.copy(tiny_world / "model.h5", tmp_path / "model.h5")
+    run_chunk(str(tmp_path), "emotionet", 7, [3, 11], params, params_hash(params))
+    run_chunk(str(tmp_path), "4dfab", 7, [(1, 1, 2)], params, params_hash(params))
+    for rel in ("emotionet/00003.jpg", "emotionet/00011.pts", "4dfab/id001/s01/002.obj"):
+        a = hashlib.sha256((tiny_world / rel).read_bytes()).hexdigest()
+        b = hashlib.sha256((tmp_path / rel).read_bytes()).hexdigest()
+        assert a == b, rel
+
+
+def test_rerun_is_noop(tiny_world):
+    before = {p: p.stat().st_mtime_ns for p in tiny_world.rglob("*") if p.is_file() and p.name != ".lock"}
+    args = []
+    for s in TINY_WORLD:
+        args += ["--set", s]
+    proc = slidergan("make-demo", "--out", tiny_world, *args)
+    assert "up to date" in proc.stdout
+    after = {p: p.stat().st_mtime_ns for p in tiny_world.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert {p: after[p] for p in before} == before
+
+
+@pytest.mark.parametrize("override,msg", [("demo.max_yaw=120", "max_yaw"), ("demo.faces=abc", "demo.faces"),
+                                          ("demo.min_size=500", "min_size")])
+def test_bad_config_is_one_line_exit_2(tmp_path, override, msg):
+    proc = slidergan("make-demo", "--out", tmp_path / "w", "--set", override, check=False)
+    assert proc.returncode == 2
+    assert msg in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_preview_sheet(tiny_world):
+    from PIL import Image
+
+    im = np.asarray(Image.open(tiny_world / "preview.png"))
+    # 24 photos -> 3 rows of 8, then 8 mesh renders -> 1 row, 96 px tiles
+    assert im.shape == (4 * 96, 8 * 96, 3)
+    assert im[:96].std() > 20  # not blank
