@@ -479,10 +479,25 @@ class Warper:
         """Visibility-aware vertex colours from ``photo [H, W, 3] uint8`` for shape ``V [N, 3]``:
         ``(colours [N, 3] float32, visible [N] bool)``; invisible vertices are filled."""
         from render import sample_vertex_colours
-        from render.camera import to_camera_frame
+        from render.camera import project, to_camera_frame
         from render.lighting import vertex_normals
 
         cols, vis = sample_vertex_colours(photo, V, self.triangles, camera)
+        # the bilinear sample must not mix in pixels off the face (silhouette fringe): all four
+        # pixels around the sample point must be covered by the face in the photo
+        from render import render as _render
+
+        H, W = photo.shape[:2]
+        mask = _render(V, self.triangles, np.zeros_like(V), camera, background=(H, W)).mask
+        uv = project(V, camera)
+        j0 = np.floor(uv[:, 0] - 0.5).astype(np.int64)
+        i0 = np.floor(uv[:, 1] - 0.5).astype(np.int64)
+        on_face = np.ones(len(V), bool)
+        for di in (0, 1):
+            for dj in (0, 1):
+                ii, jj = np.clip(i0 + di, 0, H - 1), np.clip(j0 + dj, 0, W - 1)
+                on_face &= mask[ii, jj]
+        vis = vis & on_face
         if self.grazing > -1:
             cam = np.asarray(camera, np.float64)
             Xc = to_camera_frame(V, cam)

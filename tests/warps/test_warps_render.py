@@ -1,0 +1,259 @@
+"""fitting.warp: geometry helpers against slow references, and the Warper on a synthetic
+photo whose truth is known (the tiny demo world's 3DMM rendered by the test itself)."""
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from fitting.warp import (MouthStretch, Warper, adjacency, boundary_loops, fill_occluded, fold_align, inpaint,
+                          is_similarity, warp_affine)
+from render.camera import make_camera, project
+
+
+# ----------------------------------------------------------------------------- geometry
+@pytest.mark.parametrize("dist", [0.0, 6.0])
+def test_fold_align_equals_align_after_projection(dist):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 3))
+    cam = make_camera(0.2, -0.4, 0.1, 50.0, 60.0, 30.0, dist)
+    th, s = 0.3, 0.7
+    A = np.array([[s * np.cos(th), -s * np.sin(th), 5.0], [s * np.sin(th), s * np.cos(th), -3.0]])
+    direct = project(X, cam) @ A[:, :2].T + A[:, 2]
+    np.testing.assert_allclose(project(X, fold_align(cam, A)), direct, atol=1e-3)
+    assert not is_similarity(np.array([[1.0, 0, 0], [0, -1.0, 0]]))  # reflection
+    with pytest.raises(ValueError):
+        fold_align(cam, np.array([[1.0, 0.2, 0], [0, 1.0, 0]]))
+
+
+def test_warp_affine_identity_and_shift():
+    img = np.random.default_rng(1).uniform(size=(12, 10, 3)).astype(np.float32)
+    np.testing.assert_allclose(warp_affine(img, np.array([[1.0, 0, 0], [0, 1.0, 0]]), (12, 10)), img, atol=1e-6)
+    shifted = warp_affine(img, np.array([[1.0, 0, -2.0], [0, 1.0, 0]]), (12, 8))  # crop starts at column 2
+    np.testing.assert_allclose(shifted, img[:, 2:10], atol=1e-6)
+
+
+def _harmonic_reference(img, hole):
+    """Slow, obviously-correct Laplace fill: Jacobi iterations of the 4-neighbour mean."""
+    out = img.copy()
+    out[hole] = img[~hole].mean(0)
+    for _ in range(3000):
+        p = np.pad(out, ((1, 1), (1, 1), (0, 0)), mode="edge")
+        avg = (p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:]) / 4
+        out[hole] = avg[hole]
+    return out
+
+
+def test_inpaint_keeps_known_pixels_and_matches_smooth_fill():
+    H = W = 32
+    yy, xx = np.mgrid[:H, :W] / 31.0
+    img = np.stack([xx, yy, 0.5 * (xx + yy)], -1).astype(np.float32)  # smooth ramp
+    hole = (np.hypot(yy - 0.5, xx - 0.45) < 0.25)
+    corrupted = img.copy()
+    corrupted[hole] = [1.0, 0.0, 1.0]  # stale "face" pixels
+    out = inpaint(corrupted, hole)
+    np.testing.assert_array_equal(out[~hole], corrupted[~hole])
+    ref = _harmonic_reference(corrupted, hole)
+    assert np.abs(out[hole] - ref[hole]).mean() < 0.05
+    assert np.abs(out[hole] - img[hole]).mean() < 0.06          # close to the hidden ramp
+    assert np.abs(out[hole] - [1.0, 0.0, 1.0]).mean() > 0.3     # nothing of the stale pixels survives
+
+
+def _grid(n=8):
+    """An n x n vertex grid in the x/y plane, two triangles per cell."""
+    ii, jj = np.mgrid[:n, :n]
+    V = np.stack([jj.ravel(), ii.ravel(), np.zeros(n * n)], 1).astype(float)
+    idx = (ii * n + jj)
+    a, b, c, d = idx[:-1, :-1].ravel(), idx[:-1, 1:].ravel(), idx[1:, :-1].ravel(), idx[1:, 1:].ravel()
+    T = np.concatenate([np.stack([a, b, d], 1), np.stack([a, d, c], 1)])
+    return V, T
+
+
+def test_boundary_loops_finds_outer_and_hole():
+    V, T0 = _grid(8)
+    centre = 3 * 8 + 3
+    ring = set(T0[(T0 == centre).any(1)].ravel().tolist()) - {centre}
+    T = T0[~(T0 == centre).any(1)]  # remove the triangles around one interior vertex -> a hole
+    loops = sorted(boundary_loops(T), key=len)
+    assert len(loops) == 2
+    assert set(loops[0].tolist()) == ring and len(loops[0]) == len(ring)
+    assert len(loops[1]) == 4 * 7
+    # consecutive loop vertices share an edge
+    edges = {tuple(sorted(e)) for t in T for e in ((t[0], t[1]), (t[1], t[2]), (t[2], t[0]))}
+    for lp in loops:
+        for a, b in zip(lp, np.roll(lp, -1)):
+            assert tuple(sorted((int(a), int(b)))) in edges
+
+
+def _fill_reference(C, known, T, mirror):
+    """Slow reference of fill_occluded: explicit loops over vertices and neighbour sets."""
+    C = C.copy()
+    known = known.copy()
+    nbr = {i: set() for i in range(len(C))}
+    for t in T:
+        for a in t:
+            nbr[a] |= set(t) - {a}
+    for i in range(len(C)):
+        if not known[i] and mirror[i] >= 0 and known[mirror[i]]:
+            C[i] = C[mirror[i]]
+    known = known | np.array([(mirror[i] >= 0 and known[mirror[i]]) for i in range(len(C))])
+    while True:
+        new = {}
+        for i in range(len(C)):
+            if not known[i]:
+                ks = [j for j in nbr[i] if known[j]]
+                if ks:
+                    new[i] = C[ks].mean(0)
+        if not new:
+            break
+        for i, c in new.items():
+            C[i] = c
+            known[i] = True
+    return C
+
+
+def test_fill_occluded_matches_reference():
+    V, T = _grid(7)
+    rng = np.random.default_rng(2)
+    C = rng.uniform(size=(49, 3)).astype(np.float32)
+    known = rng.uniform(size=49) < 0.3
+    mirror = np.where(rng.uniform(size=49) < 0.3, rng.integers(0, 49, 49), -1)
+    got = fill_occluded(C, known, adjacency(T, 49), mirror)
+    np.testing.assert_allclose(got, _fill_reference(C, known, T, mirror), atol=1e-5)
+    np.testing.assert_array_equal(got[known], C[known])  # visible colours untouched
+
+
+# ----------------------------------------------------------------------------- the Warper
+@pytest.fixture(scope="module")
+def scene(tiny_world):
+    """The tiny world's 3DMM, a Warper, and a synthetic photo with known truth: identity,
+    expression, camera, texture, a uniform blue background, and the fit-style align."""
+    from fitting.align import reference_shape, similarity_transform
+    from fitting.model import MorphableModel
+    from render import render
+    from render.camera import camera_fitting_view
+
+    m = MorphableModel.load(tiny_world / "model.h5")
+    rng = np.random.default_rng(3)
+    p_id = (rng.normal(size=m.n_id) * 0.7).astype(np.float32)
+    p_exp = np.zeros(m.n_exp, np.float32)
+    p_exp[1] = 0.5  # a slight smile
+    V = m.instance(p_id, p_exp)
+    H, W = 260, 240
+    cam = camera_fitting_view(V, (H, W), yaw=0.25, pitch=0.05, fill=0.55)
+    tex = m.texture()
+    blue = np.zeros((H, W, 3), np.uint8)
+    blue[..., 2] = 230
+    photo = render(V, m.trilist, tex, cam, background=blue).image_uint8()
+    lm = project(V[m.landmarks], cam)
+    A = similarity_transform(lm, reference_shape(m.mean_shape[m.landmarks], 128))
+    return SimpleNamespace(model=m, warper=Warper(m), p_id=p_id, p_exp=p_exp, cam=cam, tex=tex, photo=photo,
+                           align=A, blue=blue)
+
+
+def _direct(s, p_exp):
+    """Direct render of the true identity/texture with p_exp in the crop (same mouth model)."""
+    from render import render
+
+    m, w = s.model, s.warper
+    V = m.instance(s.p_id, p_exp)
+    C = w.stretch.apply(V, s.tex, m.instance(s.p_id)) if w.stretch is not None else s.tex
+    Ve, Ce = w.with_cavity(V, C)
+    return render(Ve, w.triangles_ext, Ce, fold_align(s.cam, s.align), background=(128, 128))
+
+
+def test_warp_to_own_expression_reproduces_photo(scene):
+    from fitting.align import warp_crop
+
+    src = scene.warper.prepare(scene.photo, scene.p_id, scene.p_exp, scene.cam, scene.align)
+    img, mask = scene.warper.render(src, scene.p_exp[None], return_masks=True)
+    crop = warp_crop(scene.photo, scene.align, 128).astype(np.float32) / 255
+    err = np.abs(img[0] / 255.0 - crop)
+    assert mask[0].sum() > 2000
+    assert err[mask[0]].mean() < 0.02
+    assert err[~src.footprint].max() <= 1 / 255 + 1e-6  # outside the face: the photo, untouched
+
+
+def test_warp_fidelity_against_direct_render(scene):
+    rng = np.random.default_rng(4)
+    src = scene.warper.prepare(scene.photo, scene.p_id, scene.p_exp, scene.cam, scene.align)
+    P = rng.uniform(-1, 1, size=(3, scene.model.n_exp)).astype(np.float32)
+    imgs, masks = scene.warper.render(src, P, return_masks=True)
+    for k in range(3):
+        ref = _direct(scene, P[k])
+        both = masks[k] & ref.mask
+        err = np.abs(imgs[k] / 255.0 - ref.image)[both].mean()
+        wrong = np.abs(imgs[k] / 255.0 - _direct(scene, P[(k + 1) % 3]).image)[both].mean()
+        assert err < 0.035, err
+        assert wrong > err  # the bound separates the right target from a wrong one
+        # the silhouettes agree too
+        assert (masks[k] ^ ref.mask).sum() < 0.03 * ref.mask.sum()
+
+
+def test_crop_space_equals_full_resolution_render(scene):
+    wf = Warper(scene.model, space="full")
+    P = np.zeros((1, scene.model.n_exp), np.float32)
+    P[0, 0] = 0.8
+    a = scene.warper.render(scene.warper.prepare(scene.photo, scene.p_id, scene.p_exp, scene.cam, scene.align), P)
+    b = wf.render(wf.prepare(scene.photo, scene.p_id, scene.p_exp, scene.cam, scene.align), P)
+    assert np.abs(a.astype(float) - b).mean() / 255 < 0.01
+
+
+def test_occluded_vertices_take_no_photo_colours(scene):
+    """At strong yaw part of the face is hidden; hidden vertices project onto the nose or
+    beyond the silhouette (blue background).  None of them may take blue."""
+    from render import render, sample_vertex_colours
+    from render.camera import camera_fitting_view
+
+    m = scene.model
+    V = m.instance(scene.p_id, scene.p_exp)
+    cam = camera_fitting_view(V, (200, 200), yaw=1.0, fill=0.6)
+    photo = render(V, m.trilist, scene.tex, cam, background=scene.blue[:200, :200]).image_uint8()
+    raw, _ = sample_vertex_colours(photo, V, m.trilist, cam, visibility=False)
+    bluish = lambda c: c[:, 2] > c[:, 0] + 0.3  # noqa: E731
+    assert bluish(raw).sum() > 100        # without visibility, hidden vertices would take background
+    cols, vis = scene.warper.sample_colours(photo, V, cam)
+    assert (~vis).sum() > 1000
+    assert bluish(cols).sum() == 0
+    np.testing.assert_allclose(cols[vis], raw[vis], atol=1e-6)  # visible ones keep the photo
+
+
+def test_shrinking_face_leaves_no_stale_face_pixels(scene):
+    """Where the original face was but the new one is not, the inpainted background shows
+    (blue here), never the old face."""
+    src = scene.warper.prepare(scene.photo, scene.p_id, scene.p_exp, scene.cam, scene.align)
+    P = np.zeros((1, scene.model.n_exp), np.float32)
+    P[0, 0] = -1.0  # jaw closes / chin moves up: the face footprint shrinks
+    img, mask = scene.warper.render(src, P, return_masks=True)
+    exposed = src.footprint & ~mask[0]
+    assert exposed.sum() > 5
+    px = img[0][exposed].astype(float)
+    assert (px[:, 2] - px[:, 0]).min() > 100   # blue background, no skin
+
+
+def test_open_jaw_shows_dark_mouth(scene):
+    src = scene.warper.prepare(scene.photo, scene.p_id, scene.p_exp, scene.cam, scene.align)
+    m = scene.model
+    P = np.zeros((2, m.n_exp), np.float32)
+    P[1, 0] = 2.0  # jaw open
+    imgs = scene.warper.render(src, P).astype(float) / 255
+    # mouth region: around the projected inner-lip landmarks of the open shape
+    uv = project(m.instance(scene.p_id, P[1])[m.landmarks[60:68]], src.camera)
+    j0, i0 = np.floor(uv.min(0)).astype(int)
+    j1, i1 = np.ceil(uv.max(0)).astype(int)
+    lum = lambda x: x[i0:i1 + 1, j0:j1 + 1].mean()  # noqa: E731
+    assert lum(imgs[1]) < 0.6 * lum(imgs[0])
+    # and no blue background shows through the mouth
+    region = imgs[1][i0:i1 + 1, j0:j1 + 1]
+    assert (region[..., 2] > region[..., 0] + 0.3).sum() == 0
+
+
+def test_mouth_stretch_gate_ignores_smile(scene):
+    m = scene.model
+    ms = MouthStretch.build(m.mean_shape, m.trilist, m.landmarks)
+    rest = m.instance(scene.p_id)
+    smile = np.zeros(m.n_exp, np.float32)
+    smile[1] = 1.0
+    jaw = np.zeros(m.n_exp, np.float32)
+    jaw[0] = 1.5
+    assert ms.weights(m.instance(scene.p_id, smile), rest).max() < 0.05
+    assert ms.weights(m.instance(scene.p_id, jaw), rest).max() > 0.5
