@@ -45,11 +45,11 @@ def adv_d_loss(real: torch.Tensor, fake: torch.Tensor, kind: str) -> torch.Tenso
 
 def adv_g_loss(real: torch.Tensor, fake: torch.Tensor, kind: str) -> torch.Tensor:
     """Generator adversarial loss (to minimise).  ``real`` is only used by ``rad`` (it may be
-    detached: the generator does not change the real scores)."""
+    detached: the generator does not change the real scores; ``None`` for ``wgp``)."""
     _check_kind(kind)
-    real, fake = real.float(), fake.float()
     if kind == "wgp":
-        return -fake.mean()
+        return -fake.float().mean()
+    real, fake = real.float(), fake.float()
     d_real = real - fake.mean(dim=0, keepdim=True)
     d_fake = fake - real.mean(dim=0, keepdim=True)
     return (F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake))

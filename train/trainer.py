@@ -424,7 +424,8 @@ class Trainer:
             if lock is not None:
                 lock.release()
 
-    def _run(self) -> dict:
+    def setup(self) -> "Trainer":
+        """Seed every RNG, open the data, build G, D, optimisers and F (no resume)."""
         import random
         random.seed(self.seed)
         np.random.seed(self.seed)
@@ -432,6 +433,10 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(self.seed * 7 + 1 + self.rank)
         self.build_data()
         self.build_model()
+        return self
+
+    def _run(self) -> dict:
+        self.setup()
         start = 0
         latest = ck.latest_checkpoint(self.out)
         if latest is not None:

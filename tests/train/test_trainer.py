@@ -1,0 +1,147 @@
+"""Trainer: overfitting one paired batch, kill -9 + resume == uninterrupted run, variants,
+logging, checkpoint format, clear errors."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.networks import build_networks
+from pipeline.config import load_config
+from tiny import TINY_TRAIN, make_tiny_run
+from train.checkpoint import load_checkpoint
+from train.trainer import Trainer
+from workflows.cli import main as cli
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _sets(extra=()):
+    out = []
+    for s in list(TINY_TRAIN) + list(extra):
+        out += ["--set", s]
+    return out
+
+
+def test_overfit_one_paired_batch_drives_l_gen_down(tiny_run, tmp_path):
+    # paper losses, weights lowered for a 64-step run: with lambda_rec == lambda_gen the
+    # identity mapping (mask 0) is reached first and left only slowly
+    cfg = load_config(None, TINY_TRAIN + ["train.n_critic=1", "train.lr_g=0.001", "train.lr_decay_fraction=0.0",
+                                          "train.lambda_adv=1.0", "train.lambda_exp=1.0", "train.lambda_att=0.01",
+                                          "train.lambda_rec=1.0", "train.g_repeat=2"])
+    tr = Trainer(tiny_run, tmp_path / "of", cfg, variant="rad-no-id", steps=1000).setup()
+    assert tr.phases[0].name == "paired"
+    ds = tr.phases[0].dataset
+    batch = torch.utils.data.default_collate([ds[i] for i in range(4)])
+    hist = [tr.train_step(batch, True, i)["g_gen"] for i in range(64)]
+    assert hist[-1] < 0.5 * hist[0], hist
+
+
+def _run_cli(args, env=None, **kw):
+    e = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    e.update(env or {})
+    return subprocess.Popen([sys.executable, "-m", "workflows", "train", *map(str, args)], cwd=ROOT, env=e,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_kill_and_resume_matches_uninterrupted_run(tiny_run, tmp_path):
+    # 2 paired epochs x 6 batches, then unpaired (2 batches per epoch): the phase changes at step 12
+    args = ["--data", tiny_run, "--variant", "rad", "--steps", "20",
+            *_sets(["train.epochs_paired=2", "train.epochs_unpaired=5"])]
+    # reference: uninterrupted, under torchrun-style env with world_size 1 (gloo backend)
+    ddp_env = {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(_free_port())}
+    ref = _run_cli([*args, "--out", tmp_path / "ref"], env=ddp_env)
+    # interrupted: slowed down per step, killed with SIGKILL after its step-10 checkpoint
+    out = tmp_path / "killed"
+    victim = _run_cli([*args, "--out", out], env={"SLIDERGAN_TRAIN_STEP_DELAY": "0.4"})
+    ck10 = out / "checkpoints" / "step-0000010.pt"
+    deadline = time.time() + 120
+    while not ck10.exists() and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL
+    killed_at = load_checkpoint(out / "checkpoints" / "latest.pt")["step"]
+    assert 10 <= killed_at < 20
+    resumed = _run_cli([*args, "--out", out])
+    text = resumed.communicate(timeout=180)[0]
+    assert resumed.returncode == 0, text
+    assert f"(step {killed_at})" in text
+    ref_text = ref.communicate(timeout=180)[0]
+    assert ref.returncode == 0, ref_text
+    a = load_checkpoint(out / "checkpoints" / "latest.pt")
+    b = load_checkpoint(tmp_path / "ref" / "checkpoints" / "latest.pt")
+    assert a["step"] == b["step"] == 20
+    for net in ("G", "D"):
+        assert a[net].keys() == b[net].keys()
+        for k in a[net]:
+            assert torch.equal(a[net][k], b[net][k]), f"{net}.{k} differs after resume"
+    assert torch.equal(a["rng"]["target"], b["rng"]["target"])
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [5, 10, 15, 20]                    # no duplicate lines from the resumed part
+
+
+def test_checkpoint_format_logging_and_variants(tiny_run, tmp_path, capsys):
+    out = tmp_path / "gan"
+    assert cli(["train", "--data", str(tiny_run), "--variant", "ganimation", "--out", str(out), "--steps", "6",
+                *_sets(["train.epochs_unpaired=3"])]) == 0
+    ck = torch.load(out / "checkpoints" / "latest.pt", weights_only=True)
+    for k in ("format", "variant", "step", "phase", "model_config", "G", "D", "opt_G", "opt_D", "scaler", "rng"):
+        assert k in ck
+    assert ck["variant"] == "ganimation" and ck["phase"] == "unpaired" and ck["step"] == 6
+    G, D = build_networks(ck["model_config"])
+    G.load_state_dict(ck["G"])
+    D.load_state_dict(ck["D"])
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert recs[-1]["step"] == 6 and recs[-1]["phase"] == "unpaired"
+    for k in ("loss_d", "d_adv", "d_gp", "d_exp", "loss_g", "g_adv", "g_rec", "g_att", "mask_mean",
+              "mask_sat_hi", "mask_sat_lo", "grad_norm_g", "grad_norm_d"):
+        assert k in recs[-1], k
+    assert all(r.get("g_gen", 0) == 0 and r.get("g_id", 0) == 0 for r in recs)   # GANimation: no L_gen, no L_id
+    assert not (out / "identity.pt").exists()
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    # a finished run is idempotent: re-running resumes at its end and trains nothing more
+    assert cli(["train", "--data", str(tiny_run), "--variant", "ganimation", "--out", str(out), "--steps", "6",
+                *_sets(["train.epochs_unpaired=3"])]) == 0
+    assert torch.equal(torch.load(out / "checkpoints" / "latest.pt", weights_only=True)["G"]["mask.0.weight"],
+                       ck["G"]["mask.0.weight"])
+    # a different variant in the same folder is refused
+    capsys.readouterr()
+    assert cli(["train", "--data", str(tiny_run), "--variant", "rad", "--out", str(out), "--steps", "6", *_sets()]) == 2
+    assert "holds a 'ganimation' run" in capsys.readouterr().err
+
+
+def test_no_warps_skips_paired_phase_and_speech_pads(tmp_path, capsys):
+    run = make_tiny_run(tmp_path / "run", faces=4, warps=False, fab=False)
+    out = tmp_path / "t"
+    assert cli(["train", "--data", str(run), "--variant", "rad-no-id", "--out", str(out), "--steps", "2",
+                *_sets(["train.speech=true", "train.batch_size=2"])]) == 0
+    text = capsys.readouterr().out
+    assert "skipping the paired phase" in text and "unpaired: 1 epochs x 2 batches" in text
+    ck = torch.load(out / "checkpoints" / "latest.pt", weights_only=True)
+    assert ck["model_config"]["c_dim"] == 40 and ck["phase"] == "unpaired"
+
+
+def test_clear_errors(tmp_path, capsys):
+    run = make_tiny_run(tmp_path / "run", faces=4, E=32, warps=False, fab=False)
+    assert cli(["train", "--data", str(run), "--out", str(tmp_path / "t"), *_sets()]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "parameter width 32 disagrees with the conditioning width 30" in err
+    assert cli(["train", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "t2")]) == 2
+    assert "run folder not found" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert cli(["train", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "t3")]) == 2
+    assert "no shard stage" in capsys.readouterr().err
