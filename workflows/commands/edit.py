@@ -62,8 +62,6 @@ def write_image_atomic(image, out: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from workflows.editor.core import Editor
-    from workflows.editor.fitbridge import read_landmarks_sidecar
     from workflows.editor.imaging import read_image_file
 
     image_path = Path(args.image)
@@ -73,7 +71,11 @@ def run(args: argparse.Namespace) -> int:
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise ConfigError(f"--out must end in .png, .jpg or .jpeg, got {out.name}")
     raw = read_params(args.params)
-    image = read_image_file(image_path)
+    image = read_image_file(image_path)  # cheap checks first: torch is imported below
+
+    from workflows.editor.core import Editor
+    from workflows.editor.fitbridge import read_landmarks_sidecar
+
     editor = Editor.from_files(args.checkpoint, args.model)
     p = editor.check_params(raw)
     landmarks = None
@@ -85,6 +87,6 @@ def run(args: argparse.Namespace) -> int:
     edited = editor.edit(face, p)
     result = editor.paste(face, edited) if args.paste_back else edited
     write_image_atomic(result, out)
-    print(f"wrote {out} ({result.shape[1]}x{result.shape[0]}; fit error {face.fit_error:.3f})"
-          if face.fit_error is not None else f"wrote {out}")
+    print(f"wrote {out} ({result.shape[1]}x{result.shape[0]}, fit error {face.fit_error:.3f}, "
+          f"landmarks {face.landmark_source})")
     return 0

@@ -149,6 +149,11 @@ def create_app(editor: Editor, photos: str | Path | None = None, *, max_bytes: i
     async def photo(request: Request):
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > max_bytes + 65536:
+            # refuse without parsing; drain (not store) a moderately large body so that the
+            # client, still sending, gets to read the answer instead of a broken pipe
+            if int(length) <= 8 * max_bytes:
+                async for _ in request.stream():
+                    pass
             raise ApiError(413, f"file too large ({int(length) / 1e6:.1f} MB; limit {max_bytes / 1e6:.0f} MB)")
         try:
             form = await request.form(max_files=1, max_fields=8, max_part_size=64 * 1024)

@@ -10,8 +10,6 @@ import io
 import warnings
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.config import ConfigError
@@ -91,14 +89,16 @@ def encode_png(image: np.ndarray, compress_level: int = 1) -> bytes:
 
 def to_uint8(image) -> np.ndarray:
     """float [H, W, 3] in [0, 1] (numpy or torch) -> uint8 [H, W, 3]."""
-    if isinstance(image, torch.Tensor):
+    if hasattr(image, "detach"):  # torch tensor
         image = image.detach().float().cpu().numpy()
     return np.clip(np.rint(np.asarray(image, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
 
 
-def _pixel_grid_to_normalised(align: np.ndarray, x0: int, y0: int, w: int, h: int, crop_hw) -> torch.Tensor:
+def _pixel_grid_to_normalised(align: np.ndarray, x0: int, y0: int, w: int, h: int, crop_hw):
     """Grid [1, h, w, 2] of crop coordinates, normalised for ``grid_sample(align_corners=False)``,
     for the full-image pixel centres of the box (x0, y0, w, h)."""
+    import torch
+
     ch, cw = crop_hw
     xs = torch.arange(x0, x0 + w, dtype=torch.float64) + 0.5
     ys = torch.arange(y0, y0 + h, dtype=torch.float64) + 0.5
@@ -134,6 +134,9 @@ def paste_back(full: np.ndarray, crop: np.ndarray, align: np.ndarray, feather: f
     at the crop border to 1 at ``feather`` crop pixels inside (so no seam shows).  Only the
     crop's footprint is computed.  Returns uint8 [H, W, 3]; ``full`` is not modified.
     """
+    import torch
+    import torch.nn.functional as F
+
     full = np.asarray(full)
     crop = np.asarray(crop)
     ch, cw = crop.shape[:2]
@@ -143,7 +146,7 @@ def paste_back(full: np.ndarray, crop: np.ndarray, align: np.ndarray, feather: f
     if w == 0 or h == 0:
         return out
     grid, u, v = _pixel_grid_to_normalised(align, x0, y0, w, h, (ch, cw))
-    src = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None].float()
+    src = torch.tensor(np.asarray(crop), dtype=torch.float32).permute(2, 0, 1)[None]
     sampled = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
     sampled = sampled.permute(1, 2, 0).numpy()  # [h, w, 3]
     dist = torch.minimum(torch.minimum(u, cw - u), torch.minimum(v, ch - v))

@@ -1,0 +1,197 @@
+"""The editor glue (checkpoint, fit bridge, G/D, paste-back) and its JSON API."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.config import ConfigError
+from tests.serve.conftest import TINY_MODEL_CONFIG, save_checkpoint
+from workflows.editor.app import SessionStore
+from workflows.editor.core import Editor, load_checkpoint
+from workflows.editor.imaging import ImageInputError, read_image_file
+
+SID = "test-session-0001"
+
+
+@pytest.fixture(scope="module")
+def demo_face(serve_editor, tiny_world):
+    from workflows.editor.fitbridge import read_landmarks_sidecar
+
+    path = tiny_world / "emotionet" / "00000.jpg"
+    return serve_editor.prepare(read_image_file(path), key="00000.jpg", landmarks=read_landmarks_sidecar(path))
+
+
+# ---------------------------------------------------------------- checkpoint + parameters
+def test_checkpoint_errors_are_one_line(tmp_path, tiny_world):
+    with pytest.raises(ConfigError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="not a readable checkpoint"):
+        load_checkpoint(junk)
+    other = tmp_path / "other.pt"
+    torch.save({"format": "something-else/1"}, other)
+    with pytest.raises(ConfigError, match="not a SliderGAN checkpoint"):
+        load_checkpoint(other)
+    bad = save_checkpoint(tmp_path / "bad.pt")
+    ck = torch.load(bad, weights_only=True)
+    ck["model_config"] = dict(TINY_MODEL_CONFIG, g_conv_dim=16)  # weights no longer fit
+    torch.save(ck, bad)
+    with pytest.raises(ConfigError, match="do not match its model_config"):
+        Editor.from_files(bad, tiny_world / "model.h5")
+    with pytest.raises(ConfigError, match="no 3DMM found"):
+        Editor.from_files(save_checkpoint(tmp_path / "ok.pt"))
+
+
+def test_model_found_next_to_a_run_checkpoint(tiny_world, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.h5").symlink_to(tiny_world / "model.h5")
+    ck = save_checkpoint(run / "train" / "rad" / "checkpoints" / "latest.pt")
+    ed = Editor.from_files(run / "train" / "rad")  # a training folder works too
+    assert ed.n_params == 30 and ed.exp_names[:2] == ["jaw_open", "smile"]
+    assert load_checkpoint(ck)["variant"] == "rad"
+
+
+def test_check_params(serve_editor):
+    ed = serve_editor
+    assert ed.check_params([0.5] * 30).tolist() == [0.5] * 30
+    p = ed.check_params({"smile": 1, "jaw_open": -0.25})
+    assert p[1] == 1.0 and p[0] == -0.25 and np.count_nonzero(p) == 2
+    for bad, msg in [([0.1] * 29, "expected 30 parameters, got 29"), ({"grin": 1.0}, "unknown expression parameter 'grin'"),
+                     ([0.0] * 29 + ["x"], "must be a number"), ([0.0] * 29 + [float("nan")], "finite"),
+                     ("smile", "list of 30 numbers"), ([True] + [0.0] * 29, "must be a number")]:
+        with pytest.raises(ConfigError, match=msg):
+            ed.check_params(bad)
+
+
+def test_prototypes_are_the_fitting_prototypes(serve_editor):
+    from fitting.demo_model import EXPRESSION_NAMES, expression_prototypes
+
+    protos = serve_editor.prototypes()
+    assert list(protos) == list(EXPRESSION_NAMES)
+    ref = expression_prototypes(serve_editor.model)
+    for i, name in enumerate(EXPRESSION_NAMES):
+        assert np.allclose(protos[name], ref[i], atol=1e-4)
+
+
+# ---------------------------------------------------------------- photo -> crop -> G
+def test_prepare_sees_the_photo_as_the_fit_stage_does(serve_editor, demo_face, tiny_fits):
+    """The editor's crop, alignment and fitted parameters equal the fit stage's shard row,
+    so G is fed exactly what it was trained on."""
+    from pipeline.shards import ShardSet
+
+    ds = ShardSet(tiny_fits)
+    keys = [k.decode() if isinstance(k, bytes) else str(k) for k in ds.read("key")]
+    i = keys.index("00000.jpg")
+    row = ds.row(i)
+    assert np.allclose(demo_face.align, row["align"], atol=1e-4)
+    assert np.abs(demo_face.crop.astype(int) - row["image"].astype(int)).max() <= 1
+    assert np.allclose(demo_face.p_exp, row["p_exp"], atol=1e-3)
+    assert demo_face.fit_error == pytest.approx(float(row["fit_error"]), abs=1e-4)
+    assert demo_face.landmark_source == "sidecar"
+
+
+def test_edit_is_the_generator_output(serve_editor, demo_face):
+    p = np.linspace(-1, 1, 30).astype(np.float32)
+    got = serve_editor.edit(demo_face, p)
+    with torch.no_grad():
+        x = torch.from_numpy(demo_face.crop.astype(np.float32)).permute(2, 0, 1)[None] / 127.5 - 1
+        out = serve_editor.G(x, torch.from_numpy(p)[None])[0][0]
+    ref = ((out.clamp(-1, 1) + 1) * 127.5).permute(1, 2, 0).numpy()
+    assert got.shape == (128, 128, 3) and got.dtype == np.uint8
+    assert np.abs(got.astype(float) - ref).max() <= 0.51
+    assert not np.array_equal(got, serve_editor.edit(demo_face, -p))  # p matters
+
+
+def test_regress_is_the_discriminator_head(serve_editor, demo_face):
+    with torch.no_grad():
+        x = torch.from_numpy(demo_face.crop.astype(np.float32)).permute(2, 0, 1)[None] / 127.5 - 1
+        ref = serve_editor.D(x)[1][0].numpy()
+    assert np.allclose(serve_editor.regress(demo_face), ref, atol=1e-6)
+
+
+def test_render_face_follows_the_parameters(serve_editor, demo_face):
+    a = serve_editor.render_face(demo_face, np.zeros(30))
+    b = serve_editor.render_face(demo_face, np.eye(30)[0])  # jaw open
+    assert a.shape == (serve_editor.render_size, serve_editor.render_size, 3)
+    bg = a[0, 0].copy()
+    covered = (a != bg).any(-1).mean()
+    assert 0.2 < covered < 0.95  # the face fills the frame
+    assert (a != b).any(-1).sum() > 50
+
+
+def test_paste_puts_the_edit_into_the_photo(serve_editor, demo_face):
+    edited = serve_editor.edit(demo_face, np.zeros(30))
+    full = serve_editor.paste(demo_face, edited)
+    assert full.shape == demo_face.image.shape
+    changed = (full != demo_face.image).any(-1)
+    assert 0 < changed.mean() < 1
+    ys, xs = np.nonzero(changed)
+    lm = demo_face.landmarks  # the change sits around the face
+    assert xs.min() <= lm[:, 0].min() + 2 and xs.max() >= lm[:, 0].max() - 2
+
+
+def test_no_face_is_a_clear_error(serve_editor):
+    noise = np.random.default_rng(0).integers(0, 255, (120, 120, 3), dtype=np.uint8)
+    with pytest.raises(ImageInputError, match="no face found"):
+        serve_editor.prepare(noise)
+
+
+def test_session_store_is_lru():
+    s = SessionStore(capacity=2)
+    a, b = s.get("aaaaaaaa"), s.get("bbbbbbbb")
+    assert s.get("aaaaaaaa") is a  # refreshes a
+    s.get("cccccccc")  # evicts b, the least recently used
+    assert len(s) == 2 and s.get("bbbbbbbb", create=False) is None and s.get("aaaaaaaa", create=False) is a
+    assert b is not None
+
+
+# ---------------------------------------------------------------- JSON API
+def test_api_errors(live_server):
+    srv = live_server
+    assert srv.post_json("/api/edit", {"sid": "x", "p": [0] * 30})[0] == 400  # bad session id
+    st, body = srv.post_json("/api/edit", {"sid": "fresh-session-9", "seq": 1, "p": [0] * 30})
+    assert st == 409 and "load a photo first" in body["error"]
+    st, body = srv.post_form("/api/photo", {"sid": SID, "slot": "main", "name": "../model.h5"})
+    assert st == 404 and "no photo named" in body["error"]
+    st, body = srv.post_form("/api/photo", {"sid": SID, "slot": "main"})
+    assert st == 400 and "choose a photo" in body["error"]
+    big = bytes(2_100_000)  # over the fixture's 2 MB limit
+    st, body = srv.post_form("/api/photo", {"sid": SID, "slot": "main"}, {"file": ("big.jpg", big, "image/jpeg")})
+    assert st == 413 and "file too large" in body["error"]
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((2500, 2000), np.uint8)).save(buf, format="PNG")  # 5 Mpx > 4 Mpx limit
+    st, body = srv.post_form("/api/photo", {"sid": SID, "slot": "main"},
+                             {"file": ("huge.png", buf.getvalue(), "image/png")})
+    assert st == 422 and "image too large" in body["error"]
+    assert srv.get_json(f"/api/download?sid={SID}&kind=crop")[0] == 409
+    assert srv.get_json("/api/info")[0] == 200  # still serving
+
+
+def test_api_edit_transfer_and_download(live_server, serve_editor, demo_face):
+    srv = live_server
+    st, body = srv.post_form("/api/photo", {"sid": SID, "slot": "main", "name": "00000.jpg"})
+    assert st == 200 and body["p_fit"] == pytest.approx(demo_face.p_exp, abs=1e-3)
+    st, body = srv.post_json("/api/edit", {"sid": SID, "seq": 3, "p": [0.1] * 29})
+    assert st == 400 and "expected 30 parameters" in body["error"]
+    p = [0.25] * 30
+    st, body = srv.post_json("/api/edit", {"sid": SID, "seq": 5, "p": p})
+    assert st == 200 and body["seq"] == 5 and body["p"] == p
+    assert set(body["ms"]) == {"generator", "render", "encode"}
+    st, body = srv.post_json("/api/edit", {"sid": SID, "seq": 4, "p": [0.0] * 30})  # late, stale answer
+    assert st == 200 and body.get("stale") is True
+    assert srv.get_json(f"/api/state?sid={SID}")[1]["p"] == p  # the stale request did not win
+    st, ctype, png = srv.request(f"/api/download?sid={SID}&kind=crop")
+    assert st == 200 and ctype == "image/png"
+    crop = np.asarray(Image.open(io.BytesIO(png)))
+    assert np.array_equal(crop, serve_editor.edit(demo_face, np.array(p, np.float32)))
+    st, _, png = srv.request(f"/api/download?sid={SID}&kind=full")
+    assert np.asarray(Image.open(io.BytesIO(png))).shape == demo_face.image.shape
+    st, body = srv.post_form("/api/photo", {"sid": SID, "slot": "transfer", "name": "00001.jpg"})
+    assert st == 200 and len(body["p_regressed"]) == 30 and len(body["p_fit"]) == 30
+    assert srv.get_json(f"/api/state?sid={SID}")[1]["transfer"] == "00001.jpg"
