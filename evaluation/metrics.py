@@ -83,7 +83,15 @@ class _Dlib:
         self.detector = dlib.get_frontal_face_detector()
         self.sp5 = dlib.shape_predictor(frm.pose_predictor_five_point_model_location())
         self.sp68 = dlib.shape_predictor(frm.pose_predictor_model_location())
-        self.rec = dlib.face_recognition_model_v1(frm.face_recognition_model_location())
+        self._rec = None
+        self._rec_path = frm.face_recognition_model_location()
+
+    @property
+    def rec(self):
+        """dlib's ResNet face descriptor network (loaded on first use)."""
+        if self._rec is None:
+            self._rec = self.dlib.face_recognition_model_v1(self._rec_path)
+        return self._rec
 
     @classmethod
     def get(cls) -> "_Dlib":

@@ -102,6 +102,18 @@ def d_errors(ed: RealEdits) -> dict:
             "d_rel_error_trg": metrics.mean_relative_error(ed.p_trg, ed.d_out)}
 
 
+_DETECTORS: dict = {}
+
+
+def _detector(upsample: int):
+    """Per-process cached ``fitting.landmarks.Detector`` (loading dlib's models takes seconds)."""
+    from fitting.landmarks import Detector
+
+    if upsample not in _DETECTORS:
+        _DETECTORS[upsample] = Detector(upsample=upsample)
+    return _DETECTORS[upsample]
+
+
 def refit_error(model, ed: RealEdits, fit_options: dict | None = None, upsample: int = 2) -> dict:
     """Fit the 3DMM to each generated image and compare with p_trg.
 
@@ -110,9 +122,8 @@ def refit_error(model, ed: RealEdits, fit_options: dict | None = None, upsample:
     (``refit_no_face``) and left out. Returns {"exp_rel_error_refit", "refit_no_face", "refit_n"}.
     """
     from fitting.fit import FitOptions, LandmarkFitter
-    from fitting.landmarks import Detector
 
-    det = Detector(upsample=upsample)
+    det = _detector(upsample)
     lms, rows = [], []
     for i, im in enumerate(metrics.to_uint8(ed.outputs)):
         lm = det.detect(im)

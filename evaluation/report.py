@@ -143,7 +143,7 @@ def save_png(img, path: os.PathLike) -> None:
     """PIL image -> PNG written atomically."""
     from pipeline.atomic import atomic_write_with
 
-    atomic_write_with(path, lambda tmp: img.save(tmp, format="PNG"))
+    atomic_write_with(path, lambda tmp: img.save(tmp, format="PNG", compress_level=4))
 
 
 def write_report(out_dir: os.PathLike, results: dict, figures: dict, info: dict) -> tuple[Path, Path]:

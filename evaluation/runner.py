@@ -36,7 +36,7 @@ class EvalOptions:
     figures: bool = True
     lrw_pairs: int = 32
     figure_photos: int = 4
-    device: str = "cpu"
+    device: str = "auto"
     seed: int = 0
     fit: dict = field(default_factory=dict)   # the fit: section (refit options)
 
@@ -223,7 +223,8 @@ def evaluate(checkpoints: Sequence[str | Path], run: str | Path, out: str | Path
     renderer = None
     if data.model is not None and opt.figures:
         try:
-            renderer = F.BlendshapeRenderer(data.model, size=128)
+            photos = data.real.images if data.real is not None else data.fab.images
+            renderer = F.BlendshapeRenderer(data.model, size=int(photos.shape[1]))
         except Exception as e:  # noqa: BLE001 — figures without 3D rows
             info["3D renders"] = f"unavailable: {type(e).__name__}: {e}"
     names = list(getattr(data.model, "exp_names", []) or []) if data.model is not None else []
@@ -291,7 +292,8 @@ def evaluate(checkpoints: Sequence[str | Path], run: str | Path, out: str | Path
         else:
             from evaluation.lrw import table3_ied
 
-            _guard(res, ["lrw_ied"], lambda: table3_ied(net, data.model, data.lrw_dir, opt.lrw_pairs, opt.seed), log)
+            _guard(res, ["lrw_ied"], lambda: table3_ied(net, data.model, data.lrw_dir, opt.lrw_pairs, opt.seed,
+                                         size=int(net.model_config.get("image_size", 128))), log)
         results[net.name] = res.as_dict()
         # figures
         figs[net.name] = []

@@ -16,7 +16,14 @@ _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-SIZE = 128
+try:  # two OpenMP threads on a busy 2-core machine thrash (20x slower than one)
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:  # pragma: no cover
+    pass
+
+SIZE = 32   # image side of the fixtures (the real crops are 128; everything reads the size from data)
 
 
 def tiny_model(seed: int = 0, n_id: int = 5, n_exp: int = 30, n_speech: int = 10):
@@ -51,7 +58,7 @@ def smooth_images(rng, n, size=SIZE):
     """Smooth random RGB images uint8 [n, size, size, 3] (low-frequency noise, upsampled)."""
     from PIL import Image
 
-    small = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
+    small = rng.integers(0, 256, (n, 6, 6, 3), dtype=np.uint8)
     return np.stack([np.asarray(Image.fromarray(s).resize((size, size), Image.BILINEAR)) for s in small])
 
 
@@ -60,7 +67,7 @@ def save_checkpoint(path, c_dim, variant, seed=0):
 
     from model.networks import build_networks
 
-    cfg = {"image_size": SIZE, "c_dim": c_dim, "g_conv_dim": 4, "g_repeat": 1, "d_conv_dim": 4, "d_repeat": 6}
+    cfg = {"image_size": SIZE, "c_dim": c_dim, "g_conv_dim": 4, "g_repeat": 1, "d_conv_dim": 4, "d_repeat": 3}
     torch.manual_seed(seed)
     G, D = build_networks(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,8 +76,7 @@ def save_checkpoint(path, c_dim, variant, seed=0):
     return path
 
 
-@pytest.fixture(scope="session")
-def eval_run(tmp_path_factory):
+def build_eval_run(root: Path) -> Path:
     """A run folder: model.h5, fits/ (24 photos, 8 identities, labels), 4dfab-params/
     (4 identities x 2 sessions x 3 frames, identities 2-3 held out), lrw/ (2 x 4 frames)."""
     import h5py
@@ -79,7 +85,6 @@ def eval_run(tmp_path_factory):
     from pipeline.testing import make_stage
     from render.camera import camera_fitting_view
 
-    root = tmp_path_factory.mktemp("evalrun")
     model = tiny_model()
     model.save(root / "model.h5")
     rng = np.random.default_rng(0)
@@ -101,12 +106,12 @@ def eval_run(tmp_path_factory):
         chunk_size=8)
     lrw = root / "lrw"
     keys, seqs, frames = [], [], []
-    cam = camera_fitting_view(model.mean.reshape(-1, 3), (160, 160), fill=0.6)
+    cam = camera_fitting_view(model.mean.reshape(-1, 3), (48, 48), fill=0.6)
     for s in range(2):
         (lrw / f"seq{s}").mkdir(parents=True)
         for f in range(4):
             k = f"seq{s}/{f:03d}.jpg"
-            Image.fromarray(smooth_images(rng, 1, 160)[0]).save(lrw / k, quality=95)
+            Image.fromarray(smooth_images(rng, 1, 48)[0]).save(lrw / k, quality=95)
             keys.append(k), seqs.append(s), frames.append(f)
     with h5py.File(lrw / "truth.h5", "w") as h:
         h["key"] = np.array(keys, object).astype("S")
@@ -119,9 +124,17 @@ def eval_run(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="session")
-def checkpoints(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ckpts")
+def build_checkpoints(root: Path) -> dict:
     return {"rad": save_checkpoint(root / "rad" / "latest.pt", 30, "rad", seed=1),
             "speech": save_checkpoint(root / "speech" / "latest.pt", 40, "rad", seed=2),
             "ganimation": save_checkpoint(root / "gan" / "latest.pt", 30, "ganimation", seed=3)}
+
+
+@pytest.fixture(scope="session")
+def eval_run(tmp_path_factory):
+    return build_eval_run(tmp_path_factory.mktemp("evalrun"))
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory):
+    return build_checkpoints(tmp_path_factory.mktemp("ckpts"))

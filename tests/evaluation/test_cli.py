@@ -1,0 +1,45 @@
+"""``slidergan evaluate`` through the real CLI: success, and one-line errors (exit 2)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(*args):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYOPENGL_PLATFORM="osmesa")
+    return subprocess.run([sys.executable, "-m", "workflows", "evaluate", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_cli_writes_report(eval_run, checkpoints, tmp_path):
+    out = tmp_path / "E"
+    p = cli("--checkpoint", checkpoints["rad"], "--compare", checkpoints["ganimation"], "--data", eval_run,
+            "--out", out, "--no-figures", "--set", "evaluate.identity=pixels", "--set", "evaluate.pairs=4",
+            "--set", "evaluate.test_images=3", "--set", "evaluate.refit=false", "--set", "evaluate.lrw_pairs=2")
+    assert p.returncode == 0, p.stderr
+    data = json.loads((out / "metrics.json").read_text())
+    assert list(data) == ["ganimation", "rad"]          # sorted keys
+    assert data["rad"]["exp_rel_error_refit"] is None
+    assert "disabled" in data["rad"]["reasons"]["exp_rel_error_refit"]
+    assert (out / "index.html").is_file()
+
+
+def test_cli_errors_are_one_line(eval_run, checkpoints, tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    cases = [
+        ("--checkpoint", tmp_path / "missing.pt", "--data", eval_run, "--out", tmp_path / "o"),
+        ("--checkpoint", bad, "--data", eval_run, "--out", tmp_path / "o"),
+        ("--checkpoint", checkpoints["rad"], "--data", tmp_path / "nowhere", "--out", tmp_path / "o"),
+        ("--checkpoint", checkpoints["rad"], "--data", eval_run, "--out", tmp_path / "o",
+         "--set", "evaluate.grid_step=0"),
+        ("--checkpoint", checkpoints["rad"], "--data", tmp_path, "--out", tmp_path / "o"),
+    ]
+    for args in cases:
+        p = cli(*args)
+        assert p.returncode == 2, (args, p.stderr)
+        lines = p.stderr.strip().splitlines()
+        assert len(lines) == 1 and "error" in lines[0] and "Traceback" not in p.stderr, p.stderr

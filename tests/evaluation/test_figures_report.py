@@ -1,0 +1,61 @@
+"""Figures and the report page."""
+import numpy as np
+import pytest
+
+from evaluation import figures, report
+
+
+def test_slider_values():
+    v = figures.slider_values(0.2)
+    assert len(v) == 11 and v[0] == -1.0 and v[-1] == 1.0 and v[5] == 0.0
+    assert np.allclose(np.diff(v), 0.2)
+
+
+def test_blendshape_renderer_shows_the_parameter():
+    from conftest import tiny_model
+
+    model = tiny_model()
+    r = figures.BlendshapeRenderer(model, size=48)
+    a = r(np.zeros(30))
+    assert a.shape == (48, 48, 3) and a.dtype == np.uint8
+    assert (a < 250).any() and (a == 255).any()           # a mesh over a white background
+    e = np.zeros(40)
+    e[0] = 1.0
+    assert np.abs(r(e).astype(int) - a).max() > 0          # the blendshape changes the render
+    e = np.zeros(40)
+    e[35] = 1.0                                            # speech parameters too
+    assert np.abs(r(e).astype(int) - a).max() > 0
+
+
+def test_compose_grid_layout():
+    cells = [[np.full((16, 16, 3), 200, np.uint8), None], [np.zeros((16, 16, 3))]]
+    im = figures.compose_grid(cells, ["a", "b"], ["x", "y"], cell=16, label_w=30, title="t")
+    assert im.size == (30 + 2 * 16, 18 + 22 + 2 * 16)
+    px = np.asarray(im)
+    assert (px[40 + 5, 30 + 5] == 200).all()               # first cell pasted at (row 0, col 0)
+    assert (px[40 + 16 + 5, 30 + 5] == 0).all()            # second row
+    assert (px[40 + 5, 30 + 16 + 5] == 255).all()          # None stays empty
+
+
+def test_report_html_lists_nulls_with_reasons(tmp_path):
+    results = {
+        "rad": {"metrics": {"ied": 0.01, "d_rel_error_fit": 0.2, "d_rel_error_trg": None, "identity_cos": 0.9,
+                            "exp_rel_error_refit": None, "expr_recognition_acc": 0.5},
+                "reasons": {"d_rel_error_trg": "no usable rows", "exp_rel_error_refit": "no face <b>"},
+                "notes": {}, "variant": "rad", "checkpoint": "a.pt", "step": 3, "n_params": 30},
+        "wgp": {"metrics": {"ied": 0.02, "d_rel_error_fit": 0.1, "d_rel_error_trg": 0.3, "identity_cos": 0.8,
+                            "exp_rel_error_refit": 0.4, "expr_recognition_acc": 0.6},
+                "reasons": {}, "notes": {}, "variant": "wgp", "checkpoint": "b.pt", "step": 4, "n_params": 30},
+    }
+    mj, page = report.write_report(tmp_path, results, {"rad": [("grid", "rad/sliders.png")]}, {"run": "x"})
+    import json
+
+    data = json.loads(mj.read_text())
+    assert data["rad"]["d_rel_error_trg"] is None and data["rad"]["reasons"]["d_rel_error_trg"] == "no usable rows"
+    assert data["wgp"]["exp_rel_error_refit"] == 0.4
+    html = page.read_text()
+    assert "no face &lt;b&gt;" in html
+    assert "src='rad/sliders.png'" in html
+    # best value per column marked (lower IED is better -> rad)
+    assert "class='best'>0.01<" in html
+    assert not list(tmp_path.glob(".*tmp*"))               # no temp files left

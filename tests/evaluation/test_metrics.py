@@ -1,0 +1,86 @@
+"""Metrics against explicit per-row loops."""
+import math
+
+import numpy as np
+import pytest
+
+from evaluation import metrics
+
+
+def test_relative_errors_match_loop():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(9, 5)), rng.normal(size=(9, 5))
+    a[3] = 0.0  # ||p_ref|| = 0 is left out
+    ref = [math.sqrt(sum((a[i, k] - b[i, k]) ** 2 for k in range(5))) / math.sqrt(sum(a[i, k] ** 2 for k in range(5)))
+           for i in range(9) if i != 3]
+    got = metrics.relative_errors(a, b)
+    assert got == pytest.approx(ref)
+    assert metrics.mean_relative_error(a, b) == pytest.approx(sum(ref) / len(ref))
+    assert metrics.mean_relative_error(np.zeros((2, 3)), b[:2, :3]) is None
+    # a wider estimate is compared on the reference's columns
+    wide = np.concatenate([b, rng.normal(size=(9, 4))], 1)
+    assert metrics.relative_errors(a, wide) == pytest.approx(ref)
+    with pytest.raises(ValueError):
+        metrics.relative_errors(a, b[:4])
+
+
+def test_cosine_and_accuracy_match_loop():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(6, 4)), rng.normal(size=(6, 4))
+    ref = [sum(a[i] * b[i]) / math.sqrt(sum(a[i] ** 2) * sum(b[i] ** 2)) for i in range(6)]
+    assert metrics.cosine_similarity(a, b) == pytest.approx(ref)
+    assert metrics.accuracy([1, 2, 3, 4], [1, 0, 3, 0]) == 0.5
+    assert metrics.accuracy([], []) is None
+
+
+def test_pixel_embedder_identity_cos():
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    emb = metrics.PixelEmbedder()
+    assert metrics.identity_cos(emb, x, x) == pytest.approx(1.0)
+    y = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    fx, fy = emb.embed(x), emb.embed(y)
+    ref = np.mean([fx[i] @ fy[i] / (np.linalg.norm(fx[i]) * np.linalg.norm(fy[i])) for i in range(3)])
+    assert metrics.identity_cos(emb, x, y) == pytest.approx(ref)
+    assert metrics.identity_cos(emb, x[:0], y[:0]) is None
+
+
+def test_dlib_embedder_on_a_real_face():
+    """menpo3d's james.jpg: the face and a slightly shifted crop are the same person."""
+    from pathlib import Path
+
+    import importlib.util
+
+    from PIL import Image
+
+    pkg = Path(importlib.util.find_spec("menpo3d").submodule_search_locations[0])  # no menpo import
+    img = np.asarray(Image.open(pkg / "data" / "james.jpg").convert("RGB"))
+    h, w = img.shape[:2]
+    s = min(h, w)
+    a = np.asarray(Image.fromarray(img[:s, :s]).resize((160, 160)))
+    b = np.asarray(Image.fromarray(img[6:s, 6:s]).resize((160, 160)))
+    f = metrics.DlibEmbedder().embed(np.stack([a, b]))
+    assert f.shape == (2, 128)
+    assert metrics.cosine_similarity(f[:1], f[1:])[0] > 0.95
+
+
+def test_expression_classifier_with_given_features():
+    rng = np.random.default_rng(3)
+    labels = np.repeat(np.arange(3), 5)
+    images = np.zeros((15, 8, 8, 3), np.uint8)
+    images[..., 0] = (labels * 80 + 20)[:, None, None] + rng.integers(0, 10, (15, 8, 8))
+    clf = metrics.ExpressionClassifier(features=lambda ims: np.asarray(ims, float).mean(axis=(1, 2)))
+    clf.fit(images, labels)
+    assert (clf.predict(images) == labels).all()
+    with pytest.raises(ValueError, match="two"):
+        metrics.ExpressionClassifier(features=lambda ims: np.ones((len(ims), 1))).fit(images[:5], labels[:5])
+
+
+def test_landmark_features_shape_and_normalisation():
+    rng = np.random.default_rng(4)
+    ims = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    f, found = metrics.landmark_features(ims)
+    assert f.shape == (2, 136) and found.shape == (2,)
+    lm = f.reshape(2, 68, 2)
+    assert np.abs(lm.mean(1)).max() < 1e-9
+    assert np.linalg.norm(lm[:, 45] - lm[:, 36], axis=1) == pytest.approx([1.0, 1.0])
