@@ -196,6 +196,7 @@ class ShardSet:
         self._datasets = {k: (np.dtype(v["dtype"]) if v["dtype"] != "str" else "str",
                               tuple(v["shape"])) for k, v in meta.get("datasets", {}).items()}
         self._handles: dict[int, h5py.File] = {}
+        self._dsets: dict[tuple[int, str], Any] = {}
         self._pid = os.getpid()
 
     # -- metadata -------------------------------------------------------------------------
@@ -224,6 +225,7 @@ class ShardSet:
         pid = os.getpid()
         if pid != self._pid:            # forked: never reuse the parent's HDF5 handles
             self._handles = {}
+            self._dsets = {}
             self._pid = pid
         f = self._handles.get(s)
         if f is None:
@@ -247,10 +249,12 @@ class ShardSet:
                 except Exception:  # noqa: BLE001 — closing a dead handle
                     pass
         self._handles = {}
+        self._dsets = {}
 
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_handles"] = {}
+        state["_dsets"] = {}
         return state
 
     def __setstate__(self, state):
@@ -268,10 +272,13 @@ class ShardSet:
         if name not in self._datasets:
             raise KeyError(f"{self.dir}: no dataset {name!r} (has {', '.join(sorted(self._datasets))})")
 
-    def _read_local(self, s: int, name: str, local: np.ndarray | slice) -> np.ndarray:
-        d = self._file(s)[name]
-        if self._datasets[name][0] == "str":
-            d = d.asstr()
+    def _read_local(self, s: int, name: str, local: np.ndarray | slice | int) -> np.ndarray:
+        d = self._dsets.get((s, name)) if self._pid == os.getpid() else None
+        if d is None:
+            d = self._file(s)[name]
+            if self._datasets[name][0] == "str":
+                d = d.asstr()
+            self._dsets[(s, name)] = d
         return np.asarray(d[local])
 
     def _empty(self, name: str, n: int = 0) -> np.ndarray:
