@@ -165,3 +165,14 @@ def test_cli_verify_names_a_corrupt_shard(inputs, tmp_path):
     missing = subprocess.run(cli + ["verify", str(tmp_path / "nope")], cwd=ROOT, capture_output=True,
                              text=True, timeout=60)
     assert missing.returncode == 2 and "not found" in missing.stderr
+
+
+def test_failed_chunk_exit_1_names_it(inputs, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pipeline.testing", "toy", "--inputs", str(inputs), "--out",
+                           str(tmp_path / "o"), "--chunk-size", str(CS), "--cluster", "inprocess",
+                           "--fail-chunk", "2", "--no-progress"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1
+    assert "chunks failed: 2 (RuntimeError: toy failure in chunk 2)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(list((tmp_path / "o").glob("shard-*.h5"))) == 7

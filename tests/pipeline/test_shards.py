@@ -122,3 +122,32 @@ def test_shardset_refuses_unfinished_or_mismatched(tmp_path):
     (d / "_stage.json").write_text(json.dumps(meta))
     with pytest.raises(ShardError, match="incomplete"):
         ShardSet(d)
+
+
+class _Rows:
+    """A torch-style dataset over a ShardSet (what the trainer does)."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        return self.ds.read("p_exp", i), i
+
+
+def test_shardset_in_torch_dataloader_workers(tmp_path):
+    torch = pytest.importorskip("torch")
+    rows = _rows(23, seed=3)
+    ds = ShardSet(make_stage(tmp_path / "st", "fits", rows, chunk_size=5))
+    ds.read("p_exp", 0)                                  # parent holds open handles
+    loader = torch.utils.data.DataLoader(_Rows(ds), batch_size=4, shuffle=True, num_workers=2,
+                                         multiprocessing_context="fork",
+                                         generator=torch.Generator().manual_seed(0))
+    seen = {}
+    for p, idx in loader:
+        for row, i in zip(p.numpy(), idx.tolist()):
+            seen[i] = row
+    assert sorted(seen) == list(range(23))
+    np.testing.assert_array_equal(np.stack([seen[i] for i in range(23)]), rows["p_exp"])
