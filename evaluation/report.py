@@ -28,6 +28,7 @@ TABLES = [
     ]),
     ("Identity and refit (beyond the paper)", [
         ("identity_cos", "identity cosine (input vs edit)", "higher"),
+        ("identity_cos_dlib", "identity cosine, dlib ResNet (independent)", "higher"),
         ("exp_rel_error_refit", "3DMM refit ||p_trg − p_refit|| / ||p_trg||", "lower"),
         ("refit_no_face", "edits without a detected face", ""),
     ]),

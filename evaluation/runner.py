@@ -68,10 +68,33 @@ def _device(name: str) -> str:
     return name
 
 
-def make_identity_embedder(opt: EvalOptions, run: Path) -> metrics.IdentityEmbedder:
-    """auto: train-identity weights in the run folder (``RUN/identity/identity.pt``) if there,
-    else dlib's ResNet descriptor; ``dlib``/``pixels`` force one; any other value is a path
-    to identity weights (our train-identity file or an InsightFace iresnet state_dict)."""
+def identity_candidates(run: Path, checkpoints: Sequence[str | Path] = ()) -> list[Path]:
+    """Where ``auto`` looks for train-identity weights: ``RUN/identity.pt``,
+    ``RUN/identity/identity.pt``, then ``T/identity.pt`` next to each checkpoint's
+    ``T/checkpoints/`` folder (where ``slidergan train`` writes the embedder it trained)."""
+    out = [run / "identity.pt", run / "identity" / "identity.pt"]
+    for c in checkpoints:
+        out.append(Path(c).resolve().parent.parent / "identity.pt")
+    return out
+
+
+def _dlib_available() -> bool:
+    try:
+        import dlib  # noqa: F401
+        import face_recognition_models  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def make_identity_embedder(opt: EvalOptions, run: Path, checkpoints: Sequence[str | Path] = ()
+                           ) -> metrics.IdentityEmbedder:
+    """The embedder of ``identity_cos`` (one for all checkpoints, so they are comparable).
+
+    ``auto``: the first train-identity file of :func:`identity_candidates`, else dlib's ResNet
+    descriptor, else 32x32 grey pixels; ``dlib`` / ``pixels`` force one; any other value is a
+    path to identity weights (our train-identity file or an InsightFace iresnet state_dict).
+    """
     choice = opt.identity
     if choice == "dlib":
         return metrics.DlibEmbedder()
@@ -79,18 +102,9 @@ def make_identity_embedder(opt: EvalOptions, run: Path) -> metrics.IdentityEmbed
         return metrics.PixelEmbedder()
     path = None
     if choice == "auto":
-        for cand in (run / "identity" / "identity.pt", run / "identity.pt"):
-            if cand.is_file():
-                path = cand
-                break
+        path = next((c for c in identity_candidates(run, checkpoints) if c.is_file()), None)
         if path is None:
-            try:
-                import dlib  # noqa: F401
-                import face_recognition_models  # noqa: F401
-
-                return metrics.DlibEmbedder()
-            except ImportError:
-                return metrics.PixelEmbedder()
+            return metrics.DlibEmbedder() if _dlib_available() else metrics.PixelEmbedder()
     else:
         path = Path(choice)
         if not path.is_file():
@@ -102,10 +116,12 @@ def make_identity_embedder(opt: EvalOptions, run: Path) -> metrics.IdentityEmbed
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         net = build_identity(state)
-    except (IdentityWeightsError, RuntimeError, OSError) as e:
+    except (IdentityWeightsError, RuntimeError, OSError, ValueError) as e:
         raise ConfigError(f"identity weights {path}: {str(e).splitlines()[0]}")
-    return metrics.TorchEmbedder(net, name=f"identity weights {path.name}",
-                                 note=f"identity embedder loaded from {path}", device=_device(opt.device))
+    return metrics.TorchEmbedder(net, name=f"trained identity embedder ({path.name})",
+                                 note=f"loaded from {path}; G was trained against this embedder when "
+                                      f"lambda_id > 0, see identity_cos_dlib for an independent check",
+                                 device=_device(opt.device))
 
 
 def unique_names(nets: Sequence[Networks]) -> None:
@@ -218,8 +234,9 @@ def evaluate(checkpoints: Sequence[str | Path], run: str | Path, out: str | Path
                                                     " (including test identities: too few labelled train photos)"))
             except Exception as e:  # noqa: BLE001 — recorded as the metric's reason
                 clf_reason = f"classifier training failed: {type(e).__name__}: {e}"
-    embedder = make_identity_embedder(opt, run)
+    embedder = make_identity_embedder(opt, run, checkpoints)
     info["identity embedder"] = f"{embedder.name}: {embedder.note}"
+    second = metrics.DlibEmbedder() if (isinstance(embedder, metrics.TorchEmbedder) and _dlib_available()) else None
     renderer = None
     if data.model is not None and opt.figures:
         try:
@@ -267,6 +284,9 @@ def evaluate(checkpoints: Sequence[str | Path], run: str | Path, out: str | Path
             _guard(res, ["identity_cos"], lambda: {"identity_cos": metrics.identity_cos(embedder, ed.inputs,
                                                                                          ed.outputs)}, log)
             res.notes["identity_cos"] = f"embedder: {embedder.name}"
+            if second is not None:
+                _guard(res, ["identity_cos_dlib"], lambda: {"identity_cos_dlib": metrics.identity_cos(
+                    second, ed.inputs, ed.outputs)}, log)
             if not opt.refit:
                 res.fail(["exp_rel_error_refit"], "disabled (evaluate.refit=false)")
             elif data.model is None:

@@ -84,3 +84,31 @@ def test_landmark_features_shape_and_normalisation():
     lm = f.reshape(2, 68, 2)
     assert np.abs(lm.mean(1)).max() < 1e-9
     assert np.linalg.norm(lm[:, 45] - lm[:, 36], axis=1) == pytest.approx([1.0, 1.0])
+
+
+def test_identity_embedder_selection(tmp_path):
+    """auto picks train-identity weights next to the checkpoint's training folder, else dlib."""
+    import torch
+
+    from evaluation.runner import EvalOptions, make_identity_embedder
+    from model.identity import IdentityEmbedder
+
+    run = tmp_path / "run"
+    run.mkdir()
+    ckpt = tmp_path / "T" / "checkpoints" / "latest.pt"
+    ckpt.parent.mkdir(parents=True)
+    assert isinstance(make_identity_embedder(EvalOptions(identity="auto"), run, [ckpt]), metrics.DlibEmbedder)
+    assert isinstance(make_identity_embedder(EvalOptions(identity="pixels"), run, [ckpt]), metrics.PixelEmbedder)
+    cfg = {"layers": [1, 1, 1, 1], "width": 4, "input_size": 32, "num_features": 8}
+    net = IdentityEmbedder(cfg)
+    torch.save({"format": "slidergan-identity/1", "config": net.config, "state_dict": net.net.state_dict()},
+               tmp_path / "T" / "identity.pt")
+    emb = make_identity_embedder(EvalOptions(identity="auto", device="cpu"), run, [ckpt])
+    assert isinstance(emb, metrics.TorchEmbedder)
+    x = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    f = emb.embed(x)
+    assert f.shape == (3, 8) and np.allclose(np.linalg.norm(f, axis=1), 1, atol=1e-5)
+    from pipeline.config import ConfigError
+
+    with pytest.raises(ConfigError, match="not found"):
+        make_identity_embedder(EvalOptions(identity=str(tmp_path / "nope.pt")), run, [ckpt])
