@@ -70,6 +70,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise ConfigError(f"--out must end in .png, .jpg or .jpeg, got {out.name}")
+    if not Path(args.checkpoint).exists():
+        raise ConfigError(f"checkpoint not found: {args.checkpoint}")
+    if args.model and not Path(args.model).is_file():
+        raise ConfigError(f"3DMM file not found: {args.model}")
     raw = read_params(args.params)
     image = read_image_file(image_path)  # cheap checks first: torch is imported below
 

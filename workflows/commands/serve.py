@@ -26,18 +26,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from workflows.editor.app import create_app
-    from workflows.editor.core import Editor, find_model_file
-
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be in 0..65535, got {args.port}")
     if args.max_upload_mb <= 0 or args.max_megapixels <= 0 or args.sessions < 1:
         raise ConfigError("--max-upload-mb, --max-megapixels and --sessions must be positive")
+    if not Path(args.checkpoint).exists():
+        raise ConfigError(f"checkpoint not found: {args.checkpoint}")
+    if args.model and not Path(args.model).is_file():
+        raise ConfigError(f"3DMM file not found: {args.model}")
     photos = Path(args.photos) if args.photos else None
     if photos is not None and not photos.is_dir():
         raise ConfigError(f"photo folder not found: {photos}")
+    import uvicorn  # cheap checks first: torch is imported below
+
+    from workflows.editor.app import create_app
+    from workflows.editor.core import Editor, find_model_file
+
     editor = Editor.from_files(args.checkpoint, args.model)
     if photos is None:
         mfile = Path(args.model) if args.model else find_model_file(args.checkpoint)
