@@ -276,6 +276,18 @@ class LandmarkFitter:
         Bm = self._basis_lm.expand(Bsz, -1, -1, -1)
         return self._solve_shape(y, w, s, R, t, Bm, m, s_ref).cpu().numpy()
 
+    def fit_camera_only(self, lm2d, weights=None) -> np.ndarray:
+        """Closed-form weak-perspective camera ``[B, 7]`` of the *mean* shape to landmarks
+        ``[B, 68, 2]`` (the initialisation used by the itw baseline)."""
+        import torch
+
+        y = torch.as_tensor(np.asarray(lm2d, np.float64), dtype=self.dtype, device=self.device)
+        w = (torch.ones(y.shape[:2], dtype=self.dtype, device=self.device) if weights is None
+             else torch.as_tensor(np.asarray(weights, np.float64), dtype=self.dtype, device=self.device))
+        X = self._mean_lm.expand(y.shape[0], -1, -1)
+        s, R, t = scaled_orthographic_camera(X, y, w)
+        return camera_vector(s, R, t).cpu().numpy()
+
     # ---------------------------------------------------------------- main
     def fit(self, lm2d, weights=None) -> FitResult:
         """Fit a batch.

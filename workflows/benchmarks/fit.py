@@ -1,0 +1,114 @@
+"""Fitting benchmark: our batched landmark fitter vs menpo3d's Lucas-Kanade ITW fitter.
+
+Keys (all measured in this one run on ``ctx.world``'s EmotioNet-style photos):
+
+- ``fit_faces_per_s``            fitting core (camera + identity + expression from 68 landmarks),
+                                 all photos tiled to a batch of 2048 (4096 unless quick)
+- ``fit_exp_rel_error``          mean ||p_fit - p_true|| / ||p_true|| with the true landmarks (sidecars)
+- ``fit_exp_rel_error_detected`` the same with dlib-detected landmarks (photos where a face was found)
+- ``fit_detect_rate``, ``fit_detect_nme``  share of photos with a detection; detected-landmark
+                                 error (RMSE / inter-ocular) against the truth
+- ``fit_stage_faces_per_s``      the stage's per-chunk work end to end (read JPEG + sidecar, fit,
+                                 align, crop), one process
+- ``fit_lm_error``               mean landmark RMSE / inter-ocular of the fit (true landmarks)
+- ``fit_baseline_faces_per_s``, ``fit_baseline_exp_rel_error``  menpo3d ITW (Booth et al.) on the
+                                 first few photos (true landmarks as its landmark term)
+- ``fit_exp_rel_error_same_faces`` ours on exactly those photos; ``fit_speedup_vs_baseline``
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _rel(a, b):
+    return np.linalg.norm(a - b, axis=1) / np.maximum(np.linalg.norm(b, axis=1), 1e-12)
+
+
+def run(ctx) -> dict:
+    import h5py
+    import torch
+    from PIL import Image
+
+    from fitting.fit import FitOptions, LandmarkFitter, interocular
+    from fitting.landmarks import get_detector
+    from fitting.model import MorphableModel
+    from pipeline.config import load_config
+    from workflows.stages.fit import build_stage
+
+    world = Path(ctx.world)
+    model = MorphableModel.load(world / "model.h5")
+    with h5py.File(world / "emotionet" / "truth.h5", "r") as f:
+        keys = [k.decode() if isinstance(k, bytes) else str(k) for k in f["key"][()]]
+        lm = f["landmarks"][()].astype(np.float64)
+        p_true = f["p_exp"][()][:, : model.n_exp]
+    cfg = load_config(None).section("fit")
+    out: dict = {}
+
+    fixed = LandmarkFitter(model, FitOptions.from_config(cfg, contour="fixed", device="cpu"))
+    dynamic = LandmarkFitter(model, FitOptions.from_config(cfg, contour="dynamic", device="cpu"))
+    res = fixed.fit(lm)
+    out["fit_exp_rel_error"] = float(np.mean(_rel(res.p_exp, p_true)))
+    out["fit_lm_error"] = float(np.mean(res.fit_error))
+
+    # throughput of the core, batched
+    n_big = 2048 if ctx.quick else 4096
+    tiled = np.tile(lm, (n_big // len(lm) + 1, 1, 1))[:n_big]
+    fixed.fit(tiled[:64])                                      # warm-up
+    t0 = time.perf_counter()
+    fixed.fit(tiled)
+    out["fit_faces_per_s"] = float(n_big / (time.perf_counter() - t0))
+    out["fit_torch_threads"] = float(torch.get_num_threads())
+
+    # detected landmarks
+    det = get_detector()
+    rgbs = [np.asarray(Image.open(world / "emotionet" / k).convert("RGB")) for k in keys]
+    found, dets = [], []
+    t0 = time.perf_counter()
+    for i, rgb in enumerate(rgbs):
+        d = det.detect(rgb)
+        if d is not None:
+            found.append(i)
+            dets.append(d)
+    out["fit_detect_s_per_face"] = float((time.perf_counter() - t0) / len(rgbs))
+    out["fit_detect_rate"] = float(len(found) / len(rgbs))
+    if found:
+        idx = np.array(found)
+        D = np.stack(dets)
+        out["fit_detect_nme"] = float(np.mean(np.sqrt(((D - lm[idx]) ** 2).sum(-1).mean(-1)) / interocular(lm[idx])))
+        rd = dynamic.fit(D)
+        out["fit_exp_rel_error_detected"] = float(np.mean(_rel(rd.p_exp, p_true[idx])))
+        rf = fixed.fit(D)
+        out["fit_exp_rel_error_detected_fixed_contour"] = float(np.mean(_rel(rf.p_exp, p_true[idx])))
+    else:
+        out["fit_exp_rel_error_detected"] = None
+
+    # the stage's chunk work in this process (sidecar landmarks)
+    stage = build_stage(str(world / "emotionet"), str(world / "model.h5"), dict(cfg, landmarks="sidecar"))
+    stage.process_chunk(stage.input_keys()[:4], 0)             # warm-up (model load, caches)
+    t0 = time.perf_counter()
+    r = stage.process_chunk(stage.input_keys(), 0)
+    out["fit_stage_faces_per_s"] = float(len(r.rows["key"]) / (time.perf_counter() - t0))
+
+    # baseline: menpo3d ITW on a few faces
+    n_base = 2 if ctx.quick else 4
+    try:
+        from fitting.itw import ITWFitter
+
+        itw = ITWFitter(model, cfg, landmark_fitter=fixed)
+        t0 = time.perf_counter()
+        rb = itw.fit(rgbs[:n_base], lm[:n_base])
+        dt = time.perf_counter() - t0
+        out["fit_baseline_faces_per_s"] = float(n_base / dt)
+        out["fit_baseline_exp_rel_error"] = float(np.mean(_rel(rb.p_exp, p_true[:n_base])))
+        out["fit_baseline_faces"] = float(n_base)
+        out["fit_baseline_iterations"] = float(itw.iters)
+        out["fit_exp_rel_error_same_faces"] = float(np.mean(_rel(res.p_exp[:n_base], p_true[:n_base])))
+        out["fit_speedup_vs_baseline"] = out["fit_faces_per_s"] / out["fit_baseline_faces_per_s"]
+    except Exception as e:  # noqa: BLE001 — the baseline is optional; say why it is missing
+        out["fit_baseline_faces_per_s"] = None
+        out["fit_baseline_exp_rel_error"] = None
+        out["fit_baseline_error"] = f"{e.__class__.__name__}: {e}".splitlines()[0]
+    return out
