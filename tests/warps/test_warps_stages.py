@@ -1,0 +1,210 @@
+"""render-warps and project-4dfab end to end on the tiny demo world (shared fixtures)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from pipeline.shards import ShardSet
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _cli(*args, check=True):
+    env = dict(os.environ, PYOPENGL_PLATFORM="osmesa")
+    p = subprocess.run([sys.executable, "-m", "workflows", *map(str, args)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=600, env=env)
+    if check and p.returncode != 0:
+        raise AssertionError(f"exit {p.returncode}: {p.stderr[-2000:]}")
+    return p
+
+
+def _run_inprocess(kind, inputs, model, out, chunk_size, correspondence=None, **over):
+    """The stage behind the CLI, run in this process without Dask (saves a Python start)."""
+    from pipeline.config import load_config
+    from pipeline.runner import run_stage
+
+    cfg = load_config()
+    if kind == "warps":
+        from workflows.stages.warps import build_stage
+
+        stage = build_stage(str(inputs), str(model), {**cfg.section("warps"), **over})
+    else:
+        from workflows.stages.project_4dfab import build_stage
+
+        stage = build_stage(str(inputs), str(model), cfg.section("project"), correspondence=correspondence)
+    report = run_stage(stage, out, chunk_size=chunk_size, cluster="inprocess", progress=False, log=None)
+    assert report.ok
+    return report
+
+
+def _truth(path):
+    with h5py.File(path, "r") as f:
+        keys = [k.decode() if isinstance(k, bytes) else str(k) for k in f["key"][()]]
+        return keys, {n: f[n][()] for n in f if n != "key"}
+
+
+# ----------------------------------------------------------------------------- warps
+def test_warps_rows_pair_with_their_photos(tiny_warps, tiny_fits):
+    from fitting.sampling import sample_expressions
+
+    ds, fits = ShardSet(tiny_warps), ShardSet(tiny_fits)
+    assert len(ds) == 8 * 3
+    assert ds.attrs["source_stage"] == str(Path(tiny_fits).resolve())
+    src, keys, k = ds.read("source"), ds.keys(), ds.read("k")
+    fkeys, fgroup = fits.keys(), fits.read("group")
+    assert len(set(src.tolist())) == 8
+    for i in range(len(ds)):
+        s = int(src[i])
+        assert keys[i] == f"{fkeys[s]}#{int(k[i]):02d}"
+        assert ds.read("group", i) == fgroup[s]
+    np.testing.assert_array_equal(ds.read("p_id"), fits.read("p_id")[src])
+    np.testing.assert_array_equal(ds.read("camera"), fits.read("camera")[src])
+    np.testing.assert_array_equal(ds.read("p_exp_source"), fits.read("p_exp")[src])
+    # exact target parameters: the documented deterministic draw per (key, k)
+    P = ds.read("p_exp")
+    for i in (0, 5, len(ds) - 1):
+        ref = sample_expressions(0, fkeys[int(src[i])], 3, P.shape[1])[int(k[i])]
+        np.testing.assert_array_equal(P[i], ref)
+    assert np.abs(P).max() <= 1.0
+    img = ds.read("image")
+    assert img.shape == (24, 128, 128, 3) and img.dtype == np.uint8
+    # different targets give different images of the same photo
+    assert np.abs(img[0].astype(int) - img[1]).mean() > 0.5
+    assert (tiny_warps / "preview.png").is_file()
+
+
+def test_warp_of_fitted_photo_to_its_own_expression_reproduces_it(tiny_world, tiny_fits):
+    """On a real fitted demo photo: texture from the JPEG, camera/shape from the fit."""
+    from fitting.images import load_image
+    from fitting.model import MorphableModel
+    from fitting.warp import Warper
+    from scipy.ndimage import binary_erosion
+
+    fits = ShardSet(tiny_fits)
+    w = Warper(MorphableModel.load(tiny_world / "model.h5"))
+    root = Path(fits.attrs["params"]["root"])
+    errs = []
+    for row in range(3):
+        r = fits.row(row)
+        photo = load_image(root / r["key"])
+        src = w.prepare(photo, r["p_id"], r["p_exp"], r["camera"], r["align"])
+        img, mask = w.render(src, r["p_exp"][None], return_masks=True)
+        inner = binary_erosion(mask[0], iterations=1)
+        errs.append(np.abs(img[0].astype(float) - r["image"])[inner].mean() / 255)
+    assert max(errs) < 0.03, errs
+
+
+def test_warps_rerun_is_idempotent_and_deterministic(tiny_warps, tiny_fits, tiny_world, tmp_path):
+    before = {p.name: p.stat().st_mtime_ns for p in tiny_warps.glob("shard-*.h5")}
+    p = _cli("render-warps", "--fits", tiny_fits, "--model", tiny_world / "model.h5", "--out", tiny_warps,
+             "--workers", "1", "--chunk-size", "8", "--no-progress", "--set", "warps.faces=8",
+             "--set", "warps.per_face=3")
+    assert "0 chunks computed" in p.stdout + p.stderr or "1 current" in p.stdout + p.stderr
+    assert {q.name: q.stat().st_mtime_ns for q in tiny_warps.glob("shard-*.h5")} == before
+    # a second folder with other chunking: identical rows
+    out = tmp_path / "w2"
+    _run_inprocess("warps", tiny_fits, tiny_world / "model.h5", out, 1, faces=2, per_face=3)
+    a, b = ShardSet(tiny_warps), ShardSet(out)
+    ka, kb = a.keys(), b.keys()
+    common = [x for x in kb if x in ka]
+    assert len(common) >= 1
+    for key in common:
+        np.testing.assert_array_equal(a.read("image", ka.index(key)), b.read("image", kb.index(key)))
+
+
+def test_render_warps_bad_input_is_one_line_exit_2(tiny_world, tmp_path):
+    p = _cli("render-warps", "--fits", tmp_path / "nope", "--model", tiny_world / "model.h5", "--out",
+             tmp_path / "w", check=False)
+    assert p.returncode == 2 and "not found" in p.stderr and "Traceback" not in p.stderr
+    p = _cli("render-warps", "--fits", tiny_world / "fits", "--model", tiny_world / "model.h5", "--out",
+             tmp_path / "w", "--set", "warps.distribution=cauchy", check=False)
+    assert p.returncode == 2 and "distribution" in p.stderr
+
+
+# ----------------------------------------------------------------------------- 4DFAB
+def test_project_4dfab_recovers_truth_and_joint_beats_projection(tiny_4dfab, tiny_world):
+    from fitting.projection import relative_error
+
+    ds = ShardSet(tiny_4dfab)
+    keys, t = _truth(tiny_world / "4dfab" / "truth.h5")
+    assert len(ds) == len(keys) == 4 * 2 * 3
+    idx = [keys.index(k) for k in ds.keys()]
+    E = ds.datasets["p_exp"][1][1]
+    p_true = t["p_exp"][idx][:, :E]
+    err_joint = relative_error(ds.read("p_exp_joint"), p_true)
+    err_proj = relative_error(ds.read("p_exp_projection"), p_true)
+    assert err_joint < 1e-3
+    assert err_proj > 10 * err_joint
+    np.testing.assert_array_equal(ds.read("p_exp"), ds.read("p_exp_joint"))  # project.method = joint
+    np.testing.assert_allclose(ds.read("p_id"), t["p_id"][idx][:, :ds.read("p_id").shape[1]], atol=1e-3)
+
+
+def test_project_4dfab_split_groups_cameras(tiny_4dfab):
+    ds = ShardSet(tiny_4dfab)
+    split, ident, group = ds.read("split"), ds.read("identity"), ds.read("group")
+    sess = ds.read("session")
+    assert split.dtype == np.int8 and set(split.tolist()) == {0, 1}
+    for i in set(ident.tolist()):
+        assert len(set(split[ident == i].tolist())) == 1       # split is by identity
+    pairs = {(int(i), str(s)) for i, s in zip(ident, sess)}
+    assert len(set(group.tolist())) == len(pairs) == 8           # one group per identity+session
+    cams = ds.read("camera")
+    for g in set(group.tolist()):
+        assert np.ptp(cams[group == g], axis=0).max() == 0       # one camera per group
+    assert len({tuple(c) for c in cams}) == 8
+    img = ds.read("image")
+    assert img.shape[1:] == (128, 128, 3)
+    centre = img[:, 40:100, 40:90].astype(float)
+    assert np.abs(centre - 128).mean() > 10                     # a face, not just background
+    assert (tiny_4dfab / "preview.png").is_file()
+
+
+def test_project_4dfab_rejects_and_correspondence(tiny_world, tmp_path):
+    from fitting.meshio import read_mesh, write_obj
+
+    src = sorted((tiny_world / "4dfab").rglob("*.obj"))[0]
+    mesh = read_mesh(src)
+    meshes = tmp_path / "meshes"
+    (meshes / "id900" / "s00").mkdir(parents=True)
+    (meshes / "id901" / "s00").mkdir(parents=True)
+    # a re-ordered copy of a mesh: rejected without a map, accepted with it
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(mesh.n_vertices)              # file vertex j = model vertex perm[j]
+    inv = np.argsort(perm)                               # model vertex i = file vertex inv[i]
+    write_obj(meshes / "id900" / "s00" / "000.obj", mesh.vertices[perm], inv[mesh.triangles],
+              colours=mesh.colours[perm])
+    write_obj(meshes / "id901" / "s00" / "000.obj", mesh.vertices[:100], np.array([[0, 1, 2]]))
+    (meshes / "id901" / "s00" / "001.obj").write_text("v 0 0 0\nf 1 2 3\n")
+    out = tmp_path / "p"
+    _run_inprocess("4dfab", meshes, tiny_world / "model.h5", out, 64)
+    rejects = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
+    reasons = {r["key"]: r["reason"] for r in rejects}
+    assert reasons["id901/s00/000"] == "vertex count mismatch"
+    assert reasons["id901/s00/001"] == "unreadable mesh"
+    # with the correspondence map (model vertex i -> file vertex inv[i]) the re-ordered mesh works
+    np.save(tmp_path / "map.npy", inv)
+    out2 = tmp_path / "p2"
+    _run_inprocess("4dfab", meshes, tiny_world / "model.h5", out2, 64, correspondence=str(tmp_path / "map.npy"))
+    ds2 = ShardSet(out2)
+    assert ds2.keys() == ["id900/s00/000"]
+    from fitting.model import MorphableModel
+    from fitting.projection import fit_joint
+
+    m = MorphableModel.load(tiny_world / "model.h5")
+    _, p_ref = fit_joint(m, mesh.vertices)
+    np.testing.assert_allclose(ds2.read("p_exp_joint")[0], p_ref, atol=1e-4)
+    # a bad map file is a usage error (ConfigError -> exit 2)
+    from pipeline.config import ConfigError
+    from workflows.stages.project_4dfab import build_stage
+
+    (tmp_path / "bad.txt").write_text("1 2 x\n")
+    with pytest.raises(ConfigError, match="correspondence"):
+        build_stage(str(meshes), str(tiny_world / "model.h5"), {"method": "joint", "test_fraction": 0.2},
+                    correspondence=str(tmp_path / "bad.txt"))
+    with pytest.raises(ConfigError, match="project.method"):
+        build_stage(str(meshes), str(tiny_world / "model.h5"), {"method": "magic"})
