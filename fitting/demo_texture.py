@@ -189,7 +189,7 @@ def demo_texture_model(mean, trilist, landmarks, seed: int = 0, n_blobs: int = 1
     fields: list[np.ndarray] = []
     fields.append(0.10 * skin * SKIN[None] / np.linalg.norm(SKIN))         # overall tone
     fields.append(0.035 * skin * np.array([1.0, -0.3, -0.5])[None])        # redness
-    fields.append(0.030 * skin * np.array([0.5, 0.5, -1.0])[None])         # yellowness
+    fields.append(0.020 * skin * np.array([0.5, 0.5, -1.0])[None])         # yellowness
     fields.append(0.060 * m["lips"][:, None] * np.array([1.0, -0.2, -0.1])[None])  # lip colour
     fields.append(0.070 * m["brows"][:, None] * np.array([-1.0, -1.0, -1.0])[None])  # brow darkness
     fields.append(0.080 * m["iris"][:, None] * np.array([-0.6, 0.2, 0.6])[None])    # iris colour

@@ -156,7 +156,7 @@ def make_background(rng: np.random.Generator, H: int, W: int) -> np.ndarray:
         t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
         img = c1[None, None] * (1 - t[..., None]) + c2[None, None] * t[..., None]
     elif kind == 1:
-        g = int(rng.integers(3, 9))
+        g = int(rng.integers(3, 7))
         small = (rng.uniform(0, 1, (g, g, 3)) * 255).astype(np.uint8)
         img = np.asarray(Image.fromarray(small).resize((W, H), Image.BICUBIC), np.float32) / 255.0
     else:
@@ -166,6 +166,10 @@ def make_background(rng: np.random.Generator, H: int, W: int) -> np.ndarray:
             r = rng.uniform(0.05, 0.3)
             w = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r))[..., None]
             img = img * (1 - w) + rng.uniform(0, 1, 3)[None, None] * w
+    # desaturate towards grey by a random amount (real backgrounds are rarely pure colours)
+    grey = img.mean(-1, keepdims=True)
+    sat = rng.uniform(0.3, 0.75)
+    img = grey + sat * (img - grey)
     img = img + rng.normal(scale=0.02, size=img.shape)
     return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
@@ -320,7 +324,7 @@ def render_photo(model, protos, P: WorldParams, i: int) -> tuple[dict, np.ndarra
     W = int(np.clip(round(H * rng.uniform(0.8, 1.25)), P.min_size, P.max_size))
     V = model.instance(p_id, p_exp)
     cam = place_camera(rng, V, model.landmarks, H, W, P.max_yaw, P.camera_dist)
-    light = render.random_light(rng)
+    light = render.random_light(rng, colour=0.05)
     bg = make_background(rng, H, W)
     res = render.render(V, model.trilist, model.texture(p_tex), cam, background=bg, light=light,
                         backend=P.backend)
