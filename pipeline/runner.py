@@ -281,7 +281,7 @@ def _execute(stage: Stage, args: dict[int, tuple], cluster: Any, workers: int | 
         bar.set_postfix_str(f"{items / max(time.perf_counter() - t0, 1e-9):.1f} items/s", refresh=False)
         bar.update(1)
 
-    inprocess = cluster == "inprocess" or (cluster == "local" and len(args) == 1)
+    inprocess = cluster == "inprocess" or (cluster == "local" and (len(args) == 1 or workers == 1))
     try:
         if inprocess:
             begin()

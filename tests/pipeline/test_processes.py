@@ -77,16 +77,16 @@ def reference(inputs, tmp_path_factory):
 def test_kill9_runner_at_several_points_then_rerun_is_identical(inputs, reference, tmp_path):
     out, markers = tmp_path / "out", tmp_path / "m"
     markers.mkdir()
-    points = [
-        ("first chunk started", lambda: any(markers.iterdir())),
-        ("2 more shards written", None),
-        ("all shards but finalize pending", None),
+    points = [                                  # (when, workers: 2 = LocalCluster, 1 = in-process)
+        ("first chunk started", lambda: any(markers.iterdir()), 2),
+        ("2 more shards written", None, 1),
+        ("all shards but finalize pending", None, 2),
     ]
-    for what, cond in points:
+    for what, cond, workers in points:
         before = _shards(out) if out.exists() else 0
         if cond is None:
             cond = (lambda b=before, w=what: _shards(out) >= (b + 2 if w.startswith("2") else 8))
-        proc = _start(inputs, out, "--marker-dir", str(markers))
+        proc = _start(inputs, out, "--marker-dir", str(markers), workers=workers)
         try:
             _wait_for(cond, proc=proc)
             proc.send_signal(signal.SIGKILL)                     # the runner only
