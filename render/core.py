@@ -96,6 +96,18 @@ def _transform_kernel(V, R, tx, ty, s, d, Xc, uv, w):  # pragma: no cover - jitt
         uv[i, 1] = -k * y + ty
 
 
+@njit(cache=True, nogil=True)
+def _composite_kernel(tri, bary, T, shaded, img):  # pragma: no cover - jitted
+    for i in range(tri.shape[0]):
+        for j in range(tri.shape[1]):
+            t = tri[i, j]
+            if t >= 0:
+                a, b, c = T[t, 0], T[t, 1], T[t, 2]
+                for k in range(3):
+                    v = bary[i, j, 0] * shaded[a, k] + bary[i, j, 1] * shaded[b, k] + bary[i, j, 2] * shaded[c, k]
+                    img[i, j, k] = min(max(v, 0.0), 1.0)
+
+
 def camera_transform(V: np.ndarray, cam: np.ndarray):
     """Camera-frame vertices ``Xc [N, 3]``, pixels ``uv [N, 2]`` and homogeneous weights
     ``w [N]`` in one pass (the same maths as :func:`render.camera.project`, checked by the
@@ -165,14 +177,9 @@ def render(vertices, triangles, colours, camera, background=(128, 128), light=No
 
     if backend == "fast":
         tri, bary, depth = rasterize(uv, Xc[:, 2], w, T, size)
-        mask = tri >= 0
-        ii, jj = np.nonzero(mask)
-        img = bg.copy()
-        if len(ii):
-            t = T[tri[ii, jj]]  # [P, 3]
-            b = bary[ii, jj].astype(np.float32)  # [P, 3]
-            img[ii, jj] = np.einsum("pk,pkc->pc", b, shaded[t])
-        return RenderResult(np.clip(img, 0, 1).astype(np.float32), mask, tri, bary, depth)
+        img = np.array(bg, dtype=np.float32, copy=True)
+        _composite_kernel(tri, bary, T, np.ascontiguousarray(shaded, dtype=np.float32), img)
+        return RenderResult(img, tri >= 0, tri, bary, depth)
 
     from render.pyrender_backend import rasterize_pyrender
 
