@@ -95,36 +95,51 @@ def crop_photo(photo, align, size: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- inpainting
+def _pool2(x: np.ndarray) -> np.ndarray:
+    """Sum 2x2 blocks of ``x [H, W, C]`` (odd sizes padded with zeros) -> ``[ceil(H/2), ceil(W/2), C]``."""
+    H, W = x.shape[:2]
+    if H % 2 or W % 2:
+        x = np.pad(x, ((0, H % 2), (0, W % 2), (0, 0)))
+    h, w = x.shape[0] // 2, x.shape[1] // 2
+    return x.reshape(h, 2, w, 2, -1).sum((1, 3))
+
+
+def _upsample(x: np.ndarray, shape) -> np.ndarray:
+    """Bilinear upsampling by 2 of ``x [h, w, C]`` cropped to ``shape = (H, W)`` (pixel
+    centres aligned as in an image pyramid)."""
+    from scipy.ndimage import zoom
+
+    H, W = shape
+    up = zoom(x, (2, 2, 1), order=1, mode="nearest", grid_mode=True)
+    return up[:H, :W]
+
+
 def inpaint(image, hole) -> np.ndarray:
     """Fill ``hole [H, W] bool`` of ``image [H, W, C]`` float from its surroundings.
 
     Push-pull (Gortler et al. 1996): average the known pixels down an image pyramid until
     every coarse cell has support, then fill each level's unknown pixels from the bilinearly
     upsampled coarser level.  Smooth, no seams, O(HW).  Hand-written because OpenCV is not
-    installed and this is a dozen lines of torch pooling/interpolation."""
-    import torch
-    import torch.nn.functional as F
-
+    installed; plain numpy block sums (torch pooling was slower for 128x128 because of
+    thread start-up under load)."""
     img = np.asarray(image, np.float32)
     hole = np.asarray(hole, bool)
     if not hole.any():
         return img.copy()
     if hole.all():
         return np.full_like(img, 0.5)
-    w = torch.from_numpy((~hole).astype(np.float32))[None, None]
-    c = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None] * w
-    levels = [(c, w)]
-    while min(levels[-1][1].shape[-2:]) > 1 and (levels[-1][1] <= 0).any():
+    w = (~hole).astype(np.float32)[..., None]
+    levels = [(img * w, w)]
+    while min(levels[-1][1].shape[:2]) > 1 and (levels[-1][1] <= 0).any():
         c, w = levels[-1]
-        levels.append((F.avg_pool2d(c, 2, ceil_mode=True), F.avg_pool2d(w, 2, ceil_mode=True)))
+        levels.append((_pool2(c), _pool2(w)))
     c, w = levels[-1]
-    filled = c / w.clamp_min(1e-8)
+    filled = c / np.maximum(w, 1e-8)
     for c, w in reversed(levels[:-1]):
-        up = F.interpolate(filled, size=c.shape[-2:], mode="bilinear", align_corners=False)
-        alpha = w.clamp(0, 1)
-        filled = c / w.clamp_min(1e-8) * alpha + up * (1 - alpha)
-    out = filled[0].numpy().transpose(1, 2, 0)
-    return np.where(hole[..., None], out, img).astype(np.float32)
+        up = _upsample(filled, c.shape[:2])
+        alpha = np.clip(w, 0, 1)
+        filled = c / np.maximum(w, 1e-8) * alpha + up * (1 - alpha)
+    return np.where(hole[..., None], filled, img).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- mesh helpers
@@ -245,50 +260,63 @@ def mirror_map(vertices, max_dist: float | None = None) -> np.ndarray:
     return np.where(d <= max_dist, idx, -1).astype(np.int64)
 
 
-def adjacency(triangles, n: int):
-    """Sparse symmetric vertex adjacency ``[n, n]`` (CSR, float32 ones)."""
-    from scipy.sparse import coo_matrix
-
-    e = edges_of(triangles)
-    r = np.concatenate([e[:, 0], e[:, 1]])
-    c = np.concatenate([e[:, 1], e[:, 0]])
-    return coo_matrix((np.ones(len(r), np.float32), (r, c)), shape=(n, n)).tocsr()
-
-
-def fill_occluded(colours, known, adj, mirror=None, max_iter: int = 500) -> np.ndarray:
+def fill_occluded(colours, known, points, mirror=None, k: int = 4, neighbours=None) -> np.ndarray:
     """Colours for the vertices that are not ``known``.
 
-    ``colours [N, 3]`` (values of unknown vertices are ignored), ``known [N] bool``, ``adj``
-    sparse adjacency ``[N, N]``, ``mirror [N]`` (-1 = none).  Order: (1) the mirrored
-    vertex's colour when that vertex is known; (2) front propagation: repeatedly give every
-    unknown vertex with known neighbours the mean of those neighbours; (3) whatever is left
-    (components with no known vertex) takes the mean known colour.  Returns float32 [N, 3]."""
+    ``colours [N, 3]`` (values of unknown vertices are ignored), ``known [N] bool``,
+    ``points [N, 3]`` vertex positions to measure nearness in (the mean shape), ``mirror
+    [N]`` (-1 = none).  Order: (1) the mirrored vertex's colour when that vertex is known
+    (the other side of the face, same skin); (2) the inverse-distance-weighted mean of the
+    ``k`` nearest known vertices.  ``neighbours = (dist [N, M], idx [N, M])``, each vertex's
+    M nearest vertices sorted by distance (precomputed once per model), answers (2) exactly
+    for every vertex with at least ``k`` known among its M (the first k known in sorted
+    order *are* the k nearest known); the rest go through a KD-tree query.
+    Returns float32 [N, 3]."""
+    from scipy.spatial import cKDTree
+
     C = np.asarray(colours, np.float32).copy()
     known = np.asarray(known, bool).copy()
     if known.all():
         return C
     if not known.any():
         return np.full_like(C, 0.5)
-    mean = C[known].mean(0)
     if mirror is not None:
         m = np.asarray(mirror)
         take = ~known & (m >= 0)
         take[take] = known[m[take]]
         C[take] = C[m[take]]
         known |= take
-    for _ in range(max_iter):
-        if known.all():
-            break
-        kf = known.astype(np.float32)
-        cnt = adj @ kf
-        front = ~known & (cnt > 0)
-        if not front.any():
-            break
-        s = adj @ (C * kf[:, None])
-        C[front] = s[front] / cnt[front, None]
-        known |= front
-    C[~known] = mean
+    todo = np.nonzero(~known)[0]
+    if len(todo) and neighbours is not None:
+        nd, ni = neighbours[0][todo], neighbours[1][todo]          # [n, M]
+        kn = known[ni]
+        rank = np.cumsum(kn, 1)
+        sel = kn & (rank <= k)
+        ok = rank[:, -1] >= k
+        w = np.where(sel, 1.0 / np.maximum(nd, 1e-9), 0.0)[ok]
+        w /= w.sum(1, keepdims=True)
+        C[todo[ok]] = (C[ni[ok]] * w[..., None]).sum(1)
+        todo = todo[~ok]
+    if len(todo):
+        P = np.asarray(points, np.float64)
+        src = np.nonzero(known)[0]
+        kk = min(k, len(src))
+        d, idx = cKDTree(P[src]).query(P[todo], k=kk)
+        d, idx = d.reshape(len(todo), kk), idx.reshape(len(todo), kk)
+        wgt = 1.0 / np.maximum(d, 1e-9)
+        wgt /= wgt.sum(1, keepdims=True)
+        C[todo] = (C[src[idx]] * wgt[..., None]).sum(1)
     return C
+
+
+def nearest_vertices(points, m: int = 24) -> tuple[np.ndarray, np.ndarray]:
+    """Each vertex's ``m`` nearest other vertices, sorted: ``(dist [N, m] float32, idx [N, m] int32)``."""
+    from scipy.spatial import cKDTree
+
+    P = np.asarray(points, np.float64)
+    m = min(m, len(P) - 1)
+    d, i = cKDTree(P).query(P, k=m + 1)
+    return d[:, 1:].astype(np.float32), i[:, 1:].astype(np.int32)
 
 
 def mouth_interior(vertices, triangles, landmarks, loop, size: int = 512) -> tuple[np.ndarray, np.ndarray]:
@@ -445,7 +473,8 @@ class Warper:
         self.triangles_ext = (np.concatenate([self.triangles, self.cavity.triangles()])
                               if self.cavity is not None else self.triangles)
         self.mirror = mirror_map(mean)
-        self.adj = adjacency(self.triangles, self.n)
+        self.points = mean
+        self.neighbours = nearest_vertices(mean)
         self.interior, self.interior_t = (mouth_interior(mean, self.triangles, model.landmarks, self.cavity.loop)
                                           if self.cavity is not None else (np.zeros(self.n, bool), np.zeros(self.n)))
         lips = np.zeros(self.n, bool)
@@ -461,7 +490,7 @@ class Warper:
     def shapes(self, shape_id, P) -> np.ndarray:
         """``shape_id [N, 3]`` + expression offsets for ``P [k, E]`` -> ``[k, N, 3]`` float32."""
         P = np.atleast_2d(np.asarray(P, np.float32))
-        if self._Bexp is None or self._Bexp.shape[1] != P.shape[1]:
+        if self._Bexp is None or self._Bexp.shape[0] != P.shape[1]:
             U, ev = self.model._exp_basis_np(P.shape[1]) if hasattr(self.model, "_exp_basis_np") else (
                 self.model.U_exp[:, :P.shape[1]], self.model.ev_exp[:P.shape[1]])
             self._Bexp = (np.asarray(U, np.float32) * np.sqrt(np.asarray(ev, np.float32))[None]).T.copy()  # [E, 3N]
@@ -518,7 +547,7 @@ class Warper:
             t = self.interior_t[hidden_mouth, None]
             cols[hidden_mouth] = lip * (self.cavity.ring_colour * (1 - t) + self.cavity.centre_colour * t)
             known |= hidden_mouth
-        return fill_occluded(cols, known, self.adj, self.mirror), vis
+        return fill_occluded(cols, known, self.points, self.mirror, neighbours=self.neighbours), vis
 
     def prepare(self, photo, p_id, p_exp, camera, align) -> WarpSource:
         """Per-photo state: texture, render-space camera, inpainted background.

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from fitting.warp import (MouthStretch, Warper, adjacency, boundary_loops, fill_occluded, fold_align, inpaint,
+from fitting.warp import (MouthStretch, Warper, boundary_loops, nearest_vertices, fill_occluded, fold_align, inpaint,
                           is_similarity, warp_affine)
 from render.camera import make_camera, project
 
@@ -84,41 +84,37 @@ def test_boundary_loops_finds_outer_and_hole():
             assert tuple(sorted((int(a), int(b)))) in edges
 
 
-def _fill_reference(C, known, T, mirror):
-    """Slow reference of fill_occluded: explicit loops over vertices and neighbour sets."""
+def _fill_reference(C, known, P, mirror, k=4):
+    """Slow reference of fill_occluded: explicit loops, brute-force nearest neighbours."""
     C = C.copy()
-    known = known.copy()
-    nbr = {i: set() for i in range(len(C))}
-    for t in T:
-        for a in t:
-            nbr[a] |= set(t) - {a}
+    mirrored = np.array([not known[i] and mirror[i] >= 0 and known[mirror[i]] for i in range(len(C))])
+    for i in np.nonzero(mirrored)[0]:
+        C[i] = C[mirror[i]]
+    known2 = known | mirrored
+    src = [j for j in range(len(C)) if known2[j]]
     for i in range(len(C)):
-        if not known[i] and mirror[i] >= 0 and known[mirror[i]]:
-            C[i] = C[mirror[i]]
-    known = known | np.array([(mirror[i] >= 0 and known[mirror[i]]) for i in range(len(C))])
-    while True:
-        new = {}
-        for i in range(len(C)):
-            if not known[i]:
-                ks = [j for j in nbr[i] if known[j]]
-                if ks:
-                    new[i] = C[ks].mean(0)
-        if not new:
-            break
-        for i, c in new.items():
-            C[i] = c
-            known[i] = True
+        if known2[i]:
+            continue
+        d = [(np.linalg.norm(P[i] - P[j]), j) for j in src]
+        near = sorted(d)[:k]
+        w = np.array([1 / max(x, 1e-9) for x, _ in near])
+        C[i] = sum(wi * C[j] for wi, (_, j) in zip(w / w.sum(), near))
     return C
 
 
 def test_fill_occluded_matches_reference():
-    V, T = _grid(7)
     rng = np.random.default_rng(2)
-    C = rng.uniform(size=(49, 3)).astype(np.float32)
-    known = rng.uniform(size=49) < 0.3
-    mirror = np.where(rng.uniform(size=49) < 0.3, rng.integers(0, 49, 49), -1)
-    got = fill_occluded(C, known, adjacency(T, 49), mirror)
-    np.testing.assert_allclose(got, _fill_reference(C, known, T, mirror), atol=1e-5)
+    P = rng.normal(size=(60, 3))
+    C = rng.uniform(size=(60, 3)).astype(np.float32)
+    known = rng.uniform(size=60) < 0.3
+    mirror = np.where(rng.uniform(size=60) < 0.3, rng.integers(0, 60, 60), -1)
+    got = fill_occluded(C, known, P, mirror)
+    ref = _fill_reference(C, known, P, mirror)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    # the precomputed-neighbour fast path gives the same answer (short lists: some fall back)
+    for m in (6, 20):
+        np.testing.assert_allclose(fill_occluded(C, known, P, mirror, neighbours=nearest_vertices(P, m)), ref,
+                                   atol=1e-5)
     np.testing.assert_array_equal(got[known], C[known])  # visible colours untouched
 
 
