@@ -200,3 +200,22 @@ def load_from_checkpoint_state(ckpt: Mapping[str, Any]) -> tuple[Generator, Disc
     meta = {k: ckpt.get(k) for k in ("format", "variant", "step", "phase")}
     meta["model_config"] = dict(ckpt["model_config"])
     return G, D, meta
+
+
+def apply_generator(G: Generator, x: torch.Tensor, p: torch.Tensor, image_size: int) -> tuple:
+    """Run G on images of any size: resize ``x [B,3,H,W]`` (in [-1,1]) to the network's
+    ``image_size`` (antialiased bilinear), edit with ``p [B,E]``, resize the outputs back.
+
+    Returns ``(out [B,3,H,W], colour [B,3,H,W], mask [B,1,H,W])``.  When H == W == image_size
+    nothing is resized, so ``out`` keeps the input exactly where the mask is 0."""
+    import torch.nn.functional as F
+
+    H, W = x.shape[-2:]
+    if (H, W) == (image_size, image_size):
+        return G(x, p)
+    xs = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False,
+                       antialias=max(H, W) > image_size)
+    _, colour, mask = G(xs, p)
+    colour = F.interpolate(colour, size=(H, W), mode="bilinear", align_corners=False)
+    mask = F.interpolate(mask, size=(H, W), mode="bilinear", align_corners=False).clamp(0, 1)
+    return compose(x, colour, mask), colour, mask

@@ -34,7 +34,7 @@ from pipeline.atomic import atomic_write_text
 from pipeline.config import Config, ConfigError
 from train import checkpoint as ck
 from train.data import (PairedDataset, ResumableBatchSampler, UnpairedDataset, open_stage,
-                        params_to_width)
+                        params_to_width, uint8_to_float)
 from train.variants import Variant, get_variant
 
 log = logging.getLogger("slidergan.train")
@@ -46,6 +46,7 @@ class Phase:
     epochs: int
     dataset: Any
     batches_per_epoch: int
+    run_steps: int = 0   # steps this run takes in the phase (its full length unless capped)
 
     @property
     def steps(self) -> int:
@@ -112,6 +113,8 @@ class Trainer:
         if self.world > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             torch.cuda.set_device(self.device)
+        if self.device.type == "cpu" and int(t.get("threads", 0)) > 0:
+            torch.set_num_threads(int(t["threads"]))
         self.amp = bool(t["amp"]) and self.device.type == "cuda"
         self.E = 40 if t["speech"] else 30
         self.lam = {k: float(t[f"lambda_{k}"]) for k in ("adv", "exp", "rec", "gen", "id", "att", "gp")}
@@ -158,9 +161,20 @@ class Trainer:
             p.batches_per_epoch = ResumableBatchSampler.count(len(p.dataset), bs, self.world)
         self.phases = phases
         total = sum(p.steps for p in phases)
-        self.total_steps = min(total, self.max_steps) if self.max_steps > 0 else total
-        if self.total_steps <= 0:
-            raise ConfigError("nothing to train: 0 steps")
+        if total <= 0:
+            raise ConfigError("nothing to train: 0 steps (fewer samples than one batch?)")
+        for p in phases:
+            p.run_steps = p.steps
+        if 0 < self.max_steps < total:
+            # a cap shortens every phase in proportion (each keeps >= 1 step), so smoke runs
+            # still go through the paired and the unpaired phase
+            left = self.max_steps
+            for i, p in enumerate(phases):
+                rest = len(phases) - 1 - i
+                share = left if rest == 0 else max(1, min(left - rest, int(self.max_steps * p.steps / total)))
+                p.run_steps = max(0, min(p.steps, share))
+                left -= p.run_steps
+        self.total_steps = sum(p.run_steps for p in phases)
 
     def build_model(self) -> None:
         t = self.t
@@ -203,9 +217,9 @@ class Trainer:
     def position(self, step: int) -> tuple[int, int, int]:
         """(phase index, epoch, batch in epoch) of global step ``step``."""
         for i, p in enumerate(self.phases):
-            if step < p.steps or i == len(self.phases) - 1:
+            if step < p.run_steps or i == len(self.phases) - 1:
                 return i, step // max(1, p.batches_per_epoch), step % max(1, p.batches_per_epoch)
-            step -= p.steps
+            step -= p.run_steps
         raise AssertionError
 
     def lr_factor(self, step: int) -> float:
@@ -217,6 +231,13 @@ class Trainer:
         return max(0.0, (self.total_steps - step) / max(1e-9, self.total_steps - start))
 
     # -- one step -------------------------------------------------------------------------
+    def images(self, u8: torch.Tensor) -> torch.Tensor:
+        """Loader images uint8 [B,3,h,w] -> float [B,3,S,S] in [-1,1] on the device.
+
+        The conversion (and any resize) happens here rather than in the loader workers so
+        that 4x fewer bytes cross the worker -> trainer -> device boundary."""
+        return uint8_to_float(u8.to(self.device, non_blocking=True), int(self.t["image_size"]))
+
     def sample_targets(self, p: torch.Tensor) -> torch.Tensor:
         """Unpaired target parameters [B,E] for source parameters p [B,E]."""
         B, E = p.shape
@@ -250,11 +271,11 @@ class Trainer:
 
         Returns this step's scalar metrics."""
         dev, lam, kind = self.device, self.lam, self.variant.adv
-        x = batch["image"].to(dev, non_blocking=True)
+        x = self.images(batch["image"])
         p = batch["p"].to(dev, non_blocking=True)
         if paired:
             p_trg = batch["p_trg"].to(dev, non_blocking=True)
-            x_trg = batch["target"].to(dev, non_blocking=True)
+            x_trg = self.images(batch["target"])
         else:
             p_trg, x_trg = self.sample_targets(p), None
         f = self.lr_factor(step)
@@ -399,12 +420,12 @@ class Trainer:
         if not tb:
             return
         n = min(4, batch["image"].shape[0])
-        x = batch["image"][:n].to(self.device)
+        x = self.images(batch["image"][:n])
         p_trg = batch["p_trg"][:n].to(self.device) if paired else self.sample_targets_eval(batch["p"][:n])
         with torch.no_grad():
             out, colour, mask = self.G(x, p_trg.to(self.device))
-        trg = batch["target"][:n] if paired else torch.zeros_like(x)
-        tb.add_image("grid/input|mask|colour|output|target", image_grid([x, mask, colour, out, trg.to(self.device)]), step)
+        trg = self.images(batch["target"][:n]) if paired else torch.zeros_like(x)
+        tb.add_image("grid/input|mask|colour|output|target", image_grid([x, mask, colour, out, trg]), step)
         tb.flush()
 
     def sample_targets_eval(self, p: torch.Tensor) -> torch.Tensor:
@@ -445,9 +466,11 @@ class Trainer:
         if self.rank == 0:
             self._trim_metrics(start)
         t = self.t
-        desc = ", ".join(f"{p.name}: {p.epochs} epochs x {p.batches_per_epoch} batches" for p in self.phases)
+        desc = ", ".join(f"{p.name}: {p.epochs} epochs x {p.batches_per_epoch} batches"
+                         + (f", capped at {p.run_steps} steps" if p.run_steps < p.steps else "")
+                         for p in self.phases)
         self._say(f"training {self.variant.name} on {self.device} ({desc}; batch {self.batch_size}; "
-                  f"{self.total_steps} steps{' capped' if self.max_steps else ''})")
+                  f"{self.total_steps} steps)")
         step, t0, done = start, time.perf_counter(), 0
         acc: dict[str, tuple[float, int]] = {}
         every_ck, every_log, every_img = (max(1, int(t[k])) for k in ("checkpoint_every", "log_every", "image_every"))
@@ -465,6 +488,7 @@ class Trainer:
             loader = DataLoader(phase.dataset, batch_sampler=sampler, num_workers=workers,
                                 pin_memory=self.device.type == "cuda",
                                 persistent_workers=False, prefetch_factor=4 if workers > 0 else None)
+            phase_end = sum(p.run_steps for p in self.phases[:ph + 1])
             for batch in loader:
                 m = self.train_step(batch, paired, step)
                 step += 1
@@ -483,7 +507,7 @@ class Trainer:
                         last_saved = step
                 if delay:
                     time.sleep(delay)
-                if step >= self.total_steps:
+                if step >= phase_end:
                     break
         if self.rank == 0 and last_saved != step:
             ck.save_checkpoint(self.out, self.state(step), keep=int(t["keep_checkpoints"]))

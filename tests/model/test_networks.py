@@ -82,3 +82,16 @@ def test_load_from_checkpoint_state_round_trip():
     bad = dict(ckpt, model_config=dict(CFG, g_conv_dim=16))
     with pytest.raises(ModelConfigError, match="do not fit"):
         load_from_checkpoint_state(bad)
+
+
+def test_apply_generator_resizes_and_keeps_unmasked_pixels():
+    from model.networks import apply_generator
+    torch.manual_seed(3)
+    G = Generator(conv_dim=8, c_dim=5, repeat_num=1)
+    G.mask = _HalfMask()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    out, colour, mask = apply_generator(G, x, torch.randn(2, 5), image_size=16)
+    assert out.shape == x.shape and mask.shape == (2, 1, 32, 32)
+    assert torch.equal(out[..., :14], x[..., :14])       # mask 0 (away from the resized edge): input kept
+    same = apply_generator(G, x, torch.zeros(2, 5), image_size=32)[0]
+    assert torch.equal(same, G(x, torch.zeros(2, 5))[0])

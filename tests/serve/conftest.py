@@ -6,10 +6,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import socket
 import tempfile
-import threading
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -50,28 +47,16 @@ def serve_editor(tiny_world, serve_ckpt):
 
 
 class LiveServer:
-    """The editor app served by uvicorn in a thread; small urllib client helpers."""
+    """The editor app on a free 127.0.0.1 port (uvicorn in a thread); urllib client helpers."""
 
     def __init__(self, app):
-        import uvicorn
+        from workflows.editor.app import ThreadedServer
 
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
-        t0 = time.time()
-        while not self.server.started:
-            if time.time() - t0 > 30 or not self.thread.is_alive():
-                raise RuntimeError("editor server did not start")
-            time.sleep(0.02)
+        self._srv = ThreadedServer(app, "127.0.0.1", 0)
+        self.url = self._srv.url
 
     def stop(self):
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
+        self._srv.stop()
 
     def request(self, path: str, data: bytes | None = None, headers: dict | None = None):
         """-> (status, content-type, body bytes); HTTP errors are returned, not raised."""

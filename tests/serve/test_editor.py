@@ -106,6 +106,29 @@ def test_edit_is_the_generator_output(serve_editor, demo_face):
     assert got.shape == (128, 128, 3) and got.dtype == np.uint8
     assert np.abs(got.astype(float) - ref).max() <= 0.51
     assert not np.array_equal(got, serve_editor.edit(demo_face, -p))  # p matters
+    assert serve_editor.fast is not None  # the cached path was the one compared
+    assert np.abs(serve_editor.edit(demo_face, p, use_cache=False).astype(int) - got.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("config", [TINY_MODEL_CONFIG, dict(TINY_MODEL_CONFIG, c_dim=40, g_repeat=2)])
+def test_cached_generator_equals_the_generator(config):
+    from model.networks import build_networks
+    from workflows.editor.core import CachedGenerator
+
+    torch.manual_seed(3)
+    G, _ = build_networks(config)
+    G.eval()
+    E = config["c_dim"]
+    cg = CachedGenerator(G, E, 128)
+    assert cg.ok
+    x = torch.rand(2, 3, 128, 128) * 2 - 1
+    with torch.no_grad():
+        feat = cg.prepare(x[:1])
+        for p in (torch.zeros(1, E), torch.ones(1, E), torch.rand(1, E) * 2 - 1):
+            assert torch.allclose(cg.forward(x[:1], feat, p), G(x[:1], p)[0], atol=1e-5)
+        # a first layer with a bias breaks the linearity it relies on: refused, G is used
+        G.main[0].bias = torch.nn.Parameter(torch.ones(G.main[0].out_channels))
+        assert not CachedGenerator(G, E, 128).ok
 
 
 def test_regress_is_the_discriminator_head(serve_editor, demo_face):
@@ -113,6 +136,14 @@ def test_regress_is_the_discriminator_head(serve_editor, demo_face):
         x = torch.from_numpy(demo_face.crop.astype(np.float32)).permute(2, 0, 1)[None] / 127.5 - 1
         ref = serve_editor.D(x)[1][0].numpy()
     assert np.allclose(serve_editor.regress(demo_face), ref, atol=1e-6)
+
+
+def test_face_shape_is_the_model_instance(serve_editor, demo_face):
+    p = np.linspace(-1, 1, 30).astype(np.float32)
+    ref = serve_editor.model.instance(demo_face.p_id, p)
+    assert np.allclose(serve_editor.face_shape(demo_face, p), ref, atol=1e-3)
+    assert np.allclose(serve_editor.face_shape(demo_face, 0 * p), serve_editor.model.instance(demo_face.p_id, 0 * p),
+                       atol=1e-3)
 
 
 def test_render_face_follows_the_parameters(serve_editor, demo_face):

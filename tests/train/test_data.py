@@ -6,7 +6,7 @@ import torch
 from pipeline.config import ConfigError
 from pipeline.shards import ShardSet
 from train.data import (PairedDataset, ResumableBatchSampler, UnpairedDataset, params_to_width,
-                        to_tensor_image)
+                        to_tensor_image, to_uint8_chw, uint8_to_float)
 
 
 def _paired(run, seed=0):
@@ -30,7 +30,8 @@ def test_pairs_stay_within_group_and_use_exact_params(tiny_run):
             assert np.array_equal(item["p_trg"].numpy(), wp[i])
             assert np.array_equal(item["p"].numpy(), fp[r] if s == 0 else wp[r])
             src_img = (fits if s == 0 else warps).read("image", r)
-            assert torch.allclose(item["image"], to_tensor_image(src_img, 32))
+            assert torch.equal(item["image"], to_uint8_chw(src_img))
+            assert torch.equal(item["target"], to_uint8_chw(warps.read("image", i)))
     assert kinds == {0, 1}                    # both (photo, warp) and (warp, warp) pairs occur
 
 
@@ -48,12 +49,16 @@ def test_unpaired_item_and_resize(tiny_run):
     fits = ShardSet(tiny_run / "fits")
     ds = UnpairedDataset(fits, fits.read("p_exp"), 16)
     item = ds[3]
-    assert item["image"].shape == (3, 16, 16) and item["p"].shape == (30,)
-    assert item["image"].min() >= -1 and item["image"].max() <= 1
-    full = to_tensor_image(fits.read("image", 3), 32)
+    assert item["image"].dtype == torch.uint8 and item["image"].shape == (3, 32, 32) and item["p"].shape == (30,)
+    raw = fits.read("image", 3)
+    assert torch.equal(item["image"].permute(1, 2, 0), torch.from_numpy(raw))
+    full = to_tensor_image(raw, 32)
+    assert full[0, 5, 7].item() == pytest.approx(raw[5, 7, 0] / 127.5 - 1, abs=1e-6)
+    small = uint8_to_float(torch.stack([item["image"]] * 2), 16)      # batched, on the device
+    assert small.shape == (2, 3, 16, 16) and small.min() >= -1 and small.max() <= 1
     # antialiased down-sampling keeps the colour balance and is close to 2x2 box averaging
-    assert torch.allclose(item["image"].mean((1, 2)), full.mean((1, 2)), atol=0.02)
-    assert (item["image"] - torch.nn.functional.avg_pool2d(full[None], 2)[0]).abs().mean() < 0.05
+    assert torch.allclose(small[0].mean((1, 2)), full.mean((1, 2)), atol=0.02)
+    assert (small[0] - torch.nn.functional.avg_pool2d(full[None], 2)[0]).abs().mean() < 0.05
 
 
 def test_sampler_resumes_and_shards_ranks():

@@ -57,7 +57,7 @@ def _free_port():
 
 
 def test_kill_and_resume_matches_uninterrupted_run(tiny_run, tmp_path):
-    # 2 paired epochs x 6 batches, then unpaired (2 batches per epoch): the phase changes at step 12
+    # 2 paired epochs x 6 batches + 5 unpaired x 2, capped at 20: 10 paired then 10 unpaired steps
     args = ["--data", tiny_run, "--variant", "rad", "--steps", "20",
             *_sets(["train.epochs_paired=2", "train.epochs_unpaired=5"])]
     # reference: uninterrupted, under torchrun-style env with world_size 1 (gloo backend)
