@@ -93,7 +93,12 @@ def feature_masks(mean: np.ndarray, landmarks: np.ndarray) -> dict[str, np.ndarr
         return (1 - _smoothstep(sd / (soft * iod) + 0.5)) * _front_weight(V, poly, iod, depth)
 
     m["lips"] = region(list(range(48, 60)), 0.04)
-    m["mouth"] = region(list(range(60, 68)), 0.02)
+    # mouth interior: the inner-lip polygon plus a dark band along the inner-lip contour, so
+    # that triangles stretched across an opening mouth interpolate dark colours
+    inner = L[list(range(60, 68))]
+    seam = _seg_dist(P, inner[:, :2], np.roll(inner, -1, axis=0)[:, :2])
+    band = (1 - _smoothstep((seam - 0.02 * iod) / (0.02 * iod) + 0.5)) * _front_weight(V, inner, iod, 0.3)
+    m["mouth"] = np.maximum(region(list(range(60, 68)), 0.02), band)
     brows = np.zeros(len(V))
     for idx in (list(range(17, 22)), list(range(22, 27))):
         line = L[idx].copy()
