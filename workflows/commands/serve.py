@@ -22,14 +22,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload (default 20 MB)")
     p.add_argument("--max-megapixels", type=float, default=40.0,
                    help="largest accepted image (decompression-bomb guard; default 40 megapixels)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads for G (default 1: the 3D render runs beside G in its own thread, and "
+                        "on a busy machine more threads slow a single image down)")
     p.add_argument("--sessions", type=int, default=32, help="browser tabs whose state is kept (LRU; default 32)")
 
 
 def run(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be in 0..65535, got {args.port}")
-    if args.max_upload_mb <= 0 or args.max_megapixels <= 0 or args.sessions < 1:
-        raise ConfigError("--max-upload-mb, --max-megapixels and --sessions must be positive")
+    if args.max_upload_mb <= 0 or args.max_megapixels <= 0 or args.sessions < 1 or args.threads < 1:
+        raise ConfigError("--max-upload-mb, --max-megapixels, --sessions and --threads must be positive")
     if not Path(args.checkpoint).exists():
         raise ConfigError(f"checkpoint not found: {args.checkpoint}")
     if args.model and not Path(args.model).is_file():
@@ -42,6 +45,9 @@ def run(args: argparse.Namespace) -> int:
     from workflows.editor.app import create_app
     from workflows.editor.core import Editor, find_model_file
 
+    import torch
+
+    torch.set_num_threads(args.threads)
     editor = Editor.from_files(args.checkpoint, args.model)
     if photos is None:
         mfile = Path(args.model) if args.model else find_model_file(args.checkpoint)

@@ -22,9 +22,7 @@ def add_arguments(p) -> None:
 
 def verify(stage_dir: str | Path) -> list[str]:
     """Problems found in a stage folder, one line each, naming the shard ([] = good)."""
-    import h5py
-
-    from pipeline.shards import REJECTS_FILE, SCHEMA, read_stage_json, sha256_file
+    from pipeline.shards import REJECTS_FILE, SCHEMA, open_shard, read_stage_json, sha256_file
 
     d = Path(stage_dir)
     meta = read_stage_json(d)
@@ -42,7 +40,7 @@ def verify(stage_dir: str | Path) -> list[str]:
             problems.append(f"{path}: sha256 differs from _stage.json (corrupt or modified)")
             continue
         try:
-            with h5py.File(path, "r") as f:
+            with open_shard(path) as f:
                 a = f.attrs
                 want = {"schema": SCHEMA, "stage": meta["name"], "params_hash": meta["params_hash"],
                         "model_hash": meta.get("model_hash") or ""}
