@@ -40,6 +40,12 @@ class ShardError(ConfigError):
     """A stage folder or shard is missing, incomplete or does not match its _stage.json."""
 
 
+def open_shard(path: str | os.PathLike) -> h5py.File:
+    """Open a shard read-only.  HDF5 file locking is off: a shard never changes once renamed
+    into place, and HDF5's own locks fail on some network file systems (NFS, Lustre)."""
+    return h5py.File(path, "r", locking=False)
+
+
 def shard_name(chunk: int) -> str:
     return f"shard-{chunk:05d}.h5"
 
@@ -107,7 +113,7 @@ def write_shard(path: str | os.PathLike, rows: Mapping[str, Any], *, stage: str,
     reject_lines = [json.dumps(_clean_reject(r), sort_keys=True, ensure_ascii=False) for r in rejects]
 
     def _write(tmp: Path) -> None:
-        with h5py.File(tmp, "w", libver=LIBVER, track_order=False) as f:
+        with h5py.File(tmp, "w", libver=LIBVER, track_order=False, locking=False) as f:
             for k in sorted(file_attrs):
                 f.attrs[k] = file_attrs[k]
             for name, arr in data.items():
@@ -137,7 +143,7 @@ def _clean_reject(r: Mapping) -> dict:
 def read_shard_attrs(path: str | os.PathLike) -> dict | None:
     """File attributes of a shard, or None if it cannot be opened / is not a shard."""
     try:
-        with h5py.File(path, "r") as f:
+        with open_shard(path) as f:
             attrs = {k: _attr_value(v) for k, v in f.attrs.items()}
     except (OSError, ValueError, KeyError):
         return None
@@ -145,7 +151,7 @@ def read_shard_attrs(path: str | os.PathLike) -> dict | None:
 
 
 def read_shard_rejects(path: str | os.PathLike) -> list[dict]:
-    with h5py.File(path, "r") as f:
+    with open_shard(path) as f:
         if REJECTS_DATASET not in f:
             return []
         return [json.loads(s) for s in f[REJECTS_DATASET].asstr()[()]]
@@ -230,7 +236,7 @@ class ShardSet:
         f = self._handles.get(s)
         if f is None:
             try:
-                f = h5py.File(self.files[s], "r")
+                f = open_shard(self.files[s])
             except OSError as e:
                 raise ShardError(f"cannot open {self.files[s]}: {e}") from None
             listed = self.shards[s]
@@ -334,7 +340,7 @@ class ShardSet:
 def describe_datasets(path: str | os.PathLike) -> dict[str, dict]:
     """{name: {"dtype", "shape" (per row)}} of a shard's visible datasets."""
     out = {}
-    with h5py.File(path, "r") as f:
+    with open_shard(path) as f:
         for name in sorted(f):
             if name.startswith("_"):
                 continue

@@ -41,7 +41,7 @@ def run(ctx=None, n_items: int | None = None, work: int | None = None, repeats: 
     tmp.mkdir(parents=True, exist_ok=True)
     n_items = n_items or (16 if quick else 48)
     work = work or (300_000 if quick else 1_000_000)
-    repeats = repeats or (1 if quick else 2)
+    repeats = repeats or (1 if quick else 3)
     chunk_size = 4
     stage = BusyStage(n_items=n_items, work=work)
     kw = dict(chunk_size=chunk_size, progress=False, log=None, retries=0)
