@@ -319,6 +319,7 @@ def _execute(stage: Stage, args: dict[int, tuple], cluster: Any, workers: int | 
                         msg = _one_line(e)
                     done(i, msg)
                 fut.release()
+            bar.close()                             # before the cluster's shutdown
     finally:
         if bar is not None:
             bar.close()
