@@ -189,3 +189,21 @@ def test_bad_cluster_is_a_config_error_before_any_change(inputs, tmp_path):
     with pytest.raises(ConfigError, match="no cluster profile"):
         run_stage(ToyStage(inputs), out, chunk_size=CS, force=True, cluster="pbs", progress=False, log=None)
     assert _bytes(out) == first
+
+
+def test_chunk_size_change_recomputes_and_drops_extra_shards(inputs, tmp_path):
+    out = tmp_path / "o"
+    _run(ToyStage(inputs), out)                                   # 4 chunks of 4
+    rep = run_stage(ToyStage(inputs), out, chunk_size=7, cluster="inprocess", progress=False, log=None)
+    assert rep.computed == [0, 1] and rep.ok
+    assert sorted(p.name for p in out.glob("shard-*.h5")) == [shard_name(0), shard_name(1)]
+    ds = ShardSet(out)
+    assert ds.keys() == sorted(toy_reference(inputs)) and len(ds.rejects()) == 2
+
+
+def test_empty_input_gives_an_empty_complete_stage(tmp_path):
+    (tmp_path / "in").mkdir()
+    rep = _run(ToyStage(tmp_path / "in"), tmp_path / "o")
+    assert rep.ok and rep.n_chunks == 0
+    ds = ShardSet(tmp_path / "o")
+    assert len(ds) == 0 and ds.rejects() == []
