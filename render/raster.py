@@ -20,7 +20,11 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True, nogil=True)
+# fast-math without the no-NaN/no-Inf assumptions (the z-buffer starts at -inf)
+_FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def _raster_kernel(uv, z, invw, tris, tri_buf, bary_buf, zbuf):  # pragma: no cover - jitted
     H, W = zbuf.shape
     for t in range(tris.shape[0]):
@@ -28,18 +32,18 @@ def _raster_kernel(uv, z, invw, tris, tri_buf, bary_buf, zbuf):  # pragma: no co
         x0, y0 = uv[a, 0], uv[a, 1]
         x1, y1 = uv[b, 0], uv[b, 1]
         x2, y2 = uv[c, 0], uv[c, 1]
-        if not (math.isfinite(x0) and math.isfinite(x1) and math.isfinite(x2)
-                and math.isfinite(y0) and math.isfinite(y1) and math.isfinite(y2)):
+        # pixels whose centre (j + .5) lies in [min, max]; most triangles of a dense mesh
+        # cover no pixel centre and leave here.  Non-finite vertices were rejected upstream.
+        jmin = max(int(math.ceil(min(x0, min(x1, x2)) - 0.5)), 0)
+        jmax = min(int(math.floor(max(x0, max(x1, x2)) - 0.5)), W - 1)
+        if jmin > jmax:
+            continue
+        imin = max(int(math.ceil(min(y0, min(y1, y2)) - 0.5)), 0)
+        imax = min(int(math.floor(max(y0, max(y1, y2)) - 0.5)), H - 1)
+        if imin > imax:
             continue
         area = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
         if area == 0.0:
-            continue
-        # pixels whose centre (j + .5) lies in [min, max]
-        jmin = max(int(math.ceil(min(x0, min(x1, x2)) - 0.5)), 0)
-        jmax = min(int(math.floor(max(x0, max(x1, x2)) - 0.5)), W - 1)
-        imin = max(int(math.ceil(min(y0, min(y1, y2)) - 0.5)), 0)
-        imax = min(int(math.floor(max(y0, max(y1, y2)) - 0.5)), H - 1)
-        if jmin > jmax or imin > imax:
             continue
         inv_area = 1.0 / area
         za, zb, zc = z[a], z[b], z[c]
@@ -58,10 +62,10 @@ def _raster_kernel(uv, z, invw, tris, tri_buf, bary_buf, zbuf):  # pragma: no co
                 if l2 < 0.0:
                     continue
                 p0, p1, p2 = l0 * qa, l1 * qb, l2 * qc
-                s = p0 + p1 + p2
-                p0 /= s
-                p1 /= s
-                p2 /= s
+                s = 1.0 / (p0 + p1 + p2)
+                p0 *= s
+                p1 *= s
+                p2 *= s
                 d = p0 * za + p1 * zb + p2 * zc
                 if d > zbuf[i, j]:
                     zbuf[i, j] = d
@@ -89,9 +93,19 @@ def rasterize(uv: np.ndarray, z: np.ndarray, w: np.ndarray, triangles: np.ndarra
     tri_buf = np.full((H, W), -1, dtype=np.int32)
     bary = np.zeros((H, W, 3), dtype=np.float64)
     zbuf = np.full((H, W), -np.inf, dtype=np.float64)
-    _raster_kernel(np.ascontiguousarray(uv, dtype=np.float64), np.ascontiguousarray(z, dtype=np.float64),
-                   np.ascontiguousarray(1.0 / np.asarray(w, dtype=np.float64)),
-                   np.ascontiguousarray(triangles, dtype=np.int64), tri_buf, bary, zbuf)
+    uv = np.ascontiguousarray(uv, dtype=np.float64)
+    z = np.ascontiguousarray(z, dtype=np.float64)
+    tris = np.ascontiguousarray(triangles, dtype=np.int64)
+    keep = None
+    finite = np.isfinite(uv).all(1) & np.isfinite(z)
+    if not finite.all():  # skip triangles touching a non-finite vertex
+        keep = np.nonzero(finite[tris].all(1))[0]
+        tris = np.ascontiguousarray(tris[keep])
+        uv = np.where(finite[:, None], uv, 0.0)
+        z = np.where(finite, z, 0.0)
+    _raster_kernel(uv, z, np.ascontiguousarray(1.0 / np.asarray(w, dtype=np.float64)), tris, tri_buf, bary, zbuf)
+    if keep is not None:
+        tri_buf = np.where(tri_buf >= 0, keep[np.maximum(tri_buf, 0)], -1).astype(np.int32)
     return tri_buf, bary.astype(np.float32), zbuf.astype(np.float32)
 
 

@@ -75,3 +75,10 @@ def test_directional_light_is_lambertian():
     n = np.array([[0, 0, 1.0], [1.0, 0, 0], [0, 0, -1.0]])
     s = sh_basis(n) @ L
     np.testing.assert_allclose(s, [1.0, 0.5, 0.0], atol=1e-5)
+
+
+def test_non_finite_vertices_are_skipped():
+    uv = np.array([[0, 0], [8, 0], [0, 8], [np.nan, 1], [8, 8.0]])
+    tris = np.array([[3, 1, 2], [1, 4, 2]])
+    tri, _, _ = rasterize(uv, np.zeros(5), np.ones(5), tris, (8, 8))
+    assert set(np.unique(tri)) == {-1, 1}  # ids keep their original numbering
