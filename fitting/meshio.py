@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,9 +49,21 @@ class Mesh:
         return int(self.vertices.shape[0])
 
 
+def _fromstring(text: str, dtype) -> np.ndarray:
+    """numpy's C text parser (whitespace-separated numbers); stops at the first bad token,
+    which the callers detect by the count (then fall back to the strict Python path)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return np.fromstring(text, dtype=dtype, sep=" ")
+
+
 def _floats(lines: list[str], what: str, path) -> np.ndarray:
     if not lines:
         return np.zeros((0, 3))
+    first = len(lines[0].split())
+    flat = _fromstring(" ".join(lines), np.float64) if first else np.zeros(0)
+    if first and flat.size == first * len(lines) and np.isfinite(flat).all():
+        return flat.reshape(len(lines), first)
     rows = [ln.split() for ln in lines]
     width = min(len(r) for r in rows)
     try:
@@ -70,9 +83,10 @@ def _faces(lines: list[str], n_v: int, n_vt: int, path) -> tuple[np.ndarray, np.
     tris = tex = None
     # fast path: all triangles with the same corner format
     try:
-        flat = " ".join(lines).replace("//", "/0/").replace("/", " ").split()
-        if len(flat) == len(lines) * 3 * fields:
-            idx = np.array(flat, dtype=np.int64).reshape(len(lines), 3, fields)
+        joined = " ".join(lines).replace("//", "/0/").replace("/", " ")
+        flat = _fromstring(joined, np.int64)
+        if flat.size == len(lines) * 3 * fields:
+            idx = flat.reshape(len(lines), 3, fields)
             tris = idx[..., 0]
             tex = idx[..., 1] if fields >= 2 else None
     except ValueError:
@@ -159,16 +173,11 @@ def read_obj(path) -> Mesh:
         text = path.read_text(errors="replace")
     except OSError as e:
         raise MeshError(f"cannot read {path}: {e.strerror}") from None
-    v_lines, vt_lines, f_lines, other = [], [], [], []
-    for ln in text.splitlines():
-        if ln.startswith("v "):
-            v_lines.append(ln[2:])
-        elif ln.startswith("vt "):
-            vt_lines.append(ln[3:])
-        elif ln.startswith("f "):
-            f_lines.append(ln[2:])
-        elif ln.startswith("mtllib"):
-            other.append(ln)
+    lines = text.splitlines()
+    v_lines = [ln[2:] for ln in lines if ln[:2] == "v "]
+    vt_lines = [ln[3:] for ln in lines if ln[:3] == "vt "]
+    f_lines = [ln[2:] for ln in lines if ln[:2] == "f "]
+    other = [ln for ln in lines if ln[:6] == "mtllib"]
     v = _floats(v_lines, "vertex", path)
     if v.shape[0] == 0 or v.shape[1] < 3:
         raise MeshError(f"{path}: no vertices")
