@@ -211,6 +211,7 @@ def write_preview(stage_dir, n_faces: int = 8, n_warps: int = 5) -> Path | None:
     fits_dir = ds.attrs.get("source_stage")
     fits = ShardSet(fits_dir) if fits_dir and os.path.isdir(fits_dir) else None
     order = list(dict.fromkeys(src.tolist()))[:n_faces]
+    n_warps = max(1, min(n_warps, int(k.max()) + 1))
     S = ds.datasets["image"][1][1]
     sheet = np.full((len(order) * (S + 4), (n_warps + 1) * (S + 4) + 8, 3), 255, np.uint8)
     for r, s in enumerate(order):
