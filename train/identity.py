@@ -120,9 +120,15 @@ def train_identity(run: str | Path, out: str | Path, cfg: Config, epochs: int | 
          f"({', '.join(f'{k} {v}' for k, v in counts.items() if k != 'classes')}), {n_epochs} epochs")
     emb.train()
     t0, loss_v, acc = time.perf_counter(), float("nan"), float("nan")
+    max_steps, steps = int(t.get("identity_max_steps", 0)), 0
     for ep in range(n_epochs):
         tot, right, n = 0.0, 0, 0
+        if max_steps and steps >= max_steps:
+            break
         for batch in loader:
+            if max_steps and steps >= max_steps:
+                break
+            steps += 1
             x = batch["image"]
             y = batch["label"].long()
             e = emb.net(x)   # un-normalised features; the head normalises
@@ -139,7 +145,7 @@ def train_identity(run: str | Path, out: str | Path, cfg: Config, epochs: int | 
         loss_v, acc = tot / max(1, n), right / max(1, n)
         echo(f"identity epoch {ep + 1}/{n_epochs}: arcface loss {loss_v:.3f}, train acc {acc:.3f}")
     emb.eval()
-    meta = {"classes": counts["classes"], "images": len(ds), "epochs": n_epochs, "loss": loss_v,
+    meta = {"classes": counts["classes"], "images": len(ds), "epochs": n_epochs, "steps": steps, "loss": loss_v,
             "train_acc": acc, "seconds": time.perf_counter() - t0}
     save_identity_file(out, conf, emb.net.state_dict(), meta)
     return meta
