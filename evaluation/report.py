@@ -43,7 +43,7 @@ CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1400px}
 h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ccc}h3{font-size:15px}
 table{border-collapse:collapse;margin:8px 0 4px}td,th{border:1px solid #bbb;padding:4px 10px;text-align:right}
-th{background:#f0f0f0}td.name,th.name{text-align:left}td.null{color:#a33}td.best{font-weight:bold;background:#eef7ee}
+th{background:#f0f0f0}td.name,th.name{text-align:left}td.null{color:#a33}td.na{color:#999;text-align:center}td.best{font-weight:bold;background:#eef7ee}
 .note{color:#555;font-size:13px}img{max-width:100%;border:1px solid #ddd;margin:4px 0}
 ul.reasons{font-size:13px;color:#633}
 """
@@ -111,6 +111,9 @@ def render_html(results: dict, figures: dict, info: dict) -> str:
             m = results[n]["metrics"]
             parts.append(f"<tr><td class='name'>{html.escape(n)}</td>")
             for k, _, _ in cols:
+                if k not in m:  # not applicable to this checkpoint/run (e.g. a secondary count)
+                    parts.append("<td class='na'>—</td>")
+                    continue
                 v = m.get(k)
                 cls = "null" if v is None else ("best" if bests[k] is not None and v == bests[k] else "")
                 title = f" title='{html.escape(results[n]['reasons'].get(k, ''), quote=True)}'" if v is None else ""

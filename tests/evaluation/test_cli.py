@@ -27,7 +27,11 @@ def test_cli_writes_report(eval_run, checkpoints, tmp_path):
     assert (out / "index.html").is_file()
 
 
-def test_cli_errors_are_one_line(eval_run, checkpoints, tmp_path):
+def test_cli_errors_are_one_line(eval_run, checkpoints, tmp_path, capsys):
+    """Bad input -> exit 2 with one line on stderr (in-process through workflows.cli.main,
+    the console script's entry point, to spare five interpreter start-ups)."""
+    from workflows.cli import main
+
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     cases = [
@@ -39,7 +43,10 @@ def test_cli_errors_are_one_line(eval_run, checkpoints, tmp_path):
         ("--checkpoint", checkpoints["rad"], "--data", tmp_path, "--out", tmp_path / "o"),
     ]
     for args in cases:
-        p = cli(*args)
-        assert p.returncode == 2, (args, p.stderr)
-        lines = p.stderr.strip().splitlines()
-        assert len(lines) == 1 and "error" in lines[0] and "Traceback" not in p.stderr, p.stderr
+        capsys.readouterr()
+        rc = main(["evaluate", *map(str, args)])
+        err = capsys.readouterr().err
+        assert rc == 2, (args, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and "error" in lines[0] and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()

@@ -15,8 +15,7 @@ def report(eval_run, checkpoints, tmp_path_factory):
     opt = EvalOptions(pairs=6, grid_params=2, grid_step=0.5, test_images=4, test_fraction=0.3,
                       identity="pixels", lrw_pairs=4, figure_photos=2)
     logs = []
-    res = evaluate([checkpoints["rad"], checkpoints["speech"], checkpoints["ganimation"]], eval_run, out, opt,
-                   log=logs.append)
+    res = evaluate([checkpoints["rad"], checkpoints["speech"]], eval_run, out, opt, log=logs.append)
     return out, res, logs
 
 
@@ -24,7 +23,7 @@ def test_metrics_json(report):
     out, res, logs = report
     data = json.loads((out / "metrics.json").read_text())
     assert data == json.loads(json.dumps(res))
-    assert set(data) == {"rad", "rad-2", "ganimation"}
+    assert set(data) == {"rad", "rad-2"}                 # repeated variant -> -2
     for name, m in data.items():
         for k in METRIC_KEYS:
             assert k in m
@@ -56,9 +55,9 @@ def test_index_html_is_self_contained(report):
 
 
 def test_rerun_is_idempotent(report, eval_run, checkpoints, tmp_path):
-    out, res, _ = report
+    """Same checkpoint + data -> the same numbers (alone, without figures, in another folder)."""
+    _, res, _ = report
     opt = EvalOptions(pairs=6, grid_params=2, grid_step=0.5, test_images=4, test_fraction=0.3,
                       identity="pixels", lrw_pairs=4, figure_photos=2, figures=False)
-    again = evaluate([checkpoints["rad"], checkpoints["speech"], checkpoints["ganimation"]], eval_run,
-                     tmp_path, opt, log=lambda m: None)
-    assert again == res
+    again = evaluate([checkpoints["speech"]], eval_run, tmp_path, opt, log=lambda m: None)
+    assert again["rad"] == res["rad-2"]

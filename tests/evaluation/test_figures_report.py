@@ -58,4 +58,5 @@ def test_report_html_lists_nulls_with_reasons(tmp_path):
     assert "src='rad/sliders.png'" in html
     # best value per column marked (lower IED is better -> rad)
     assert "class='best'>0.01<" in html
+    assert "class='na'>—<" in html                          # secondary numbers absent -> n/a, not null
     assert not list(tmp_path.glob(".*tmp*"))               # no temp files left
