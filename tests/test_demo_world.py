@@ -173,3 +173,33 @@ def test_preview_sheet(tiny_world):
     # 24 photos -> 3 rows of 8, then 8 mesh renders -> 1 row, 96 px tiles
     assert im.shape == (4 * 96, 8 * 96, 3)
     assert im[:96].std() > 20  # not blank
+
+
+def test_killed_run_resumes_only_missing_chunks(tiny_world, tmp_path):
+    """A run that stopped after some chunks (no _demo.json) is completed by the next run,
+    which regenerates only the missing chunk, identically."""
+    from workflows.stages import demo_world as dw
+
+    params = json.loads((tiny_world / "_demo.json").read_text())["params"]
+    params.update(faces=4, identities=2, identities_4dfab=1, sessions_4dfab=1, frames_4dfab=1,
+                  lrw_sequences=1, lrw_frames=2)
+    P = dw.WorldParams(**{k: v for k, v in params.items() if k != "generator"})
+    out = tmp_path / "w"
+    (out / dw.CHUNKS).mkdir(parents=True)
+    # the model of these params is the tiny world's (same seed and sizes): reuse it
+    shutil.copy(tiny_world / "model.h5", out / "model.h5")
+    (out / dw.CHUNKS / "params_hash").write_text(dw.params_hash(P.to_dict()) + "\n")
+    dw.build_world(out, P, chunk_size=2, progress=False, log=lambda *a: None)
+    assert json.loads((out / "_demo.json").read_text())["counts"] == {"emotionet": 4, "4dfab": 1, "lrw": 2}
+    photo = (out / "emotionet/00003.jpg").read_bytes()
+    keep = out / "emotionet/00000.jpg"
+    mtime = keep.stat().st_mtime_ns
+    # "kill": the marker was never written and the second photo chunk never finished
+    (out / "_demo.json").unlink()
+    (out / dw.CHUNKS / "emotionet-00001.npz").unlink()
+    (out / "emotionet/00003.jpg").unlink()
+    dw.build_world(out, P, chunk_size=2, progress=False, log=lambda *a: None)
+    assert (out / "emotionet/00003.jpg").read_bytes() == photo
+    assert keep.stat().st_mtime_ns == mtime
+    assert (out / "_demo.json").is_file()
+    assert len(_truth(out / "emotionet/truth.h5")["key"]) == 4
