@@ -97,13 +97,16 @@ def test_prepare_sees_the_photo_as_the_fit_stage_does(serve_editor, demo_face, t
 
 
 def test_edit_is_the_generator_output(serve_editor, demo_face):
+    """G sees the 128 crop resized to its 64x64 input exactly as the trainer resizes shards."""
+    from train.data import to_tensor_image
+
     p = np.linspace(-1, 1, 30).astype(np.float32)
     got = serve_editor.edit(demo_face, p)
     with torch.no_grad():
-        x = torch.from_numpy(demo_face.crop.astype(np.float32)).permute(2, 0, 1)[None] / 127.5 - 1
+        x = to_tensor_image(np.array(demo_face.crop), 64)[None]
         out = serve_editor.G(x, torch.from_numpy(p)[None])[0][0]
     ref = ((out.clamp(-1, 1) + 1) * 127.5).permute(1, 2, 0).numpy()
-    assert got.shape == (128, 128, 3) and got.dtype == np.uint8
+    assert demo_face.crop.shape == (128, 128, 3) and got.shape == (64, 64, 3) and got.dtype == np.uint8
     assert np.abs(got.astype(float) - ref).max() <= 0.51
     assert not np.array_equal(got, serve_editor.edit(demo_face, -p))  # p matters
     assert serve_editor.fast is not None  # the cached path was the one compared
@@ -133,8 +136,9 @@ def test_cached_generator_equals_the_generator(config):
 
 def test_regress_is_the_discriminator_head(serve_editor, demo_face):
     with torch.no_grad():
-        x = torch.from_numpy(demo_face.crop.astype(np.float32)).permute(2, 0, 1)[None] / 127.5 - 1
-        ref = serve_editor.D(x)[1][0].numpy()
+        from train.data import to_tensor_image
+
+        ref = serve_editor.D(to_tensor_image(np.array(demo_face.crop), 64)[None])[1][0].numpy()
     assert np.allclose(serve_editor.regress(demo_face), ref, atol=1e-6)
 
 
@@ -162,6 +166,8 @@ def test_paste_puts_the_edit_into_the_photo(serve_editor, demo_face):
     assert full.shape == demo_face.image.shape
     changed = (full != demo_face.image).any(-1)
     assert 0 < changed.mean() < 1
+    # the 64x64 output covers the same photo area as the 128 crop: scaled alignment
+    assert np.allclose(serve_editor.net_align(demo_face), demo_face.align * 0.5, atol=1e-5)
     ys, xs = np.nonzero(changed)
     lm = demo_face.landmarks  # the change sits around the face
     assert xs.min() <= lm[:, 0].min() + 2 and xs.max() >= lm[:, 0].max() - 2

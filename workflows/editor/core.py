@@ -279,7 +279,7 @@ class Editor:
         """Detect (unless ``landmarks`` [68, 2] are given), fit the 3DMM and align the photo.
         image uint8 [H, W, 3].  No face -> :class:`ImageInputError`."""
         t0 = time.perf_counter()
-        fit = fitbridge.fit_photo(image, self.model, landmarks=landmarks, crop_size=self.image_size)
+        fit = fitbridge.fit_photo(image, self.model, landmarks=landmarks)
         p = np.zeros(self.n_params, np.float32)
         w = min(self.n_params, len(fit["p_exp"]))
         p[:w] = fit["p_exp"][:w]
@@ -291,8 +291,18 @@ class Editor:
 
     # ------------------------------------------------------------------ networks
     def _crop_tensor(self, crop: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.array(crop, dtype=np.uint8, copy=True)).to(self.device).permute(2, 0, 1)[None].float()
-        return x / 127.5 - 1.0  # [1, 3, S, S] in [-1, 1]
+        """uint8 [s, s, 3] crop -> G's input [1, 3, S, S] in [-1, 1], S = image_size, with the
+        trainer's own conversion (train.data.uint8_to_float: antialiased bilinear resize
+        when the shards' crop size differs from the network's)."""
+        from train.data import uint8_to_float
+
+        u8 = torch.from_numpy(np.array(crop, dtype=np.uint8, copy=True)).permute(2, 0, 1)[None]
+        return uint8_to_float(u8.to(self.device), self.image_size)
+
+    def net_align(self, face: Face) -> np.ndarray:
+        """[2, 3] map from photo pixels to G's output pixels (the crop's ``align`` scaled
+        from the crop size to ``image_size``; corner-origin pixels scale exactly)."""
+        return np.asarray(face.align, np.float64) * (self.image_size / face.crop.shape[0])
 
     @property
     def fast(self) -> CachedGenerator | None:
@@ -330,8 +340,9 @@ class Editor:
         return out.reshape(-1)[: self.n_params].float().cpu().numpy()
 
     def paste(self, face: Face, edited: np.ndarray) -> np.ndarray:
-        """The edited crop pasted back into the full photo, uint8 [H, W, 3]."""
-        return paste_back(face.image, edited, face.align)
+        """The edited crop (uint8 [S, S, 3], S = image_size) pasted back into the photo,
+        uint8 [H, W, 3]."""
+        return paste_back(face.image, edited, self.net_align(face))
 
     # ------------------------------------------------------------------ 3D render
     def _camera(self) -> np.ndarray:

@@ -82,18 +82,20 @@ def align_matrix(model, landmarks: np.ndarray, crop_size: int) -> np.ndarray:
     return similarity_transform(landmarks, ref)
 
 
-def fit_photo(image: np.ndarray, model, landmarks: np.ndarray | None = None, crop_size: int = 128) -> dict:
+def fit_photo(image: np.ndarray, model, landmarks: np.ndarray | None = None, crop_size: int | None = None) -> dict:
     """Detect (unless given), fit and align one photo.
 
     image uint8 [H, W, 3]; landmarks float [68, 2] or None.  Returns a dict with
     ``crop`` uint8 [S, S, 3], ``align`` float32 [2, 3], ``p_exp`` float32 [E'],
     ``p_id`` float32 [K'], ``camera`` float32 [7], ``landmarks`` float32 [68, 2],
-    ``fit_error`` float, ``landmark_source`` ("sidecar" | "detected").
+    ``fit_error`` float, ``landmark_source`` ("sidecar" | "detected").  ``crop_size``
+    defaults to ``fit.crop_size`` (the size of the crops in the shards G was trained on).
     """
     from fitting.align import warp_crop
     from fitting.fit import interocular
 
     cfg = fit_config()
+    crop_size = int(crop_size or cfg.get("crop_size", 128))
     source = "sidecar"
     if landmarks is None:
         landmarks = detect_landmarks(image)
