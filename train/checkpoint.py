@@ -81,12 +81,15 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
 
 
 def latest_checkpoint(out: str | Path) -> Path | None:
-    """``T/checkpoints/latest.pt`` if present, else the newest step file, else None."""
+    """The newest step file (complete by construction), else ``latest.pt``, else None.
+
+    The step file is preferred because a kill between writing it and copying it to
+    ``latest.pt`` leaves ``latest.pt`` one checkpoint behind."""
     folder = checkpoint_dir(out)
-    if (folder / "latest.pt").is_file():
-        return folder / "latest.pt"
     steps = list_steps(out)
-    return step_path(out, steps[-1]) if steps else None
+    if steps:
+        return step_path(out, steps[-1])
+    return folder / "latest.pt" if (folder / "latest.pt").is_file() else None
 
 
 def load_identity_file(path: str | Path) -> dict:

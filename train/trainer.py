@@ -424,7 +424,7 @@ class Trainer:
         p_trg = batch["p_trg"][:n].to(self.device) if paired else self.sample_targets_eval(batch["p"][:n])
         with torch.no_grad():
             out, colour, mask = self.G(x, p_trg.to(self.device))
-        trg = self.images(batch["target"][:n]) if paired else torch.zeros_like(x)
+        trg = self.images(batch["target"][:n]) if paired else torch.full_like(x, -1.0)   # black: no target
         tb.add_image("grid/input|mask|colour|output|target", image_grid([x, mask, colour, out, trg]), step)
         tb.flush()
 

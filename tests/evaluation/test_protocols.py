@@ -180,3 +180,24 @@ def test_held_out_identity_is_stable():
     b = held_out_identity(np.array([3, 7]), 0.3, seed=0)
     assert b[0] == a[3] and b[1] == a[7]
     assert held_out_identity(np.arange(2000), 0.3).mean() == pytest.approx(0.3, abs=0.05)
+
+
+def test_lazy_images_and_balanced_rows(eval_run):
+    from evaluation.data import balanced_rows, load_fab, load_real
+    from pipeline.shards import ShardSet
+
+    real = load_real(eval_run, 0.3, 0)
+    full = ShardSet(eval_run / "fits").read("image")
+    assert real.images.shape == full.shape and len(real.images) == len(full)
+    idx = np.array([5, 1, 5, 23])                           # any order, repeats
+    assert np.array_equal(real.images[idx], full[idx])
+    assert np.array_equal(real.images[3], full[3]) and np.array_equal(real.images[2:4], full[2:4])
+    fab = load_fab(eval_run)                                # split == 1 rows only
+    split = ShardSet(eval_run / "4dfab-params").read("split")
+    rows = np.nonzero(split == 1)[0]
+    assert len(fab.images) == len(rows)
+    assert np.array_equal(fab.images[[0, 2]], ShardSet(eval_run / "4dfab-params").read("image", rows[[0, 2]]))
+    labels = np.array([0, 0, 0, 1, 2, 2, 0, 1])
+    b = balanced_rows(labels, range(3), 2, seed=0)
+    assert list(np.bincount(labels[b])) == [2, 2, 2] and list(b) == sorted(b)
+    assert len(set(b)) == len(b)

@@ -112,6 +112,28 @@ def test_shape_step_equals_scipy_regularised_least_squares(model):
         np.testing.assert_allclose(p[i], ref.x, atol=1e-4)
 
 
+def test_shape_step_shared_weights_and_jaw_paths_agree(model):
+    """The fast algebra (shared weights: precomputed Gram terms; per-face jaw rows) gives the
+    same normal equations as the general per-face path."""
+    pid, pex, cam, lm = synthetic_faces(model, 5, seed=8)
+    lm = lm + np.random.default_rng(4).normal(scale=1.0, size=lm.shape)
+    opts = FitOptions(sigma=0.02, prior_id=0.5, prior_exp=2.0, contour="fixed", device="cpu")
+    f = LandmarkFitter(model, opts)
+    shared = f.solve_shape(lm, cam)                                  # all-ones weights: fast path
+    w = np.ones((5, 68))
+    w[0, 0] = 1.0 + 1e-12                                            # not shared: general path
+    general = f.solve_shape(lm, cam, w)
+    np.testing.assert_allclose(shared, general, atol=1e-8)
+    R = torch.as_tensor(camera_rotation(cam))
+    y = torch.as_tensor(lm)
+    s, t = torch.as_tensor(cam[:, 5]), torch.as_tensor(cam[:, 3:5])
+    s_ref = torch.as_tensor(interocular(lm) / f.model_iod)
+    ones = torch.ones(5, 68, dtype=torch.float64)
+    jaw = (f._mean_lm[:17].expand(5, -1, -1), f._basis_lm[:17].expand(5, -1, -1, -1))
+    with_jaw = f._solve_shape(y, ones, s, R, t, jaw, s_ref).numpy()
+    np.testing.assert_allclose(with_jaw, shared, atol=1e-8)
+
+
 def test_fit_is_deterministic_and_batch_independent(model):
     _, _, _, lm = synthetic_faces(model, 10, seed=7)
     f = LandmarkFitter(model, FitOptions(device="cpu"))
@@ -132,11 +154,11 @@ def test_dynamic_contour_candidates_and_silhouette_choice(model):
     f = LandmarkFitter(model, FitOptions(contour="dynamic", device="cpu"))
     p = torch.zeros(1, model.n_id + model.n_exp, dtype=torch.float64)
     R0 = torch.eye(3, dtype=torch.float64)[None]
-    X0, _, _ = f._landmark_geometry(p, R0)
+    X0, _ = f._landmark_geometry(p, R0)
     np.testing.assert_allclose(X0[0, :17].numpy(), V[model.landmarks[:17]], atol=1e-6)  # frontal: landmark vertices
     yaw = 0.7                               # turn the face: its +x side moves away from the viewer
     R = torch.as_tensor(camera_rotation(np.array([0, yaw, 0, 0, 0, 1, 0.0])))[None]
-    X, _, _ = f._landmark_geometry(p, R)
+    X, _ = f._landmark_geometry(p, R)
     moved = np.linalg.norm(X[0, 9:17].numpy() - V[model.landmarks[9:17]], axis=1)
     assert moved.max() > 0                  # some right-side jaw points slid towards the silhouette
     xc = X[0, 9:17].numpy() @ R[0, 0].numpy()

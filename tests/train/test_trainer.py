@@ -15,7 +15,7 @@ import torch
 from model.networks import build_networks
 from pipeline.config import load_config
 from tiny import TINY_TRAIN, make_tiny_run
-from train.checkpoint import load_checkpoint
+from train.checkpoint import latest_checkpoint, load_checkpoint
 from train.trainer import Trainer
 from workflows.cli import main as cli
 
@@ -74,7 +74,7 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_run, tmp_path):
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
     assert victim.returncode == -signal.SIGKILL
-    killed_at = load_checkpoint(out / "checkpoints" / "latest.pt")["step"]
+    killed_at = load_checkpoint(latest_checkpoint(out))["step"]
     assert 10 <= killed_at < 20
     resumed = _run_cli([*args, "--out", out])
     text = resumed.communicate(timeout=180)[0]

@@ -84,21 +84,35 @@ def test_boundary_loops_finds_outer_and_hole():
             assert tuple(sorted((int(a), int(b)))) in edges
 
 
-def _fill_reference(C, known, P, mirror, k=4):
-    """Slow reference of fill_occluded: explicit loops, brute-force nearest neighbours."""
+def _idw(C, P, i, cands, k):
+    near = sorted((np.linalg.norm(P[i] - P[j]), j) for j in cands)[:k]
+    w = np.array([1 / max(x, 1e-9) for x, _ in near])
+    return sum(wi * C[j] for wi, (_, j) in zip(w / w.sum(), near))
+
+
+def _fill_reference(C, known, P, mirror, k=4, M=None, rounds=12):
+    """Slow reference of fill_occluded: explicit loops, brute-force neighbour lists."""
     C = C.copy()
-    mirrored = np.array([not known[i] and mirror[i] >= 0 and known[mirror[i]] for i in range(len(C))])
+    n = len(C)
+    mirrored = np.array([not known[i] and mirror[i] >= 0 and known[mirror[i]] for i in range(n)])
     for i in np.nonzero(mirrored)[0]:
         C[i] = C[mirror[i]]
-    known2 = known | mirrored
-    src = [j for j in range(len(C)) if known2[j]]
-    for i in range(len(C)):
-        if known2[i]:
-            continue
-        d = [(np.linalg.norm(P[i] - P[j]), j) for j in src]
-        near = sorted(d)[:k]
-        w = np.array([1 / max(x, 1e-9) for x, _ in near])
-        C[i] = sum(wi * C[j] for wi, (_, j) in zip(w / w.sum(), near))
+    res = known | mirrored
+    if M is not None:
+        lists = [sorted((j for j in range(n) if j != i), key=lambda j: (np.linalg.norm(P[i] - P[j]), j))[:M]
+                 for i in range(n)]
+        for _ in range(rounds):
+            new = {i: _idw(C, P, i, [j for j in lists[i] if res[j]], k) for i in range(n)
+                   if not res[i] and sum(res[j] for j in lists[i]) >= k}
+            if not new:
+                break
+            for i, c in new.items():
+                C[i] = c
+                res[i] = True
+    src = [j for j in range(n) if res[j]]
+    for i in range(n):
+        if not res[i]:
+            C[i] = _idw(C, P, i, src, k)
     return C
 
 
@@ -109,12 +123,10 @@ def test_fill_occluded_matches_reference():
     known = rng.uniform(size=60) < 0.3
     mirror = np.where(rng.uniform(size=60) < 0.3, rng.integers(0, 60, 60), -1)
     got = fill_occluded(C, known, P, mirror)
-    ref = _fill_reference(C, known, P, mirror)
-    np.testing.assert_allclose(got, ref, atol=1e-5)
-    # the precomputed-neighbour fast path gives the same answer (short lists: some fall back)
-    for m in (6, 20):
-        np.testing.assert_allclose(fill_occluded(C, known, P, mirror, neighbours=nearest_vertices(P, m)), ref,
-                                   atol=1e-5)
+    np.testing.assert_allclose(got, _fill_reference(C, known, P, mirror), atol=1e-5)
+    for m in (6, 20):  # neighbour lists: rounds grow inwards, the rest by KD-tree
+        np.testing.assert_allclose(fill_occluded(C, known, P, mirror, neighbours=nearest_vertices(P, m)),
+                                   _fill_reference(C, known, P, mirror, M=m), atol=1e-5)
     np.testing.assert_array_equal(got[known], C[known])  # visible colours untouched
 
 
