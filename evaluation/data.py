@@ -56,12 +56,37 @@ def held_out_identity(identity, fraction: float, seed: int = 0) -> np.ndarray:
     return out
 
 
+class LazyImages:
+    """Read-on-index view of a stage's ``image`` column (optionally a subset of rows), so that
+    a large stage is never loaded whole: ``imgs[idx]`` -> uint8 [len(idx), H, W, 3].
+
+    Hand-written (a dozen lines) because ShardSet reads by row index but is not array-like."""
+
+    def __init__(self, ds, rows=None):
+        self.ds = ds
+        self.rows = np.arange(len(ds)) if rows is None else np.asarray(rows, np.int64)
+        _, shape = ds.datasets["image"]
+        self.shape = (len(self.rows),) + tuple(shape[1:])
+        self.dtype = np.uint8
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, idx):
+        if isinstance(idx, (int, np.integer)):
+            return self.ds.read("image", int(self.rows[idx]))
+        sel = self.rows[idx]
+        if len(sel) == 0:
+            return np.zeros((0,) + self.shape[1:], np.uint8)
+        return self.ds.read("image", sel)
+
+
 @dataclass
 class RealSet:
-    """Aligned real photos (fit-emotionet): images uint8 [N,H,W,3], p_exp [N,E], identity [N],
-    label [N] (-1 none), key [N], test bool [N] (held-out identities)."""
+    """Aligned real photos (fit-emotionet): images uint8 [N,H,W,3] (:class:`LazyImages`),
+    p_exp [N,E], identity [N], label [N] (-1 none), key [N], test bool [N] (held-out identities)."""
 
-    images: np.ndarray
+    images: LazyImages
     p_exp: np.ndarray
     identity: np.ndarray
     label: np.ndarray
@@ -71,9 +96,10 @@ class RealSet:
 
 @dataclass
 class FabSet:
-    """4DFAB renders of held-out identities (split == 1): images, p_exp [N,E], group [N]."""
+    """4DFAB renders of held-out identities (split == 1): images (:class:`LazyImages`),
+    p_exp [N,E], group [N]."""
 
-    images: np.ndarray
+    images: LazyImages
     p_exp: np.ndarray
     group: np.ndarray
     key: np.ndarray
@@ -89,7 +115,7 @@ class EvalData:
     missing: dict = field(default_factory=dict)  # source -> reason
 
 
-def load_real(run: Path, test_fraction: float, seed: int, max_items: int | None = None) -> RealSet:
+def load_real(run: Path, test_fraction: float, seed: int) -> RealSet:
     ds = _shardset(run / "fits", "fits")
     cols = _columns(ds, ["p_exp", "identity"], optional=["label", "key"])
     n = len(ds)
@@ -102,7 +128,9 @@ def load_real(run: Path, test_fraction: float, seed: int, max_items: int | None 
         known = np.unique(ident[ident >= 0])
         if len(known) > 1:
             test = ident == known[-1]
-    images = ds.read("image")
+    if "image" not in ds.datasets:
+        raise Unavailable(f"{ds.dir} has no dataset 'image'")
+    images = LazyImages(ds)
     key = np.asarray(cols.get("key", np.array([str(i) for i in range(n)], object)))
     return RealSet(images, np.asarray(cols["p_exp"], np.float32), ident, label, key, test)
 
@@ -115,7 +143,9 @@ def load_fab(run: Path) -> FabSet:
     if len(rows) == 0:
         raise Unavailable("4dfab-params has no held-out (split == 1) renders")
     key = cols.get("key", np.array([str(i) for i in range(len(ds))], object))
-    return FabSet(ds.read("image", rows), np.asarray(cols["p_exp"][rows], np.float32),
+    if "image" not in ds.datasets:
+        raise Unavailable(f"{ds.dir} has no dataset 'image'")
+    return FabSet(LazyImages(ds, rows), np.asarray(cols["p_exp"][rows], np.float32),
                   np.asarray(cols["group"][rows], np.int64), np.asarray(key)[rows])
 
 
@@ -143,3 +173,16 @@ def load_data(run, test_fraction: float = 0.17, seed: int = 0) -> EvalData:
     else:
         data.missing["lrw"] = f"no LRW-style sequences at {run / 'lrw'} (truth.h5)"
     return data
+
+
+def balanced_rows(labels, classes, per_class: int, seed: int = 0) -> np.ndarray:
+    """At most ``per_class`` rows of each class (a seeded random choice), sorted -> int64 [M]."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    out = []
+    for c in classes:
+        idx = np.nonzero(labels == c)[0]
+        if len(idx) > per_class:
+            idx = rng.choice(idx, per_class, replace=False)
+        out.append(idx)
+    return np.sort(np.concatenate(out)).astype(np.int64) if out else np.zeros(0, np.int64)

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from evaluation import metrics
-from evaluation.data import EvalData, Unavailable, load_data
+from evaluation.data import EvalData, Unavailable, balanced_rows, load_data
 from evaluation.networks import Networks, load_checkpoint
 from pipeline.config import ConfigError
 
@@ -35,6 +35,7 @@ class EvalOptions:
     refit: bool = True
     figures: bool = True
     lrw_pairs: int = 32
+    max_per_class: int = 200          # labelled photos per expression class (classifier, presets)
     figure_photos: int = 4
     device: str = "auto"
     seed: int = 0
@@ -52,7 +53,7 @@ class EvalOptions:
         opt = cls(**kw)
         if opt.grid_step <= 0 or opt.grid_step > 2:
             raise ConfigError(f"evaluate.grid_step must be in (0, 2], got {opt.grid_step}")
-        for k in ("pairs", "test_images", "lrw_pairs"):
+        for k in ("pairs", "test_images", "lrw_pairs", "max_per_class"):
             if getattr(opt, k) < 0:
                 raise ConfigError(f"evaluate.{k} must be >= 0, got {getattr(opt, k)}")
         if not 0 < opt.test_fraction < 1:
@@ -206,20 +207,26 @@ def evaluate(checkpoints: Sequence[str | Path], run: str | Path, out: str | Path
 
     # shared material: real test photos, labelled photos, expression classifier, identity embedder
     real = data.real
-    test_idx = lab_train = lab_test = np.zeros(0, np.int64)
+    test_idx = lab_train = lab_test = lab_all = np.zeros(0, np.int64)
+    test_imgs = lab_imgs = None
     if real is not None:
         test_idx = np.nonzero(real.test)[0][: opt.test_images]
         labelled = (real.label >= 0) & (real.label < N_CLASSES)
         lab_train = np.nonzero(labelled & ~real.test)[0]
+        lab_train = lab_train[balanced_rows(real.label[lab_train], range(N_CLASSES), opt.max_per_class, opt.seed)]
         lab_test = np.nonzero(labelled & real.test)[0]
+        lab_test = lab_test[balanced_rows(real.label[lab_test], range(N_CLASSES), opt.max_per_class, opt.seed)]
+        lab_all = np.nonzero(labelled)[0]
+        lab_all = lab_all[balanced_rows(real.label[lab_all], range(N_CLASSES), opt.max_per_class, opt.seed)]
+        test_imgs = real.images[test_idx]            # read once, used by every checkpoint
+        lab_imgs = real.images[lab_all]
         info["real test photos"] = f"{len(test_idx)} of {int(real.test.sum())} held-out-identity fits " \
                                    f"(test_fraction {opt.test_fraction}, hash split by identity)"
     classifier, clf_reason, clf_real_acc = None, None, None
     if real is None:
         clf_reason = data.missing.get("real", "no real photos")
     else:
-        train_rows = lab_train if len(np.unique(real.label[lab_train])) >= 2 else np.nonzero(
-            (real.label >= 0) & (real.label < N_CLASSES))[0]
+        train_rows = lab_train if len(np.unique(real.label[lab_train])) >= 2 else lab_all
         if len(np.unique(real.label[train_rows])) < 2:
             clf_reason = "fewer than two labelled expression classes among the fitted photos"
         else:
@@ -275,7 +282,7 @@ def evaluate(checkpoints: Sequence[str | Path], run: str | Path, out: str | Path
             res.fail(edit_keys, "no real photos of held-out identities")
         else:
             try:
-                ed = P.real_edits(net, real.images[test_idx], real.p_exp[test_idx], opt.seed)
+                ed = P.real_edits(net, test_imgs, real.p_exp[test_idx], opt.seed)
                 res.metrics["n_test"] = int(len(test_idx))
             except Unavailable as e:
                 res.fail(edit_keys, str(e))
@@ -302,10 +309,9 @@ def evaluate(checkpoints: Sequence[str | Path], run: str | Path, out: str | Path
         elif len(test_idx) == 0:
             res.fail(["expr_recognition_acc"], "no real photos of held-out identities")
         else:
-            lab_all = np.nonzero((real.label >= 0) & (real.label < N_CLASSES))[0]
-            presets, have = P.expression_presets(net, real.images[lab_all], real.label[lab_all], N_CLASSES)
+            presets, have = P.expression_presets(net, lab_imgs, real.label[lab_all], N_CLASSES)
             _guard(res, ["expr_recognition_acc"], lambda: P.expression_recognition(
-                net, classifier, real.images[test_idx], presets, have), log)
+                net, classifier, test_imgs, presets, have), log)
         # Table 3
         if data.lrw_dir is None:
             res.fail(["lrw_ied"], data.missing.get("lrw", "no LRW sequences"))
