@@ -6,6 +6,9 @@ import math
 import os
 from pathlib import Path
 
+#: discrete expression classes by label (fitting.demo_model.EXPRESSION_NAMES)
+EXPRESSIONS = ["neutral", "anger", "disgust", "fear", "happiness", "sadness", "surprise"]
+
 METRIC_KEYS = ("ied", "d_rel_error_fit", "d_rel_error_trg", "identity_cos", "exp_rel_error_refit",
                "expr_recognition_acc")
 
@@ -126,6 +129,19 @@ def render_html(results: dict, figures: dict, info: dict) -> str:
             parts.append("<ul class='reasons'>" + "".join(
                 f"<li>{html.escape(n)} / {html.escape(k)}: null — {html.escape(why)}</li>" for n, k, why in reasons)
                 + "</ul>")
+    per = {n: results[n]["metrics"].get("expr_per_class") for n in names}
+    if any(per.values()):
+        classes = sorted({int(c) for v in per.values() if v for c in v})
+        parts.append("<h3>Table 2 per target expression (share of edits recognised as the target)</h3>"
+                     "<table><tr><th class='name'>checkpoint</th>"
+                     + "".join(f"<th>{html.escape(EXPRESSIONS[c] if c < len(EXPRESSIONS) else str(c))}</th>"
+                               for c in classes) + "</tr>")
+        for n in names:
+            row = per[n] or {}
+            parts.append(f"<tr><td class='name'>{html.escape(n)}</td>" + "".join(
+                f"<td>{_fmt(row.get(str(c)))}</td>" if str(c) in row else "<td class='na'>—</td>"
+                for c in classes) + "</tr>")
+        parts.append("</table>")
     notes = [(n, k, v) for n in names for k, v in results[n].get("notes", {}).items()]
     if notes:
         parts.append("<h2>Notes</h2><ul class='note'>" + "".join(

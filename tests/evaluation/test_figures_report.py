@@ -44,7 +44,8 @@ def test_report_html_lists_nulls_with_reasons(tmp_path):
                 "reasons": {"d_rel_error_trg": "no usable rows", "exp_rel_error_refit": "no face <b>"},
                 "notes": {}, "variant": "rad", "checkpoint": "a.pt", "step": 3, "n_params": 30},
         "wgp": {"metrics": {"ied": 0.02, "d_rel_error_fit": 0.1, "d_rel_error_trg": 0.3, "identity_cos": 0.8,
-                            "exp_rel_error_refit": 0.4, "expr_recognition_acc": 0.6},
+                            "exp_rel_error_refit": 0.4, "expr_recognition_acc": 0.6,
+                            "expr_per_class": {"4": 0.75, "6": 0.5}},
                 "reasons": {}, "notes": {}, "variant": "wgp", "checkpoint": "b.pt", "step": 4, "n_params": 30},
     }
     mj, page = report.write_report(tmp_path, results, {"rad": [("grid", "rad/sliders.png")]}, {"run": "x"})
@@ -59,4 +60,11 @@ def test_report_html_lists_nulls_with_reasons(tmp_path):
     # best value per column marked (lower IED is better -> rad)
     assert "class='best'>0.01<" in html
     assert "class='na'>—<" in html                          # secondary numbers absent -> n/a, not null
+    assert "<th>happiness</th><th>surprise</th>" in html and "<td>0.75</td>" in html
     assert not list(tmp_path.glob(".*tmp*"))               # no temp files left
+
+
+def test_expression_names_match_the_demo_model():
+    from fitting.demo_model import EXPRESSION_NAMES
+
+    assert report.EXPRESSIONS == list(EXPRESSION_NAMES)
