@@ -260,17 +260,23 @@ def mirror_map(vertices, max_dist: float | None = None) -> np.ndarray:
     return np.where(d <= max_dist, idx, -1).astype(np.int64)
 
 
-def fill_occluded(colours, known, points, mirror=None, k: int = 4, neighbours=None) -> np.ndarray:
+def fill_occluded(colours, known, points, mirror=None, k: int = 4, neighbours=None, rounds: int = 12) -> np.ndarray:
     """Colours for the vertices that are not ``known``.
 
     ``colours [N, 3]`` (values of unknown vertices are ignored), ``known [N] bool``,
     ``points [N, 3]`` vertex positions to measure nearness in (the mean shape), ``mirror
-    [N]`` (-1 = none).  Order: (1) the mirrored vertex's colour when that vertex is known
-    (the other side of the face, same skin); (2) the inverse-distance-weighted mean of the
-    ``k`` nearest known vertices.  ``neighbours = (dist [N, M], idx [N, M])``, each vertex's
-    M nearest vertices sorted by distance (precomputed once per model), answers (2) exactly
-    for every vertex with at least ``k`` known among its M (the first k known in sorted
-    order *are* the k nearest known); the rest go through a KD-tree query.
+    [N]`` (-1 = none), ``neighbours = (dist [N, M], idx [N, M])`` each vertex's M nearest
+    vertices sorted by distance (:func:`nearest_vertices`, once per model).
+
+    1. mirror: an unknown vertex whose mirrored vertex is known takes its colour (the other
+       side of the face, same skin);
+    2. rounds (with ``neighbours``): every unknown vertex with at least ``k`` resolved
+       vertices among its M nearest takes the inverse-distance-weighted mean of the first
+       ``k`` of them (in round 1 these are exactly its k nearest known vertices); vertices
+       resolved in a round count as resolved in the next, so the fill grows inwards from
+       the visible border, ``rounds`` times at most;
+    3. whatever is left: the same weighted mean of the ``k`` nearest resolved vertices by a
+       KD-tree query.
     Returns float32 [N, 3]."""
     from scipy.spatial import cKDTree
 
@@ -287,15 +293,20 @@ def fill_occluded(colours, known, points, mirror=None, k: int = 4, neighbours=No
         C[take] = C[m[take]]
         known |= take
     todo = np.nonzero(~known)[0]
-    if len(todo) and neighbours is not None:
+    for _ in range(rounds if neighbours is not None else 0):
+        if not len(todo):
+            break
         nd, ni = neighbours[0][todo], neighbours[1][todo]          # [n, M]
         kn = known[ni]
         rank = np.cumsum(kn, 1)
-        sel = kn & (rank <= k)
         ok = rank[:, -1] >= k
-        w = np.where(sel, 1.0 / np.maximum(nd, 1e-9), 0.0)[ok]
+        if not ok.any():
+            break
+        sel = (kn & (rank <= k))[ok]
+        w = np.where(sel, 1.0 / np.maximum(nd[ok], 1e-9), 0.0)
         w /= w.sum(1, keepdims=True)
         C[todo[ok]] = (C[ni[ok]] * w[..., None]).sum(1)
+        known[todo[ok]] = True
         todo = todo[~ok]
     if len(todo):
         P = np.asarray(points, np.float64)
