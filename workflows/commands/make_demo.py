@@ -30,8 +30,9 @@ def add_arguments(p):
     p.add_argument("--lrw-frames", type=int, default=None, metavar="N", help="frames per LRW sequence")
     p.add_argument("--seed", type=int, default=None, help="world seed (config 'seed')")
     p.add_argument("--force", action="store_true", help="regenerate even if the folder is up to date")
-    p.add_argument("--cluster", default="local", metavar="local|processes|tcp://HOST:PORT",
-                   help="Dask scheduler: threads in this process (default), a process pool, or a scheduler")
+    p.add_argument("--cluster", default="local", metavar="local|slurm|PROFILE.yaml|tcp://HOST:PORT",
+                   help="local: Dask threads in this process (default); otherwise a Dask cluster from "
+                        "pipeline.cluster (SLURM profile or a running scheduler; D must be on a shared disk)")
     p.add_argument("--workers", type=int, default=None, metavar="N", help="parallel tasks (default: CPU count)")
     p.add_argument("--chunk-size", type=int, default=None, metavar="N", help="items per task (demo.chunk_size)")
     p.add_argument("--no-progress", action="store_true", help="do not draw a progress bar")

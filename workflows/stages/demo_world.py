@@ -662,19 +662,13 @@ def _run_tasks(out: str, tasks: list, params: dict, phash: str, cluster: str, wo
                 dask.compute(*delayed, scheduler="threads", num_workers=nw)
         else:
             dask.compute(*delayed, scheduler="threads", num_workers=nw)
-    elif cluster == "processes":
-        dask.compute(*delayed, scheduler="processes", num_workers=nw)
-    elif cluster.startswith("tcp://"):
-        from distributed import Client
+    else:  # slurm, a profile YAML or tcp://HOST:PORT: the pipeline's Dask client
+        from distributed import progress as dprogress
 
-        with Client(cluster) as client:
+        from pipeline.cluster import open_client
+
+        with open_client(cluster, workers, max_workers=len(tasks)) as client:
             futures = client.compute(delayed)
             if progress:
-                from distributed import progress as dprogress
-
                 dprogress(futures)
             client.gather(futures)
-    else:
-        from pipeline.config import ConfigError
-
-        raise ConfigError(f"make-demo supports --cluster local, processes or tcp://HOST:PORT, got {cluster!r}")
