@@ -215,45 +215,71 @@ class LandmarkFitter:
 
     # ---------------------------------------------------------------- pieces
     def _landmark_geometry(self, p, R):
-        """3D landmarks and basis rows for params ``p [B,P]`` and rotations ``R [B,3,3]``.
+        """3D landmarks for params ``p [B,P]`` and rotations ``R [B,3,3]`` (or None).
 
-        Returns ``X [B,68,3]``, ``Bm [B,68,3,P]``, ``m [B,68,3]`` (mean rows), using the
-        silhouette candidate for the jaw points when the contour is dynamic.
+        Returns ``(X [B,68,3], jaw)`` where ``jaw`` is None (fixed landmark vertices) or
+        ``(jm [B,17,3], jb [B,17,3,P])``: mean rows and basis rows of the silhouette
+        candidates chosen for the jaw points when the contour is dynamic.
         """
         import torch
 
-        Bsz = p.shape[0]
-        m = self._mean_lm.expand(Bsz, -1, -1)
-        Bm = self._basis_lm.expand(Bsz, -1, -1, -1)
+        X = self._mean_lm[None] + torch.einsum("lkp,bp->blk", self._basis_lm, p)
         if self.n_cand > 1 and R is not None:
+            Bsz = p.shape[0]
             Xc = self._mean_c[None] + torch.einsum("jckp,bp->bjck", self._basis_c, p)   # [B,17,C,3]
             xcam = torch.einsum("bjck,bk->bjc", Xc, R[:, 0])                           # camera x
             pick = torch.argmax(xcam * self._side[None, :, None], dim=-1)              # [B,17]
             jm = torch.gather(self._mean_c.expand(Bsz, -1, -1, -1), 2,
                               pick[:, :, None, None].expand(-1, -1, 1, 3))[:, :, 0]    # [B,17,3]
             jb = self._basis_c[torch.arange(17, device=p.device)[None], pick]          # [B,17,3,P]
-            m = torch.cat([jm, m[:, 17:]], 1)
-            Bm = torch.cat([jb, Bm[:, 17:]], 1)
-        X = m + torch.einsum("blkp,bp->blk", Bm, p)
-        return X, Bm, m
+            Xj = torch.gather(Xc, 2, pick[:, :, None, None].expand(-1, -1, 1, 3))[:, :, 0]
+            X = torch.cat([Xj, X[:, 17:]], 1)
+            return X, (jm, jb)
+        return X, None
 
-    def _solve_shape(self, y, w, s, R, t, Bm, m, s_ref):
-        """Exact minimiser of E over p for a fixed camera (batched normal equations)."""
+    def _solve_shape(self, y, w, s, R, t, jaw, s_ref):
+        """Exact minimiser of E over p for a fixed camera (batched normal equations).
+
+        For a point k with basis rows ``B_k [3,P]`` the projected residual is
+        ``R2 (m_k + B_k p) - b'_k``, so ``H = sum_k w_k B_k^T (R2^T R2) B_k``.  When all faces
+        share the weights of the fixed landmark vertices (the usual case), ``sum_k w_k
+        B_k[i]^T B_k[j]`` is computed once and ``H`` is a 9-term combination per face
+        (P^2 x 9 instead of P^2 x 136 multiply-adds); the dynamic jaw points are added per face.
+        """
         import torch
 
+        Bsz = y.shape[0]
         R2 = R[:, :2]                                                   # [B,2,3]
-        yf = torch.stack([y[..., 0] - t[:, None, 0], -(y[..., 1] - t[:, None, 1])], -1)   # [B,L,2]
-        A = torch.einsum("bij,bljp->blip", R2, Bm)                      # [B,L,2,P]
-        b = yf / s[:, None, None] - torch.einsum("bij,blj->bli", R2, m)
-        sigma = self.opt.sigma * self.model_iod
-        # ||s (A p - b)||^2 / (sigma s_ref)^2 per point
-        wd = (w * (s / s_ref)[:, None] ** 2 / sigma ** 2)[..., None, None]
-        P = A.shape[-1]
-        Af = A.reshape(A.shape[0], -1, P)
-        wf = wd.expand(-1, -1, 2, 1).reshape(A.shape[0], -1, 1)
-        H = Af.transpose(1, 2) @ (wf * Af) + torch.diag_embed(self._prior.expand(A.shape[0], -1))
-        g = Af.transpose(1, 2) @ (wf * b.reshape(A.shape[0], -1, 1))
-        return torch.linalg.solve(H, g)[..., 0]
+        yf = torch.stack([y[..., 0] - t[:, None, 0], -(y[..., 1] - t[:, None, 1])], -1)   # [B,68,2]
+        c = (s / s_ref) ** 2 / (self.opt.sigma * self.model_iod) ** 2   # [B]; ||s (A p - b)||^2 / (sigma s_ref)^2
+        lo = 17 if jaw is not None else 0
+        Bs, ms = self._basis_lm[lo:], self._mean_lm[lo:]                # static points [K,3,P], [K,3]
+        ws = w[:, lo:]
+        b = yf[:, lo:] / s[:, None, None] - torch.einsum("bij,kj->bki", R2, ms)           # [B,K,2]
+        g = torch.einsum("kjp,bkj->bp", Bs, ws[..., None] * torch.einsum("bij,bki->bkj", R2, b))
+        Pm = R2.transpose(1, 2) @ R2                                    # [B,3,3]
+        if bool((ws == ws[:1]).all()):
+            G = torch.einsum("k,kip,kjq->ijpq", ws[0], Bs, Bs)          # [3,3,P,P]
+            H = torch.einsum("bij,ijpq->bpq", Pm, G)
+        else:
+            A = torch.einsum("bij,kjp->bkip", R2, Bs).reshape(Bsz, -1, Bs.shape[-1])
+            wf = ws[..., None].expand(-1, -1, 2).reshape(Bsz, -1, 1)
+            H = A.transpose(1, 2) @ (wf * A)
+        if jaw is not None:
+            jm, jb = jaw
+            wj = w[:, :17]
+            bj = yf[:, :17] / s[:, None, None] - torch.einsum("bij,blj->bli", R2, jm)
+            Aj = torch.einsum("bij,bljp->blip", R2, jb).reshape(Bsz, -1, jb.shape[-1])
+            wjf = wj[..., None].expand(-1, -1, 2).reshape(Bsz, -1, 1)
+            H = H + Aj.transpose(1, 2) @ (wjf * Aj)
+            g = g + (Aj.transpose(1, 2) @ (wjf * bj.reshape(Bsz, -1, 1)))[..., 0]
+        H = c[:, None, None] * H
+        H.diagonal(dim1=1, dim2=2).add_(self._prior)
+        g = c[:, None] * g
+        L, info = torch.linalg.cholesky_ex(H)
+        if bool((info == 0).all()):
+            return torch.cholesky_solve(g[..., None], L)[..., 0]
+        return torch.linalg.solve(H, g[..., None])[..., 0]
 
     def solve_shape(self, lm2d, camera, weights=None) -> np.ndarray:
         """The shape step alone: MAP ``p = [p_id, p_exp]`` ``[B, P]`` for fixed weak-perspective
@@ -271,10 +297,7 @@ class LandmarkFitter:
              else torch.as_tensor(np.asarray(weights, np.float64), dtype=self.dtype, device=self.device))
         s_ref = torch.as_tensor(interocular(np.asarray(lm2d, np.float64)) / self.model_iod,
                                 dtype=self.dtype, device=self.device)
-        Bsz = y.shape[0]
-        m = self._mean_lm.expand(Bsz, -1, -1)
-        Bm = self._basis_lm.expand(Bsz, -1, -1, -1)
-        return self._solve_shape(y, w, s, R, t, Bm, m, s_ref).cpu().numpy()
+        return self._solve_shape(y, w, s, R, t, None, s_ref).cpu().numpy()
 
     def fit_camera_only(self, lm2d, weights=None) -> np.ndarray:
         """Closed-form weak-perspective camera ``[B, 7]`` of the *mean* shape to landmarks
@@ -320,13 +343,13 @@ class LandmarkFitter:
         p = torch.zeros(Bsz, P, dtype=self.dtype, device=self.device)
         R = None
         for _ in range(max(1, int(self.opt.iterations))):
-            X, Bm, m = self._landmark_geometry(p, R)
+            X, jaw = self._landmark_geometry(p, R)
             s, R, t = scaled_orthographic_camera(X, y, w)
-            X, Bm, m = self._landmark_geometry(p, R)
-            p = self._solve_shape(y, w, s, R, t, Bm, m, s_ref)
-        X, Bm, m = self._landmark_geometry(p, R)
+            X, jaw = self._landmark_geometry(p, R)
+            p = self._solve_shape(y, w, s, R, t, jaw, s_ref)
+        X, _ = self._landmark_geometry(p, R)
         s, R, t = scaled_orthographic_camera(X, y, w)
-        X, _, _ = self._landmark_geometry(p, R)
+        X, _ = self._landmark_geometry(p, R)
         cam = camera_vector(s, R, t)
         fitted = project_torch(X, cam)
         err = torch.sqrt(((fitted - y) ** 2).sum(-1).mean(-1)) / iod_2d.clamp_min(1e-12)
