@@ -180,6 +180,11 @@ def test_held_out_identity_is_stable():
     b = held_out_identity(np.array([3, 7]), 0.3, seed=0)
     assert b[0] == a[3] and b[1] == a[7]
     assert held_out_identity(np.arange(2000), 0.3).mean() == pytest.approx(0.3, abs=0.05)
+    # unknown identities (real EmotioNet) are split photo by photo on the key
+    keys = np.array([f"img{i}.jpg" for i in range(2000)], object)
+    c = held_out_identity(np.full(2000, -1), 0.3, seed=0, keys=keys)
+    assert c.mean() == pytest.approx(0.3, abs=0.05)
+    assert np.array_equal(c[:10], held_out_identity(np.full(10, -1), 0.3, seed=0, keys=keys[:10]))
 
 
 def test_lazy_images_and_balanced_rows(eval_run):
