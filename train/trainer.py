@@ -115,6 +115,8 @@ class Trainer:
             torch.cuda.set_device(self.device)
         if self.device.type == "cpu" and int(t.get("threads", 0)) > 0:
             torch.set_num_threads(int(t["threads"]))
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True     # fixed input sizes: let cuDNN pick kernels
         self.amp = bool(t["amp"]) and self.device.type == "cuda"
         self.E = 40 if t["speech"] else 30
         self.lam = {k: float(t[f"lambda_{k}"]) for k in ("adv", "exp", "rec", "gen", "id", "att", "gp")}

@@ -97,7 +97,7 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_run, tmp_path):
 def test_checkpoint_format_logging_and_variants(tiny_run, tmp_path, capsys):
     out = tmp_path / "gan"
     assert cli(["train", "--data", str(tiny_run), "--variant", "ganimation", "--out", str(out), "--steps", "6",
-                *_sets(["train.epochs_unpaired=3"])]) == 0
+                *_sets(["train.epochs_unpaired=3", "train.image_every=3"])]) == 0
     ck = torch.load(out / "checkpoints" / "latest.pt", weights_only=True)
     for k in ("format", "variant", "step", "phase", "model_config", "G", "D", "opt_G", "opt_D", "scaler", "rng"):
         assert k in ck
@@ -112,10 +112,16 @@ def test_checkpoint_format_logging_and_variants(tiny_run, tmp_path, capsys):
         assert k in recs[-1], k
     assert all(r.get("g_gen", 0) == 0 and r.get("g_id", 0) == 0 for r in recs)   # GANimation: no L_gen, no L_id
     assert not (out / "identity.pt").exists()
-    assert list((out / "tb").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(out / "tb"))
+    acc.Reload()
+    assert {"stats/mask_mean", "stats/mask_sat_hi", "stats/mask_sat_lo", "loss/g_rec", "loss/d_gp"} <= set(acc.Tags()["scalars"])
+    assert "grid/input|mask|colour|output|target" in acc.Tags()["images"]
+    img = acc.Images("grid/input|mask|colour|output|target")[0]
+    assert (img.width, img.height) == (5 * 32, 4 * 32)          # 5 columns, 4 samples
     # a finished run is idempotent: re-running resumes at its end and trains nothing more
     assert cli(["train", "--data", str(tiny_run), "--variant", "ganimation", "--out", str(out), "--steps", "6",
-                *_sets(["train.epochs_unpaired=3"])]) == 0
+                *_sets(["train.epochs_unpaired=3", "train.image_every=3"])]) == 0
     assert torch.equal(torch.load(out / "checkpoints" / "latest.pt", weights_only=True)["G"]["mask.0.weight"],
                        ck["G"]["mask.0.weight"])
     # a different variant in the same folder is refused
