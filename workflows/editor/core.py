@@ -19,6 +19,10 @@ from workflows.editor import fitbridge
 from workflows.editor.imaging import ImageInputError, paste_back, to_uint8
 
 CHECKPOINT_FORMAT = "slidergan-ckpt/1"
+# the 3D blendshape view: grey clay under an ambient + key SH light (render.lighting)
+RENDER_ALBEDO = 0.72
+RENDER_AMBIENT = 0.6
+RENDER_KEY = np.array([0.25, 0.3, 0.15])
 
 
 @dataclass
@@ -345,25 +349,30 @@ class Editor:
         return paste_back(face.image, edited, self.net_align(face))
 
     # ------------------------------------------------------------------ 3D render
-    def _camera(self) -> np.ndarray:
-        """A fixed near-frontal camera framing the mean face in a render_size square."""
-        if self._render_cam is None:
-            from render.camera import make_camera
+    def _camera(self, V: np.ndarray) -> np.ndarray:
+        """A near-frontal camera [7] framing vertices V [N, 3] in a render_size square."""
+        from render.camera import make_camera, rotation_matrix
 
-            V = self.model.instance()
-            lo, hi = V.min(0), V.max(0)
-            c = (lo + hi) / 2
-            yaw, pitch = 0.25, 0.08
-            ext = float(max(hi[0] - lo[0], hi[1] - lo[1]))
-            s = 0.86 * self.render_size / ext
-            # camera rotates then projects: put the rotated centre at the image centre
-            from render.camera import rotation_matrix
+        pitch, yaw = 0.08, 0.25
+        R = rotation_matrix(pitch, yaw, 0.0)
+        Xc = np.asarray(V, np.float64) @ R.T
+        lo, hi = Xc.min(0), Xc.max(0)
+        c = (lo + hi) / 2
+        s = 0.9 * self.render_size / float(max(hi[0] - lo[0], hi[1] - lo[1]))
+        half = self.render_size / 2  # u = s x + tx, v = -s y + ty: the box centre goes to the middle
+        return make_camera(pitch=pitch, yaw=yaw, tx=half - s * c[0], ty=half + s * c[1], scale=s)
 
-            R = rotation_matrix(pitch, yaw, 0.0)
-            cc = R @ c
-            half = self.render_size / 2
-            self._render_cam = make_camera(pitch=pitch, yaw=yaw, tx=half - s * cc[0], ty=half + s * cc[1], scale=s)
-        return self._render_cam
+    def face_camera(self, face: Face | None) -> np.ndarray:
+        """The render camera of a face: framed on its neutral fitted shape (cached per face),
+        so the view stays put while the expression changes."""
+        cam = getattr(face, "_render_cam", None) if face is not None else self._render_cam
+        if cam is None:
+            cam = self._camera(self.face_shape(face, np.zeros(self.n_params, np.float32)))
+            if face is not None:
+                face._render_cam = cam
+            else:
+                self._render_cam = cam
+        return cam
 
     def _expression_basis(self) -> np.ndarray:
         """U_exp (+ speech) scaled by sqrt(ev), float32 [3N, E] (cached)."""
@@ -395,10 +404,10 @@ class Editor:
         from render.lighting import AMBIENT
 
         V = self.face_shape(face, p)
-        light = np.array(AMBIENT, np.float64) * 0.55
-        light[1:4] = np.array([0.35, 0.55, 0.2]) * 2.0  # key light from above-right-front (y, z, x)
-        colours = np.full((V.shape[0], 3), 0.8, np.float32)
-        res = render(V, self.model.trilist, colours, self._camera(),
+        light = np.array(AMBIENT, np.float64) * RENDER_AMBIENT
+        light[1:4] = RENDER_KEY  # SH band 1 (y, z, x): a key light from above, in front, to the right
+        colours = np.full((V.shape[0], 3), RENDER_ALBEDO, np.float32)
+        res = render(V, self.model.trilist, colours, self.face_camera(face),
                      background=(self.render_size, self.render_size), light=light)
         img = res.image
         img[~res.mask] = np.array([0.93, 0.94, 0.96], np.float32)
