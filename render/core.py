@@ -64,6 +64,28 @@ def _background(background) -> tuple[tuple[int, int], np.ndarray]:
     return bg.shape[:2], bgf
 
 
+# the last few triangle arrays whose index range was checked (a renderer is called with the
+# same topology every frame; the check reads 3T ints, ~1 ms for the demo mesh)
+_CHECKED: list = []
+
+
+def _range_checked(T: np.ndarray, n: int) -> bool:
+    for ref, shape, nv in _CHECKED:
+        if ref() is T and shape == T.shape and nv <= n:
+            return True
+    return False
+
+
+def _remember_range(T: np.ndarray, n: int) -> None:
+    import weakref
+
+    try:
+        _CHECKED.append((weakref.ref(T), T.shape, n))
+    except TypeError:  # not weak-referenceable (a view of a temporary): just do not cache
+        return
+    del _CHECKED[:-4]
+
+
 def _check_mesh(vertices, triangles, colours):
     V = np.asarray(vertices, dtype=np.float64)
     if V.ndim != 2 or V.shape[1] != 3:
@@ -71,8 +93,10 @@ def _check_mesh(vertices, triangles, colours):
     T = np.asarray(triangles)
     if T.ndim != 2 or T.shape[1] != 3 or not np.issubdtype(T.dtype, np.integer):
         raise ValueError(f"triangles must be integer [T, 3], got {T.dtype} {T.shape}")
-    if T.size and (T.min() < 0 or T.max() >= len(V)):
-        raise ValueError("triangles index outside the vertex array")
+    if T.size and not _range_checked(T, len(V)):
+        if T.min() < 0 or T.max() >= len(V):
+            raise ValueError("triangles index outside the vertex array")
+        _remember_range(T, len(V))
     C = np.asarray(colours, dtype=np.float64)
     if C.shape != V.shape:
         raise ValueError(f"colours must be [N, 3] like vertices {V.shape}, got {C.shape}")

@@ -75,6 +75,14 @@ def _raster_kernel(uv, z, invw, tris, tri_buf, bary_buf, zbuf):  # pragma: no co
                     bary_buf[i, j, 2] = p2
 
 
+@njit(cache=True, nogil=True)
+def _all_finite(uv, z):  # pragma: no cover - jitted
+    for i in range(z.shape[0]):
+        if not (np.isfinite(uv[i, 0]) and np.isfinite(uv[i, 1]) and np.isfinite(z[i])):
+            return False
+    return True
+
+
 def rasterize(uv: np.ndarray, z: np.ndarray, w: np.ndarray, triangles: np.ndarray,
               size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Z-buffer a mesh already projected to pixels.
@@ -97,8 +105,8 @@ def rasterize(uv: np.ndarray, z: np.ndarray, w: np.ndarray, triangles: np.ndarra
     z = np.ascontiguousarray(z, dtype=np.float64)
     tris = np.ascontiguousarray(triangles, dtype=np.int64)
     keep = None
-    finite = np.isfinite(uv).all(1) & np.isfinite(z)
-    if not finite.all():  # skip triangles touching a non-finite vertex
+    if not _all_finite(uv, z):  # skip triangles touching a non-finite vertex
+        finite = np.isfinite(uv).all(1) & np.isfinite(z)
         keep = np.nonzero(finite[tris].all(1))[0]
         tris = np.ascontiguousarray(tris[keep])
         uv = np.where(finite[:, None], uv, 0.0)
