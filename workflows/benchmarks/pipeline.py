@@ -29,7 +29,7 @@ def _fresh(path: Path) -> Path:
 
 
 def run(ctx=None, n_items: int | None = None, work: int | None = None, repeats: int | None = None) -> dict:
-    from distributed import Client, LocalCluster
+    from distributed import Client, LocalCluster  # noqa: F401 — used in warm()
 
     from pipeline.runner import run_stage
     from pipeline.shards import shard_name, write_shard
@@ -56,27 +56,30 @@ def run(ctx=None, n_items: int | None = None, work: int | None = None, repeats: 
             write_shard(out / shard_name(i), res.rows, stage=stage.name, chunk=i, params_hash=ph)
         return time.perf_counter() - t
 
-    def through(cluster, workers=None) -> float:
+    def through(cluster, workers=None, st=stage) -> float:
         out = _fresh(tmp / "runner")
         t = time.perf_counter()
-        rep = run_stage(stage, out, cluster=cluster, workers=workers, **kw)
+        rep = run_stage(st, out, cluster=cluster, workers=workers, **kw)
         dt = time.perf_counter() - t
         if not rep.ok or len(rep.computed) != rep.n_chunks:
             raise RuntimeError(rep.summary())
         return dt
 
+    def warm(n: int) -> float:
+        """Time the stage on a started n-worker LocalCluster (workers warmed by a tiny stage).
+        No cluster lives in this process while the direct loop runs: its scheduler thread
+        would compete for the GIL with the loop."""
+        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
+                          silence_logs=logging.CRITICAL) as lc, Client(lc) as client:
+            through(client, st=BusyStage(n_items=2 * n, work=10))
+            return through(client)
+
+    runs: dict[str, list[float]] = {"direct": [], "1": [], "2": []}
+    for _ in range(repeats):                                # interleaved: load drifts hit all three
+        runs["direct"].append(direct())
+        runs["1"].append(warm(1))
+        runs["2"].append(warm(2))
     res: dict = {}
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      silence_logs=logging.CRITICAL) as lc1, Client(lc1) as c1, \
-            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                         silence_logs=logging.CRITICAL) as lc2, Client(lc2) as c2:
-        through(c1)                                         # warm the workers' imports
-        through(c2)
-        runs: dict[str, list[float]] = {"direct": [], "1": [], "2": []}
-        for _ in range(repeats):                            # interleaved: load drifts hit all three
-            runs["direct"].append(direct())
-            runs["1"].append(through(c1))
-            runs["2"].append(through(c2))
     res["pipeline_direct_loop_s"] = min(runs["direct"])
     res["pipeline_1_worker_s"] = min(runs["1"])
     res["pipeline_2_workers_s"] = min(runs["2"])
