@@ -71,7 +71,7 @@ def run(ctx=None, n_items: int | None = None, work: int | None = None, repeats: 
         would compete for the GIL with the loop."""
         with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
                           silence_logs=logging.CRITICAL) as lc, Client(lc) as client:
-            through(client, st=BusyStage(n_items=2 * n, work=10))
+            through(client, st=BusyStage(n_items=2 * chunk_size * n, work=10))   # 2 chunks a worker
             return through(client)
 
     runs: dict[str, list[float]] = {"direct": [], "1": [], "2": []}
