@@ -265,3 +265,17 @@ def test_mouth_stretch_gate_ignores_smile(scene):
     jaw[0] = 1.5
     assert ms.weights(m.instance(scene.p_id, smile), rest).max() < 0.05
     assert ms.weights(m.instance(scene.p_id, jaw), rest).max() > 0.5
+
+
+def test_projection_exact_on_demo_model_expression_meshes(scene):
+    """Noise-free meshes of the expression model alone: the paper's projection is exact,
+    and so is the joint fit (with p_id = 0)."""
+    from fitting.projection import JointProjector, project_expression
+
+    m = scene.model
+    P = np.random.default_rng(5).uniform(-1, 1, size=(3, m.n_exp)).astype(np.float32)
+    S = m.instance(None, P)
+    np.testing.assert_allclose(project_expression(m, S), P, atol=2e-4)
+    p_id, p_exp = JointProjector(m)(S)
+    np.testing.assert_allclose(p_exp, P, atol=2e-3)
+    assert np.abs(p_id).max() < 2e-3
