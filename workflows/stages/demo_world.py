@@ -336,8 +336,9 @@ def render_photo(model, protos, P: WorldParams, i: int) -> tuple[dict, np.ndarra
     return row, img
 
 
-def photo_key(i: int) -> str:
-    return f"{i:05d}.jpg"
+def photo_key(i: int, n: int = 0) -> str:
+    """``00000.jpg``; more digits when there are over 100,000 photos, so keys sort numerically."""
+    return f"{i:0{max(5, len(str(max(n - 1, 0))))}d}.jpg"
 
 
 def mesh_items(P: WorldParams) -> list[tuple[int, int, int]]:
@@ -415,7 +416,7 @@ def run_chunk(out: str, kind: str, chunk: int, items: list, params: dict, phash:
         folder.mkdir(parents=True, exist_ok=True)
         for i in items:
             row, img = render_photo(model, protos, P, i)
-            key = photo_key(i)
+            key = photo_key(i, P.faces)
             atomic_write_bytes(folder / key, _jpeg_bytes(img, P.jpeg_quality))
             _write_pts((folder / key).with_suffix(".pts"), row["landmarks"])
             rows.append(row)
@@ -530,7 +531,7 @@ def make_preview(out: Path, model, P: WorldParams, side: int = 96, cols: int = 8
 
     tiles = []
     for i in range(min(64, P.faces)):
-        tiles.append(_thumb(np.asarray(Image.open(out / "emotionet" / photo_key(i)).convert("RGB")), side))
+        tiles.append(_thumb(np.asarray(Image.open(out / "emotionet" / photo_key(i, P.faces)).convert("RGB")), side))
     while len(tiles) % cols:
         tiles.append(np.full((side, side, 3), 24, np.uint8))
     protos = load_model_cached(str(out / "model.h5"))[1]
