@@ -260,7 +260,8 @@ def mirror_map(vertices, max_dist: float | None = None) -> np.ndarray:
     return np.where(d <= max_dist, idx, -1).astype(np.int64)
 
 
-def fill_occluded(colours, known, points, mirror=None, k: int = 4, neighbours=None, rounds: int = 12) -> np.ndarray:
+def fill_occluded(colours, known, points, mirror=None, k: int = 4, neighbours=None, rounds: int = 12,
+                  near_rounds: int = 2) -> np.ndarray:
     """Colours for the vertices that are not ``known``.
 
     ``colours [N, 3]`` (values of unknown vertices are ignored), ``known [N] bool``,
@@ -268,15 +269,17 @@ def fill_occluded(colours, known, points, mirror=None, k: int = 4, neighbours=No
     [N]`` (-1 = none), ``neighbours = (dist [N, M], idx [N, M])`` each vertex's M nearest
     vertices sorted by distance (:func:`nearest_vertices`, once per model).
 
-    1. mirror: an unknown vertex whose mirrored vertex is known takes its colour (the other
-       side of the face, same skin);
-    2. rounds (with ``neighbours``): every unknown vertex with at least ``k`` resolved
-       vertices among its M nearest takes the inverse-distance-weighted mean of the first
-       ``k`` of them (in round 1 these are exactly its k nearest known vertices); vertices
-       resolved in a round count as resolved in the next, so the fill grows inwards from
-       the visible border, ``rounds`` times at most;
-    3. whatever is left: the same weighted mean of the ``k`` nearest resolved vertices by a
-       KD-tree query.
+    Rounds (with ``neighbours``): every unknown vertex with at least ``k`` resolved vertices
+    among its M nearest takes the inverse-distance-weighted mean of the first ``k`` of them
+    (in the first round: exactly its k nearest known vertices); vertices resolved in a round
+    count as resolved in the next, so the fill grows inwards from the visible border.
+
+    1. ``near_rounds`` rounds: the strip just beyond the visible border takes its visible
+       neighbours' colours (same lighting, so no seam where a deformed face shows it);
+    2. mirror: an unknown vertex whose mirrored vertex is resolved takes its colour (the
+       other side of the face, same skin);
+    3. up to ``rounds`` more rounds;
+    4. whatever is left: the weighted mean of its ``k`` nearest resolved vertices (KD-tree).
     Returns float32 [N, 3]."""
     from scipy.spatial import cKDTree
 
@@ -286,28 +289,35 @@ def fill_occluded(colours, known, points, mirror=None, k: int = 4, neighbours=No
         return C
     if not known.any():
         return np.full_like(C, 0.5)
-    if mirror is not None:
-        m = np.asarray(mirror)
-        take = ~known & (m >= 0)
-        take[take] = known[m[take]]
-        C[take] = C[m[take]]
-        known |= take
     todo = np.nonzero(~known)[0]
-    for _ in range(rounds if neighbours is not None else 0):
-        if not len(todo):
-            break
-        nd, ni = neighbours[0][todo], neighbours[1][todo]          # [n, M]
-        kn = known[ni]
-        rank = np.cumsum(kn, 1)
-        ok = rank[:, -1] >= k
-        if not ok.any():
-            break
-        sel = (kn & (rank <= k))[ok]
-        w = np.where(sel, 1.0 / np.maximum(nd[ok], 1e-9), 0.0)
-        w /= w.sum(1, keepdims=True)
-        C[todo[ok]] = (C[ni[ok]] * w[..., None]).sum(1)
-        known[todo[ok]] = True
-        todo = todo[~ok]
+
+    def grow(todo, n_rounds):
+        for _ in range(n_rounds if neighbours is not None else 0):
+            if not len(todo):
+                break
+            nd, ni = neighbours[0][todo], neighbours[1][todo]          # [n, M]
+            kn = known[ni]
+            rank = np.cumsum(kn, 1)
+            ok = rank[:, -1] >= k
+            if not ok.any():
+                break
+            sel = (kn & (rank <= k))[ok]
+            w = np.where(sel, 1.0 / np.maximum(nd[ok], 1e-9), 0.0)
+            w /= w.sum(1, keepdims=True)
+            C[todo[ok]] = (C[ni[ok]] * w[..., None]).sum(1)
+            known[todo[ok]] = True
+            todo = todo[~ok]
+        return todo
+
+    todo = grow(todo, near_rounds)
+    if mirror is not None and len(todo):
+        m = np.asarray(mirror)[todo]
+        take = m >= 0
+        take[take] = known[m[take]]
+        C[todo[take]] = C[m[take]]
+        known[todo[take]] = True
+        todo = todo[~take]
+    todo = grow(todo, rounds)
     if len(todo):
         P = np.asarray(points, np.float64)
         src = np.nonzero(known)[0]

@@ -90,18 +90,16 @@ def _idw(C, P, i, cands, k):
     return sum(wi * C[j] for wi, (_, j) in zip(w / w.sum(), near))
 
 
-def _fill_reference(C, known, P, mirror, k=4, M=None, rounds=12):
+def _fill_reference(C, known, P, mirror, k=4, M=None, rounds=12, near_rounds=2):
     """Slow reference of fill_occluded: explicit loops, brute-force neighbour lists."""
     C = C.copy()
     n = len(C)
-    mirrored = np.array([not known[i] and mirror[i] >= 0 and known[mirror[i]] for i in range(n)])
-    for i in np.nonzero(mirrored)[0]:
-        C[i] = C[mirror[i]]
-    res = known | mirrored
-    if M is not None:
-        lists = [sorted((j for j in range(n) if j != i), key=lambda j: (np.linalg.norm(P[i] - P[j]), j))[:M]
-                 for i in range(n)]
-        for _ in range(rounds):
+    res = known.copy()
+    lists = None if M is None else [
+        sorted((j for j in range(n) if j != i), key=lambda j: (np.linalg.norm(P[i] - P[j]), j))[:M] for i in range(n)]
+
+    def grow(n_rounds):
+        for _ in range(n_rounds if lists is not None else 0):
             new = {i: _idw(C, P, i, [j for j in lists[i] if res[j]], k) for i in range(n)
                    if not res[i] and sum(res[j] for j in lists[i]) >= k}
             if not new:
@@ -109,6 +107,13 @@ def _fill_reference(C, known, P, mirror, k=4, M=None, rounds=12):
             for i, c in new.items():
                 C[i] = c
                 res[i] = True
+
+    grow(near_rounds)
+    mirrored = [i for i in range(n) if not res[i] and mirror[i] >= 0 and res[mirror[i]]]
+    for i in mirrored:
+        C[i] = C[mirror[i]]
+        res[i] = True
+    grow(rounds)
     src = [j for j in range(n) if res[j]]
     for i in range(n):
         if not res[i]:
