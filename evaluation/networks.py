@@ -120,11 +120,27 @@ def _regressed(out):
     raise TypeError("discriminator must return (realism, params)")
 
 
+def _resize(t, size: int):
+    """Bilinear (antialiased when shrinking) resize of [B,3,h,w] to [B,3,size,size]."""
+    import torch.nn.functional as F
+
+    if t.shape[-1] == size and t.shape[-2] == size:
+        return t
+    return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=bool(t.shape[-1] > size))
+
+
+def _net_size(nets: Networks, h: int) -> int:
+    return int(nets.model_config.get("image_size", h)) if nets.model_config else h
+
+
 def generate(nets: Networks, images, p, batch_size: int = 16) -> np.ndarray:
     """G(images, p): images uint8/float [B,H,W,3], p [B,E'] -> float32 [B,H,W,3] in [0,1].
 
     ``p`` is cut or zero-padded to the checkpoint's width E (a 30-parameter checkpoint
     ignores speech parameters; a 40-parameter one gets zero speech for a 30-vector).
+    Images of another side than the checkpoint's ``image_size`` are resized for G and the
+    result resized back, so outputs always match the inputs' size.
     """
     import torch
 
@@ -136,15 +152,23 @@ def generate(nets: Networks, images, p, batch_size: int = 16) -> np.ndarray:
     with torch.no_grad():
         for s in range(0, len(imgs), batch_size):
             x = to_tensor(imgs[s:s + batch_size], nets.device)
+            h, w = x.shape[-2:]
             c = torch.from_numpy(pp[s:s + batch_size]).to(nets.device)
-            outs.append(from_tensor(_generated(nets.G(x, c))))
+            y = _generated(nets.G(_resize(x, _net_size(nets, h)), c))
+            if y.shape[-2:] != (h, w):
+                import torch.nn.functional as F
+
+                y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False,
+                                  antialias=bool(y.shape[-1] > w))
+            outs.append(from_tensor(y))
     if not outs:
         return np.zeros((0,) + imgs.shape[1:3] + (3,), np.float32)
     return np.concatenate(outs)
 
 
 def regress(nets: Networks, images, batch_size: int = 32) -> np.ndarray:
-    """D's regressed parameters: images uint8/float [B,H,W,3] -> float32 [B,E]."""
+    """D's regressed parameters: images uint8/float [B,H,W,3] -> float32 [B,E] (images resized
+    to the checkpoint's ``image_size`` when they differ)."""
     import torch
 
     imgs = np.asarray(images)
@@ -152,6 +176,7 @@ def regress(nets: Networks, images, batch_size: int = 32) -> np.ndarray:
     with torch.no_grad():
         for s in range(0, len(imgs), batch_size):
             x = to_tensor(imgs[s:s + batch_size], nets.device)
+            x = _resize(x, _net_size(nets, x.shape[-1]))
             outs.append(_regressed(nets.D(x)).detach().float().reshape(len(x), -1).cpu().numpy())
     if not outs:
         return np.zeros((0, nets.n_params), np.float32)

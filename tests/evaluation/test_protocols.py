@@ -206,3 +206,25 @@ def test_lazy_images_and_balanced_rows(eval_run):
     b = balanced_rows(labels, range(3), 2, seed=0)
     assert list(np.bincount(labels[b])) == [2, 2, 2] and list(b) == sorted(b)
     assert len(set(b)) == len(b)
+
+
+def test_generate_resizes_to_the_checkpoint_size():
+    """A 16-px checkpoint on 32-px images: G and D see 16 px, outputs come back at 32 px."""
+    seen = []
+
+    class SizeG(IdentityG):
+        def forward(self, x, c):
+            seen.append(tuple(x.shape[-2:]))
+            return super().forward(x, c)
+
+    class SizeD(MeanD):
+        def forward(self, x):
+            seen.append(tuple(x.shape[-2:]))
+            return super().forward(x)
+
+    net = Networks(name="t", variant="t", G=SizeG(), D=SizeD(6), n_params=6, model_config={"image_size": 16})
+    x = np.full((2, 32, 32, 3), 128, np.uint8)
+    out = generate(net, x, np.zeros((2, 6)))
+    assert out.shape == (2, 32, 32, 3) and np.allclose(out, 128 / 255, atol=1e-5)
+    regress(net, x)
+    assert seen == [(16, 16), (16, 16)]
