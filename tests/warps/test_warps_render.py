@@ -182,7 +182,7 @@ def test_warp_to_own_expression_reproduces_photo(scene):
     crop = warp_crop(scene.photo, scene.align, 128).astype(np.float32) / 255
     err = np.abs(img[0] / 255.0 - crop)
     assert mask[0].sum() > 2000
-    assert err[mask[0]].mean() < 0.02
+    assert err[mask[0]].mean() < 0.015  # measured ~0.005
     assert err[~src.footprint].max() <= 1 / 255 + 1e-6  # outside the face: the photo, untouched
 
 
@@ -196,8 +196,8 @@ def test_warp_fidelity_against_direct_render(scene):
         both = masks[k] & ref.mask
         err = np.abs(imgs[k] / 255.0 - ref.image)[both].mean()
         wrong = np.abs(imgs[k] / 255.0 - _direct(scene, P[(k + 1) % 3]).image)[both].mean()
-        assert err < 0.035, err
-        assert wrong > err  # the bound separates the right target from a wrong one
+        assert err < 0.012, err     # measured ~0.004
+        assert wrong > 2 * err      # the bound separates the right target from a wrong one (~0.03)
         # the silhouettes agree too
         assert (masks[k] ^ ref.mask).sum() < 0.03 * ref.mask.sum()
 
