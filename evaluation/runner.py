@@ -7,6 +7,7 @@ leaves its metrics ``null`` and records the reason; only unusable *inputs the us
 """
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,7 +130,7 @@ def unique_names(nets: Sequence[Networks]) -> None:
     """Name each checkpoint by its variant; repeated variants get -2, -3, ... (in order)."""
     seen: dict[str, int] = {}
     for n in nets:
-        base = n.variant or "model"
+        base = re.sub(r"[^A-Za-z0-9._-]+", "-", str(n.variant or "")).strip(".-") or "model"  # a folder name
         seen[base] = seen.get(base, 0) + 1
         n.name = base if seen[base] == 1 else f"{base}-{seen[base]}"
 

@@ -68,3 +68,12 @@ def test_expression_names_match_the_demo_model():
     from fitting.demo_model import EXPRESSION_NAMES
 
     assert report.EXPRESSIONS == list(EXPRESSION_NAMES)
+
+
+def test_unique_names_are_safe_folder_names():
+    from evaluation.networks import Networks
+    from evaluation.runner import unique_names
+
+    nets = [Networks(name="", variant=v, G=None, D=None, n_params=30) for v in ("rad", "rad", "../x y", "", "rad")]
+    unique_names(nets)
+    assert [n.name for n in nets] == ["rad", "rad-2", "x-y", "model", "rad-3"]
