@@ -1,3 +1,5 @@
+"""Shared helpers of the render tests (not a conftest.py: a second module named
+``conftest`` would shadow ``from conftest import ...`` in other test folders)."""
 import os
 import sys
 from pathlib import Path
@@ -15,6 +17,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 if "render" in sys.modules and getattr(sys.modules["render"], "__file__", None) is None:
     del sys.modules["render"]
+ROOT_ON_PATH = True
 
 
 @pytest.fixture(scope="session")
