@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import h5py
 import pytest
 
 from pipeline.runner import run_stage
@@ -96,7 +97,6 @@ def test_kill9_runner_at_several_points_then_rerun_is_identical(inputs, referenc
         assert proc.returncode == -signal.SIGKILL, what
         # never a half shard under a final name: every listed shard opens
         for p in out.glob("shard-*.h5"):
-            import h5py
             with h5py.File(p, "r") as f:
                 assert f.attrs["schema"] == "slidergan-shard/1"
     rc, _, err = _finish(_start(inputs, out, delay=0.0))
