@@ -219,3 +219,25 @@ def test_killed_run_resumes_only_missing_chunks(tiny_world, tmp_path):
     assert keep.stat().st_mtime_ns == mtime
     assert (out / "_demo.json").is_file()
     assert len(_truth(out / "emotionet/truth.h5")["key"]) == 4
+
+
+def test_perspective_photos(tiny_world, model):
+    """demo.camera_dist > 0 gives true-perspective photos whose landmarks are the
+    perspective projection of the true shape, inside the image."""
+    import render
+    from workflows.stages import demo_world as dw
+
+    params = json.loads((tiny_world / "_demo.json").read_text())["params"]
+    params["camera_dist"] = 4.0
+    P = dw.WorldParams(**{k: v for k, v in params.items() if k != "generator"})
+    from fitting.demo_model import expression_prototypes
+
+    row, img = dw.render_photo(model, expression_prototypes(model), P, 2)
+    assert row["camera"][6] == 4.0 and img.shape[:2] == tuple(row["size"])
+    V = model.instance(row["p_id"], row["p_exp"])
+    np.testing.assert_allclose(render.project(V[model.landmarks], row["camera"]), row["landmarks"], atol=1e-3)
+    weak = row["camera"].copy()
+    weak[6] = 0
+    assert np.abs(render.project(V[model.landmarks], weak) - row["landmarks"]).max() > 1.0
+    H, W = row["size"]
+    assert (row["landmarks"] >= 0).all() and (row["landmarks"][:, 0] <= W).all() and (row["landmarks"][:, 1] <= H).all()
