@@ -241,3 +241,19 @@ def test_perspective_photos(tiny_world, model):
     assert np.abs(render.project(V[model.landmarks], weak) - row["landmarks"]).max() > 1.0
     H, W = row["size"]
     assert (row["landmarks"] >= 0).all() and (row["landmarks"][:, 0] <= W).all() and (row["landmarks"][:, 1] <= H).all()
+
+
+def test_flags_override_config():
+    import argparse
+
+    from workflows.commands import make_demo
+
+    p = argparse.ArgumentParser()
+    make_demo.add_arguments(p)
+    args = p.parse_args(["--out", "x", "--set", "demo.faces=10", "--set", "demo.identities_4dfab=5",
+                         "--faces", "3", "--seed", "7"])
+    P, chunk = make_demo.params_from_args(args)
+    assert (P.faces, P.identities_4dfab, P.seed) == (3, 5, 7)
+    from pipeline.config import load_config
+
+    assert chunk == load_config().demo.chunk_size
