@@ -102,8 +102,13 @@ class Trainer:
         self.max_steps = int(steps if steps is not None else t["max_steps"])
         if self.max_steps < 0:
             raise ConfigError(f"--steps must be >= 0, got {self.max_steps}")
-        if t["n_critic"] < 1:
-            raise ConfigError("train.n_critic must be >= 1")
+        for key, low in (("n_critic", 1), ("batch_size", 1), ("image_size", 4), ("epochs_paired", 0),
+                         ("epochs_unpaired", 0), ("checkpoint_every", 1), ("log_every", 1), ("image_every", 1),
+                         ("workers", 0), ("keep_checkpoints", 0)):
+            if t[key] < low:
+                raise ConfigError(f"train.{key} must be >= {low}, got {t[key]}")
+        if not 0.0 <= t["lr_decay_fraction"] <= 1.0:
+            raise ConfigError(f"train.lr_decay_fraction must be in [0, 1], got {t['lr_decay_fraction']}")
         if t["target"] not in ("shuffle", "uniform", "normal"):
             raise ConfigError(f"train.target must be shuffle|uniform|normal, got {t['target']!r}")
         self.rank, self.world = _dist_info()

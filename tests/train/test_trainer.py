@@ -151,3 +151,8 @@ def test_clear_errors(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert cli(["train", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "t3")]) == 2
     assert "no shard stage" in capsys.readouterr().err
+    run = make_tiny_run(tmp_path / "run30", faces=4, warps=False, fab=False)
+    assert cli(["train", "--data", str(run), "--out", str(tmp_path / "t4"), *_sets(["train.batch_size=0"])]) == 2
+    assert "train.batch_size must be >= 1, got 0" in capsys.readouterr().err
+    assert cli(["train", "--data", str(run), "--out", str(tmp_path / "t5"), *_sets(["train.image_size=36"])]) == 2
+    assert "not divisible by 2^d_repeat" in capsys.readouterr().err
