@@ -11,6 +11,9 @@ the GPU side), per-vertex albedo, a random SH light, 128x128, composited over a 
   id pass that produces tri/bary is *not* counted against the baseline).
 - ``render_baseline_full_images_per_s``: pyrender with the id pass (all buffers, like the fast path).
 - ``render_speedup``: ratio of the first two.
+- ``render_cpu_ms_per_image`` / ``render_baseline_cpu_ms_per_image`` / ``render_cpu_speedup``:
+  CPU time per image (process time, all threads: llvmpipe rasterises on several threads,
+  the fast path on one), which is what matters when the machine is shared.
 
 Warm-up frames (JIT cache load, OpenGL context creation) are excluded for both; the two
 backends alternate frame by frame so that machine load affects both alike.
@@ -46,18 +49,21 @@ def _frames(ctx, n: int):
     return model, frames
 
 
-def _rates(fns, frames) -> list[float]:
-    """Images/s of each function on the same frames, interleaved frame by frame so that a
-    change in machine load affects all of them alike."""
+def _rates(fns, frames) -> tuple[list[float], list[float]]:
+    """Images/s (wall clock) and CPU ms per image (all threads of this process, so
+    llvmpipe's worker threads count for pyrender) of each function on the same frames,
+    interleaved frame by frame so that a change in machine load affects all of them alike."""
     for fn in fns:
         fn(*frames[0])  # warm-up
     spent = [0.0] * len(fns)
+    cpu = [0.0] * len(fns)
     for f in frames:
         for k, fn in enumerate(fns):
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             fn(*f)
             spent[k] += time.perf_counter() - t0
-    return [len(frames) / s for s in spent]
+            cpu[k] += time.process_time() - c0
+    return [len(frames) / s for s in spent], [1000.0 * c / len(frames) for c in cpu]
 
 
 def run(ctx) -> dict:
@@ -79,13 +85,16 @@ def run(ctx) -> dict:
     def pyr_full(V, cam, light):
         return render.render(V, T, C, cam, bg, light=light, backend="pyrender", buffers=True)
 
-    fast_rate, base_rate = _rates([fast, pyr], frames)
-    (full_rate,) = _rates([pyr_full], frames[: max(5, n // 4)])
+    (fast_rate, base_rate), (fast_cpu, base_cpu) = _rates([fast, pyr], frames)
+    (full_rate,), _ = _rates([pyr_full], frames[: max(5, n // 4)])
     return {
         "render_images_per_s": round(fast_rate, 2),
         "render_baseline_images_per_s": round(base_rate, 2),
         "render_baseline_full_images_per_s": round(full_rate, 2),
         "render_speedup": round(fast_rate / base_rate, 2),
+        "render_cpu_ms_per_image": round(fast_cpu, 2),
+        "render_baseline_cpu_ms_per_image": round(base_cpu, 2),
+        "render_cpu_speedup": round(base_cpu / max(fast_cpu, 1e-9), 2),
         "render_vertices": int(model.n_vertices),
         "render_size": "128x128",
     }
