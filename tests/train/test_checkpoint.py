@@ -56,4 +56,15 @@ def test_train_identity_cli(tiny_run, tmp_path, capsys):
     F = build_identity(ck.load_identity_file(out))
     e = F(torch.rand(2, 3, 32, 32) * 2 - 1)
     assert e.shape == (2, 16) and torch.allclose(e.norm(dim=1), torch.ones(2), atol=1e-5)
+    # the embedding separates identities: warps of the same person are closer than of others
+    from pipeline.shards import ShardSet
+    from train.data import to_tensor_image
+    w = ShardSet(tiny_run / "warps")
+    ident = torch.from_numpy(w.read("identity"))
+    with torch.no_grad():
+        emb = F(torch.stack([to_tensor_image(w.read("image", i), 32) for i in range(len(w))]))
+    cos = emb @ emb.T
+    same = (ident[:, None] == ident[None, :]) & ~torch.eye(len(ident), dtype=torch.bool)
+    diff = ident[:, None] != ident[None, :]
+    assert cos[same].mean() > cos[diff].mean() + 0.3
     assert cli(["train-identity", "--data", str(tmp_path / "none"), "--out", str(out)]) == 2
