@@ -212,6 +212,7 @@ class LandmarkFitter:
         self.model_iod = float(interocular(mean[:68]))
         prior = np.concatenate([np.full(self.k, opt.prior_id), np.full(self.e, opt.prior_exp)])
         self._prior = t(prior)
+        self._gram, self._gram_key = None, None
 
     # ---------------------------------------------------------------- pieces
     def _landmark_geometry(self, p, R):
@@ -259,8 +260,11 @@ class LandmarkFitter:
         g = torch.einsum("kjp,bkj->bp", Bs, ws[..., None] * torch.einsum("bij,bki->bkj", R2, b))
         Pm = R2.transpose(1, 2) @ R2                                    # [B,3,3]
         if bool((ws == ws[:1]).all()):
-            G = torch.einsum("k,kip,kjq->ijpq", ws[0], Bs, Bs)          # [3,3,P,P]
-            H = torch.einsum("bij,ijpq->bpq", Pm, G)
+            key = (lo, ws[0].cpu().numpy().tobytes())
+            if self._gram_key != key:                                   # weights rarely change: cache
+                self._gram = torch.einsum("kip,kjq->ijpq", Bs * ws[0][:, None, None], Bs)   # [3,3,P,P]
+                self._gram_key = key
+            H = torch.einsum("bij,ijpq->bpq", Pm, self._gram)
         else:
             A = torch.einsum("bij,kjp->bkip", R2, Bs).reshape(Bsz, -1, Bs.shape[-1])
             wf = ws[..., None].expand(-1, -1, 2).reshape(Bsz, -1, 1)

@@ -221,9 +221,20 @@ class FitStage(Stage):
         return ChunkResult(rows=rows, rejects=rejects)
 
     def _fit(self, lms, rgbs, model, sources):
-        """Fit all faces of a chunk at once -> FitResult.
+        """Fit all faces of a chunk at once, with ``fit.threads`` torch threads -> FitResult."""
+        import torch
 
-        ``fit.contour=auto``: sidecar landmarks (source 0) use fixed landmark vertices,
+        old = torch.get_num_threads()
+        n = int(self.cfg.get("threads", 1))
+        if n > 0:
+            torch.set_num_threads(n)
+        try:
+            return self._fit_batch(lms, rgbs, model, sources)
+        finally:
+            torch.set_num_threads(old)
+
+    def _fit_batch(self, lms, rgbs, model, sources):
+        """``fit.contour=auto``: sidecar landmarks (source 0) use fixed landmark vertices,
         detected ones (source 1) the dynamic silhouette contour (docs/fitting.md)."""
         from fitting.fit import FitResult
 
