@@ -13,7 +13,6 @@ batches done in the current epoch), ``data_order`` (seed, batches per epoch per 
 """
 from __future__ import annotations
 
-import os
 import random
 import re
 import shutil
