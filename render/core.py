@@ -86,8 +86,17 @@ def _remember_range(T: np.ndarray, n: int) -> None:
     del _CHECKED[:-4]
 
 
+def _float_array(x) -> np.ndarray:
+    """float32/float64 C-contiguous view of ``x`` without a copy when possible (the kernels
+    are compiled for both)."""
+    a = np.asarray(x)
+    if a.dtype not in (np.float32, np.float64):
+        a = a.astype(np.float64)
+    return np.ascontiguousarray(a)
+
+
 def _check_mesh(vertices, triangles, colours):
-    V = np.asarray(vertices, dtype=np.float64)
+    V = _float_array(vertices)
     if V.ndim != 2 or V.shape[1] != 3:
         raise ValueError(f"vertices must be [N, 3], got shape {V.shape}")
     T = np.asarray(triangles)
@@ -97,7 +106,7 @@ def _check_mesh(vertices, triangles, colours):
         if T.min() < 0 or T.max() >= len(V):
             raise ValueError("triangles index outside the vertex array")
         _remember_range(T, len(V))
-    C = np.asarray(colours, dtype=np.float64)
+    C = _float_array(colours)
     if C.shape != V.shape:
         raise ValueError(f"colours must be [N, 3] like vertices {V.shape}, got {C.shape}")
     return V, np.asarray(T, dtype=np.int64), C
@@ -136,9 +145,9 @@ def camera_transform(V: np.ndarray, cam: np.ndarray):
     """Camera-frame vertices ``Xc [N, 3]``, pixels ``uv [N, 2]`` and homogeneous weights
     ``w [N]`` in one pass (the same maths as :func:`render.camera.project`, checked by the
     tests; a fused kernel avoids BLAS threading overhead on ``[N, 3] @ [3, 3]``)."""
-    V = np.ascontiguousarray(V, dtype=np.float64)
+    V = _float_array(V)
     R = np.ascontiguousarray(camera_rotation(cam))
-    Xc = np.empty_like(V)
+    Xc = np.empty((len(V), 3))
     uv = np.empty((len(V), 2))
     w = np.empty(len(V))
     _transform_kernel(V, R, float(cam[3]), float(cam[4]), float(cam[5]), float(cam[6]), Xc, uv, w)

@@ -108,7 +108,9 @@ def shade(colours: np.ndarray, normals_cam: np.ndarray, light) -> np.ndarray:
     if L is None:
         return np.clip(np.asarray(colours, dtype=np.float32), 0, 1)
     out = np.empty((len(colours), 3), np.float32)
-    _shade_kernel(np.ascontiguousarray(colours, dtype=np.float64), np.ascontiguousarray(normals_cam, dtype=np.float64),
+    c = np.asarray(colours)
+    c = np.ascontiguousarray(c if c.dtype in (np.float32, np.float64) else c.astype(np.float64))
+    _shade_kernel(c, np.ascontiguousarray(normals_cam, dtype=np.float64),
                   np.ascontiguousarray(L * _A[:, None]), out)
     return out
 
