@@ -155,3 +155,11 @@ def test_clear_errors(tmp_path, capsys):
     assert "train.batch_size must be >= 1, got 0" in capsys.readouterr().err
     assert cli(["train", "--data", str(run), "--out", str(tmp_path / "t5"), *_sets(["train.image_size=36"])]) == 2
     assert "not divisible by 2^d_repeat" in capsys.readouterr().err
+    # a finished stage with no rows (every input rejected)
+    from pipeline.runner import run_stage
+    from pipeline.testing import ToyStage
+    (tmp_path / "noimages").mkdir()
+    run_stage(ToyStage(tmp_path / "noimages"), tmp_path / "emptyrun" / "fits", cluster="inprocess", progress=False, log=None)
+    assert cli(["train", "--data", str(tmp_path / "emptyrun"), "--out", str(tmp_path / "t6"), *_sets()]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "shard set is empty (0 rows)" in err
