@@ -114,35 +114,52 @@ def _detector(upsample: int):
     return _DETECTORS[upsample]
 
 
-def refit_error(model, ed: RealEdits, fit_options: dict | None = None, upsample: int = 2) -> dict:
-    """Fit the 3DMM to each generated image and compare with p_trg.
+def refit_params(model, images, n_exp: int, fit_options: dict | None = None, upsample: int = 2):
+    """Fit the 3DMM to detected landmarks of each image.
 
-    Landmarks: ``fitting.landmarks.Detector`` (dlib HOG detector + 68-point predictor) with
-    ``upsample`` pyramid up-samplings (a 128x128 face is small for dlib's detector); images without a detected face are counted
-    (``refit_no_face``) and left out. Returns {"exp_rel_error_refit", "refit_no_face", "refit_n"}.
+    images uint8/float [N,H,W,3] -> (rows int64 [M] of the images with a detected face,
+    p_exp float32 [M, n_exp]). Landmarks: ``fitting.landmarks.Detector`` (dlib HOG detector +
+    68-point predictor) with ``upsample`` pyramid up-samplings (a 128-px face is small for
+    dlib's detector); fit: ``fitting.fit.LandmarkFitter`` with ``fit_options`` (FitOptions fields).
     """
     from fitting.fit import FitOptions, LandmarkFitter
 
     det = _detector(upsample)
     lms, rows = [], []
-    for i, im in enumerate(metrics.to_uint8(ed.outputs)):
+    for i, im in enumerate(metrics.to_uint8(images)):
         lm = det.detect(im)
-        if lm is not None:
+        if lm is not None and np.isfinite(lm).all():
             lms.append(lm)
             rows.append(i)
-    n_no_face = len(ed.outputs) - len(rows)
     if not rows:
-        raise Unavailable(f"no face detected in any of the {len(ed.outputs)} generated images")
-    E = ed.p_trg.shape[1]
+        return np.zeros(0, np.int64), np.zeros((0, n_exp), np.float32)
     opts = dict(fit_options or {})
-    opts.setdefault("n_exp", E)
+    opts["n_exp"] = n_exp
     opts.setdefault("device", "cpu")
     fitter = LandmarkFitter(model, FitOptions(**{k: v for k, v in opts.items()
                                                  if k in FitOptions.__dataclass_fields__}))
-    res = fitter.fit(np.stack(lms))
-    rows = np.asarray(rows)
-    err = metrics.mean_relative_error(ed.p_trg[rows], res.p_exp)
-    return {"exp_rel_error_refit": err, "refit_no_face": int(n_no_face), "refit_n": int(len(rows))}
+    return np.asarray(rows, np.int64), np.asarray(fitter.fit(np.stack(lms)).p_exp, np.float32)
+
+
+def refit_error(model, ed: RealEdits, fit_options: dict | None = None, upsample: int = 2) -> dict:
+    """Fit the 3DMM to each generated image and compare with p_trg (:func:`refit_params`).
+
+    Images without a detected face are counted (``refit_no_face``) and left out.
+    Returns {"exp_rel_error_refit", "refit_no_face", "refit_n"}.
+    """
+    rows, p = refit_params(model, ed.outputs, ed.p_trg.shape[1], fit_options, upsample)
+    if len(rows) == 0:
+        raise Unavailable(f"no face detected in any of the {len(ed.outputs)} generated images")
+    err = metrics.mean_relative_error(ed.p_trg[rows], p)
+    return {"exp_rel_error_refit": err, "refit_no_face": int(len(ed.outputs) - len(rows)), "refit_n": int(len(rows))}
+
+
+def refit_floor(model, images, p_fit, fit_options: dict | None = None, upsample: int = 2) -> float | None:
+    """The refit measurement applied to unedited photos against their stage fits: the error
+    :func:`refit_error` reports for a perfect generator (its floor). None without detections."""
+    p_fit = np.asarray(p_fit, np.float32)
+    rows, p = refit_params(model, images, p_fit.shape[1], fit_options, upsample)
+    return metrics.mean_relative_error(p_fit[rows], p) if len(rows) else None
 
 
 def expression_presets(nets: Networks, images, labels, n_classes: int = 7) -> tuple[np.ndarray, np.ndarray]:

@@ -33,6 +33,7 @@ TABLES = [
         ("identity_cos", "identity cosine (input vs edit)", "higher"),
         ("identity_cos_dlib", "identity cosine, dlib ResNet (independent)", "higher"),
         ("exp_rel_error_refit", "3DMM refit ||p_trg − p_refit|| / ||p_trg||", "lower"),
+        ("refit_real_floor", "refit of the unedited photos vs their fits (floor)", "reference"),
         ("refit_no_face", "edits without a detected face", ""),
     ]),
     ("Table 3 — expression + speech transfer in LRW-style sequences", [

@@ -261,6 +261,9 @@ def evaluate(checkpoints: Sequence[str | Path], run: str | Path, out: str | Path
     except ImportError:
         EXPRESSION_NAMES = ["neutral", "anger", "disgust", "fear", "happiness", "sadness", "surprise"]
 
+    # the stage's fit options (a refit is only comparable with p_fit when fitted alike)
+    fit_opts = {k: v for k, v in opt.fit.items() if k in ("iterations", "n_id", "prior_id", "prior_exp")}
+    refit_cache: dict = {}
     results, figs = {}, {}
     for net in nets:
         log(f"evaluating {net.name} ({net.path})")
@@ -300,9 +303,14 @@ def evaluate(checkpoints: Sequence[str | Path], run: str | Path, out: str | Path
             elif data.model is None:
                 res.fail(["exp_rel_error_refit"], data.missing.get("model", "no 3DMM"))
             else:
-                _guard(res, ["exp_rel_error_refit"],
-                       lambda: P.refit_error(data.model, ed, {k: v for k, v in opt.fit.items()
-                                                              if k in ("iterations", "prior_id", "prior_exp")}), log)
+                _guard(res, ["exp_rel_error_refit"], lambda: P.refit_error(data.model, ed, fit_opts), log)
+                if "floor" not in refit_cache:   # same photos for every checkpoint: once
+                    try:
+                        refit_cache["floor"] = P.refit_floor(data.model, ed.inputs, ed.p_fit, fit_opts)
+                    except Exception as e:  # noqa: BLE001 — the floor is context, not a metric
+                        refit_cache["floor"] = None
+                        log(f"  refit floor failed: {type(e).__name__}: {e}")
+                res.metrics["refit_real_floor"] = refit_cache["floor"]
         # Table 2
         presets = have = None
         if classifier is None:

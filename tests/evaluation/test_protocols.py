@@ -168,6 +168,12 @@ def test_refit_error_plumbing(monkeypatch):
     fit = LandmarkFitter(model, FitOptions(iterations=5, n_exp=30, device="cpu")).fit(np.stack([lms[i] for i in (0, 1, 3)]))
     ref = np.mean([np.linalg.norm(p_trg[i] - fit.p_exp[k]) / np.linalg.norm(p_trg[i]) for k, i in enumerate((0, 1, 3))])
     assert res["exp_rel_error_refit"] == pytest.approx(ref, rel=1e-5)
+    # the floor is the same measurement against the photos' own fits
+    assert protocols.refit_floor(model, outs, p_trg, {"iterations": 5}) == pytest.approx(ref, rel=1e-5)
+    monkeypatch.setattr(protocols, "_detector", lambda up: type("None", (), {"detect": lambda self, im: None})())
+    with pytest.raises(Unavailable, match="no face"):
+        protocols.refit_error(model, ed, {"iterations": 5})
+    assert protocols.refit_floor(model, outs, p_trg) is None
 
 
 def test_held_out_identity_is_stable():
