@@ -67,6 +67,10 @@ def _device(name: str) -> str:
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but no CUDA device is available (use auto or cpu)")
+    if not (name == "cpu" or name.startswith("cuda")):
+        raise ConfigError(f"unknown device {name!r} (auto, cpu, cuda, cuda:N)")
     return name
 
 
@@ -269,7 +273,7 @@ def evaluate(checkpoints: Sequence[str | Path], run: str | Path, out: str | Path
         log(f"evaluating {net.name} ({net.path})")
         res = _Result(net)
         res.metrics["classifier_real_acc"] = clf_real_acc
-        # Table 1
+        log("  Table 1: transfer on held-out 4DFAB renders")
         if data.fab is None:
             res.fail(["ied"], data.missing.get("fab", "no 4DFAB renders"))
         else:
@@ -277,7 +281,7 @@ def evaluate(checkpoints: Sequence[str | Path], run: str | Path, out: str | Path
             _guard(res, ["ied"], lambda: {("ied_pairs" if k == "n_pairs" else k): v for k, v in
                                           P.table1_ied(net, fab.images, fab.p_exp, fab.group, opt.pairs,
                                                        opt.seed).items()}, log)
-        # Table 4, identity, refit
+        log("  Table 4, identity, refit: edits of real test photos")
         ed = None
         edit_keys = ["d_rel_error_fit", "d_rel_error_trg", "identity_cos", "exp_rel_error_refit"]
         if real is None:
@@ -311,7 +315,7 @@ def evaluate(checkpoints: Sequence[str | Path], run: str | Path, out: str | Path
                         refit_cache["floor"] = None
                         log(f"  refit floor failed: {type(e).__name__}: {e}")
                 res.metrics["refit_real_floor"] = refit_cache["floor"]
-        # Table 2
+        log("  Table 2: discrete expressions")
         presets = have = None
         if classifier is None:
             res.fail(["expr_recognition_acc"], clf_reason or "no classifier")
@@ -321,7 +325,7 @@ def evaluate(checkpoints: Sequence[str | Path], run: str | Path, out: str | Path
             presets, have = P.expression_presets(net, lab_imgs, real.label[lab_all], N_CLASSES)
             _guard(res, ["expr_recognition_acc"], lambda: P.expression_recognition(
                 net, classifier, test_imgs, presets, have), log)
-        # Table 3
+        log("  Table 3: LRW-style sequences")
         if data.lrw_dir is None:
             res.fail(["lrw_ied"], data.missing.get("lrw", "no LRW sequences"))
         else:
@@ -333,6 +337,7 @@ def evaluate(checkpoints: Sequence[str | Path], run: str | Path, out: str | Path
         # figures
         figs[net.name] = []
         if opt.figures:
+            log("  figures")
             figs[net.name] = _figures(net, data, opt, out, renderer, names, presets, have, EXPRESSION_NAMES,
                                       test_idx, res, log, save_png)
         log(f"  {net.name}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"

@@ -50,3 +50,11 @@ def test_cli_errors_are_one_line(eval_run, checkpoints, tmp_path, capsys):
         lines = err.strip().splitlines()
         assert len(lines) == 1 and "error" in lines[0] and "Traceback" not in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_unknown_device_is_a_usage_error(eval_run, checkpoints, tmp_path, capsys):
+    from workflows.cli import main
+
+    rc = main(["evaluate", "--checkpoint", str(checkpoints["rad"]), "--data", str(eval_run), "--out",
+               str(tmp_path / "o"), "--device", "tpu"])
+    assert rc == 2 and "unknown device" in capsys.readouterr().err
