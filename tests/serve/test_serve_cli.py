@@ -7,12 +7,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import ROOT, slidergan
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -22,13 +23,13 @@ def params_file(tmp_path_factory):
     return path
 
 
-def test_edit_pastes_the_editor_output_back(tiny_world, serve_ckpt, serve_editor, params_file, tmp_path):
+def test_edit_pastes_the_editor_output_back(tiny_world, serve_ckpt, serve_editor, params_file, tmp_path, cli):
     from workflows.editor.fitbridge import read_landmarks_sidecar
     from workflows.editor.imaging import read_image_file
 
     photo = tiny_world / "emotionet" / "00002.jpg"
     out = tmp_path / "edited.png"
-    proc = slidergan("edit", photo, "--checkpoint", serve_ckpt, "--model", tiny_world / "model.h5",
+    proc = cli("edit", photo, "--checkpoint", serve_ckpt, "--model", tiny_world / "model.h5",
                      "--params", params_file, "--out", out, "--paste-back")
     assert f"wrote {out}" in proc.stdout and "landmarks sidecar" in proc.stdout
     got = np.asarray(Image.open(out))
@@ -48,7 +49,7 @@ def test_edit_pastes_the_editor_output_back(tiny_world, serve_ckpt, serve_editor
     ("ckpt", "checkpoint not found"),
     ("out", "--out must end in .png"),
 ])
-def test_edit_errors_are_one_line_exit_2(case, message, tiny_world, serve_ckpt, tmp_path):
+def test_edit_errors_are_one_line_exit_2(case, message, tiny_world, serve_ckpt, tmp_path, cli):
     photo = tiny_world / "emotionet" / "00000.jpg"
     p = tmp_path / "p.json"
     p.write_text({"short": "[1, 2, 3]", "json": "[1, 2,", "list": '"smile"'}.get(case, "[]"))
@@ -60,15 +61,15 @@ def test_edit_errors_are_one_line_exit_2(case, message, tiny_world, serve_ckpt, 
         image.write_text("hello")
     args = ["edit", image, "--checkpoint", tmp_path / "nope.pt" if case == "ckpt" else serve_ckpt,
             "--model", tiny_world / "model.h5", "--params", p, "--out", tmp_path / ("o.gif" if case == "out" else "o.png")]
-    proc = slidergan(*args, check=False)
+    proc = cli(*args, check=False)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr
     assert not (tmp_path / "o.png").exists()
 
 
-def test_serve_starts_answers_and_stops(tiny_world, serve_ckpt):
-    bad = slidergan("serve", "--checkpoint", serve_ckpt.parent / "missing.pt", check=False)
+def test_serve_starts_answers_and_stops(tiny_world, serve_ckpt, cli):
+    bad = cli("serve", "--checkpoint", serve_ckpt.parent / "missing.pt", check=False)
     assert bad.returncode == 2 and "checkpoint not found" in bad.stderr
     env = dict(os.environ, PYOPENGL_PLATFORM="osmesa")
     proc = subprocess.Popen([sys.executable, "-m", "workflows", "serve", "--checkpoint", serve_ckpt,

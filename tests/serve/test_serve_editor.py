@@ -9,7 +9,6 @@ import torch
 from PIL import Image
 
 from pipeline.config import ConfigError
-from tests.serve.conftest import TINY_MODEL_CONFIG, save_checkpoint
 from workflows.editor.app import SessionStore
 from workflows.editor.core import Editor, load_checkpoint
 from workflows.editor.imaging import ImageInputError, read_image_file
@@ -26,7 +25,7 @@ def demo_face(serve_editor, tiny_world):
 
 
 # ---------------------------------------------------------------- checkpoint + parameters
-def test_checkpoint_errors_are_one_line(tmp_path, tiny_world):
+def test_checkpoint_errors_are_one_line(tmp_path, tiny_world, make_checkpoint, tiny_model_config):
     with pytest.raises(ConfigError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "missing.pt")
     junk = tmp_path / "junk.pt"
@@ -37,21 +36,21 @@ def test_checkpoint_errors_are_one_line(tmp_path, tiny_world):
     torch.save({"format": "something-else/1"}, other)
     with pytest.raises(ConfigError, match="not a SliderGAN checkpoint"):
         load_checkpoint(other)
-    bad = save_checkpoint(tmp_path / "bad.pt")
+    bad = make_checkpoint(tmp_path / "bad.pt")
     ck = torch.load(bad, weights_only=True)
-    ck["model_config"] = dict(TINY_MODEL_CONFIG, g_conv_dim=16)  # weights no longer fit
+    ck["model_config"] = dict(tiny_model_config, g_conv_dim=16)  # weights no longer fit
     torch.save(ck, bad)
     with pytest.raises(ConfigError, match="do not match its model_config"):
         Editor.from_files(bad, tiny_world / "model.h5")
     with pytest.raises(ConfigError, match="no 3DMM found"):
-        Editor.from_files(save_checkpoint(tmp_path / "ok.pt"))
+        Editor.from_files(make_checkpoint(tmp_path / "ok.pt"))
 
 
-def test_model_found_next_to_a_run_checkpoint(tiny_world, tmp_path):
+def test_model_found_next_to_a_run_checkpoint(tiny_world, tmp_path, make_checkpoint):
     run = tmp_path / "run"
     run.mkdir()
     (run / "model.h5").symlink_to(tiny_world / "model.h5")
-    ck = save_checkpoint(run / "train" / "rad" / "checkpoints" / "latest.pt")
+    ck = make_checkpoint(run / "train" / "rad" / "checkpoints" / "latest.pt")
     ed = Editor.from_files(run / "train" / "rad")  # a training folder works too
     assert ed.n_params == 30 and ed.exp_names[:2] == ["jaw_open", "smile"]
     assert load_checkpoint(ck)["variant"] == "rad"
@@ -113,11 +112,12 @@ def test_edit_is_the_generator_output(serve_editor, demo_face):
     assert np.abs(serve_editor.edit(demo_face, p, use_cache=False).astype(int) - got.astype(int)).max() <= 1
 
 
-@pytest.mark.parametrize("config", [TINY_MODEL_CONFIG, dict(TINY_MODEL_CONFIG, c_dim=40, g_repeat=2)])
-def test_cached_generator_equals_the_generator(config):
+@pytest.mark.parametrize("change", [{}, {"c_dim": 40, "g_repeat": 2}])
+def test_cached_generator_equals_the_generator(change, tiny_model_config):
     from model.networks import build_networks
     from workflows.editor.core import CachedGenerator
 
+    config = dict(tiny_model_config, **change)
     torch.manual_seed(3)
     G, _ = build_networks(config)
     G.eval()
@@ -232,3 +232,19 @@ def test_api_edit_transfer_and_download(live_server, serve_editor, demo_face):
     st, body = srv.post_form("/api/photo", {"sid": SID, "slot": "transfer", "name": "00001.jpg"})
     assert st == 200 and len(body["p_regressed"]) == 30 and len(body["p_fit"]) == 30
     assert srv.get_json(f"/api/state?sid={SID}")[1]["transfer"] == "00001.jpg"
+
+
+def test_internal_error_is_one_line_and_the_server_keeps_serving(live_server, serve_editor, monkeypatch):
+    srv = live_server
+    sid = "test-session-0002"
+    assert srv.post_form("/api/photo", {"sid": sid, "slot": "main", "name": "00001.jpg"})[0] == 200
+
+    def broken(face, p):
+        raise RuntimeError("renderer exploded\nsecond line")
+
+    monkeypatch.setattr(serve_editor, "render_face", broken)
+    st, body = srv.post_json("/api/edit", {"sid": sid, "seq": 1, "p": [0.0] * 30})
+    assert st == 500 and body["error"] == "internal error: RuntimeError: renderer exploded"
+    monkeypatch.undo()
+    st, body = srv.post_json("/api/edit", {"sid": sid, "seq": 2, "p": [0.0] * 30})
+    assert st == 200 and body["seq"] == 2
