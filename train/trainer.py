@@ -53,6 +53,25 @@ class Phase:
         return self.epochs * self.batches_per_epoch
 
 
+def cap_phase_steps(steps: list[int], cap: int) -> list[int]:
+    """Steps run in each phase under a total cap (0 = no cap).
+
+    A cap shortens every phase in proportion to its length, each keeping >= 1 step while the
+    cap allows, so a smoke run still goes through the paired and the unpaired phase; the
+    last phase takes what is left (never more than its length)."""
+    total = sum(steps)
+    if cap <= 0 or cap >= total:
+        return list(steps)
+    out, left = [], cap
+    for i, n in enumerate(steps):
+        rest = len(steps) - 1 - i
+        share = left if rest == 0 else max(1, min(left - rest, int(cap * n / total)))
+        take = max(0, min(n, share))
+        out.append(take)
+        left -= take
+    return out
+
+
 def _dist_info() -> tuple[int, int]:
     """(rank, world) under torchrun (env WORLD_SIZE set), else (0, 1)."""
     if "WORLD_SIZE" not in os.environ:
@@ -170,17 +189,8 @@ class Trainer:
         total = sum(p.steps for p in phases)
         if total <= 0:
             raise ConfigError("nothing to train: 0 steps (fewer samples than one batch?)")
-        for p in phases:
-            p.run_steps = p.steps
-        if 0 < self.max_steps < total:
-            # a cap shortens every phase in proportion (each keeps >= 1 step), so smoke runs
-            # still go through the paired and the unpaired phase
-            left = self.max_steps
-            for i, p in enumerate(phases):
-                rest = len(phases) - 1 - i
-                share = left if rest == 0 else max(1, min(left - rest, int(self.max_steps * p.steps / total)))
-                p.run_steps = max(0, min(p.steps, share))
-                left -= p.run_steps
+        for p, n in zip(phases, cap_phase_steps([p.steps for p in phases], self.max_steps)):
+            p.run_steps = n
         self.total_steps = sum(p.run_steps for p in phases)
 
     def build_model(self) -> None:
