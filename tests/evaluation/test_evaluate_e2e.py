@@ -61,3 +61,27 @@ def test_rerun_is_idempotent(report, eval_run, checkpoints, tmp_path):
                       identity="pixels", lrw_pairs=4, figure_photos=2, figures=False)
     again = evaluate([checkpoints["speech"]], eval_run, tmp_path, opt, log=lambda m: None)
     assert again["rad"] == res["rad-2"]
+
+
+@pytest.mark.parametrize("keep", [("fits",), ("4dfab-params",)])
+def test_missing_stages_give_nulls_with_reasons(eval_run, checkpoints, tmp_path, keep):
+    import shutil
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in keep:
+        shutil.copytree(eval_run / name, run / name)
+    opt = EvalOptions(pairs=4, grid_params=1, grid_step=1.0, test_images=3, test_fraction=0.3, identity="pixels",
+                      figure_photos=2, figures=keep == ("4dfab-params",))
+    res = evaluate([checkpoints["rad"]], run, tmp_path / "E", opt, log=lambda m: None)["rad"]
+    if keep == ("fits",):
+        assert res["ied"] is None and "4dfab-params" in res["reasons"]["ied"]
+        assert res["d_rel_error_fit"] is not None
+    else:
+        assert res["ied"] is not None
+        for k in ("d_rel_error_fit", "d_rel_error_trg", "identity_cos", "expr_recognition_acc"):
+            assert res[k] is None and "fits" in res["reasons"][k]
+        assert (tmp_path / "E" / "rad" / "neutral.png").is_file()     # figures edit the 4DFAB renders
+    assert res["extra"]["lrw_ied"] is None and "lrw" in res["reasons"]["lrw_ied"]
+    page = (tmp_path / "E" / "index.html").read_text()
+    assert "missing model: no 3DMM" in page
