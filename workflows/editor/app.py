@@ -243,7 +243,7 @@ def create_app(editor: Editor, photos: str | Path | None = None, *, max_bytes: i
         if kind not in ("crop", "full"):
             raise ApiError(400, "kind must be crop or full")
         img = s.edited if kind == "crop" else editor.paste(s.face, s.edited)
-        stem = Path(s.face.key).stem or "photo"
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(s.face.key).stem)[:80] or "photo"
         return Response(encode_png(img, compress_level=6), media_type="image/png",
                         headers={"Content-Disposition": f'attachment; filename="{stem}-edited-{kind}.png"'})
 

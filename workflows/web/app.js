@@ -165,6 +165,7 @@
     fd.append("slot", slot);
     if (file) fd.append("file", file, file.name); else fd.append("name", name);
     if (slot === "main") {
+      S.dirty = false;
       if (S.inflight) S.inflight.abort();  // cancel the stale edit of the previous photo
       if (S.photoAbort) S.photoAbort.abort();
       S.photoAbort = new AbortController();
