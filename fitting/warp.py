@@ -601,6 +601,25 @@ class Warper:
         bg = inpaint(bg, foot)
         return WarpSource(shape_id, colours, vis, cam, bg, foot, align, space)
 
+    def _render_fast(self, V, C, camera, background) -> tuple[np.ndarray, np.ndarray]:
+        """``render.render(V, triangles_ext, C, camera, background, backend="fast")``'s image
+        and mask without its per-call argument checks and conversions (the mesh, triangles
+        and background are validated once per photo; ~30% of a warp's time went there).
+        Same camera transform and rasteriser; checked against ``render.render`` by the tests.
+        Returns ``(image float32 [H, W, 3], mask bool [H, W])``."""
+        from render.core import camera_transform
+        from render.raster import rasterize
+
+        Xc, uv, w = camera_transform(V, np.asarray(camera, np.float64))
+        tri, bary, _ = rasterize(uv, Xc[:, 2], w, self.triangles_ext, background.shape[:2])
+        mask = tri >= 0
+        ii, jj = np.nonzero(mask)
+        img = background.copy()
+        if len(ii):
+            t = self.triangles_ext[tri[ii, jj]]
+            img[ii, jj] = np.einsum("pk,pkc->pc", bary[ii, jj], C[t])
+        return img, mask
+
     def render(self, src: WarpSource, P, return_masks: bool = False):
         """Warps of one photo: ``P [k, E]`` normalised -> ``uint8 [k, size, size, 3]``
         (and ``bool [k, size, size]`` face masks, cavity included, if ``return_masks``)."""
@@ -612,8 +631,11 @@ class Warper:
         for i, V in enumerate(Vs):
             C = self.stretch.apply(V, src.colours, src.shape_id) if self.stretch is not None else src.colours
             Ve, Ce = self.with_cavity(V, C)
-            r = render(Ve, self.triangles_ext, Ce, src.camera, background=src.background, backend=self.backend)
-            img, mask = r.image, r.mask
+            if self.backend == "fast":
+                img, mask = self._render_fast(Ve, Ce, src.camera, src.background)
+            else:
+                r = render(Ve, self.triangles_ext, Ce, src.camera, background=src.background, backend=self.backend)
+                img, mask = r.image, r.mask
             if src.space == "full":
                 img = warp_affine(img, src.align, (self.size, self.size))
                 mask = warp_affine(mask[..., None].astype(np.float32), src.align, (self.size, self.size))[..., 0] > 0.5

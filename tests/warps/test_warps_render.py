@@ -284,3 +284,16 @@ def test_projection_exact_on_demo_model_expression_meshes(scene):
     p_id, p_exp = JointProjector(m)(S)
     np.testing.assert_allclose(p_exp, P, atol=2e-3)
     assert np.abs(p_id).max() < 2e-3
+
+
+def test_fast_render_path_equals_render_render(scene):
+    from render import render
+
+    w = scene.warper
+    src = w.prepare(scene.photo, scene.p_id, scene.p_exp, scene.cam, scene.align)
+    V = w.shapes(src.shape_id, np.eye(scene.model.n_exp, dtype=np.float32)[:1])[0]
+    Ve, Ce = w.with_cavity(V, src.colours)
+    img, mask = w._render_fast(Ve, Ce, src.camera, src.background)
+    ref = render(Ve, w.triangles_ext, Ce, src.camera, background=src.background)
+    np.testing.assert_array_equal(mask, ref.mask)
+    np.testing.assert_allclose(img, ref.image, atol=1e-5)
