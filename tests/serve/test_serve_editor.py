@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import urllib.request
 
 import numpy as np
 import pytest
@@ -248,3 +249,19 @@ def test_internal_error_is_one_line_and_the_server_keeps_serving(live_server, se
     monkeypatch.undo()
     st, body = srv.post_json("/api/edit", {"sid": sid, "seq": 2, "p": [0.0] * 30})
     assert st == 200 and body["seq"] == 2
+
+
+def test_api_upload_detects_the_face(live_server, tiny_world):
+    srv = live_server
+    sid = "test-session-0003"
+    data = (tiny_world / "emotionet" / "00000.jpg").read_bytes()
+    st, body = srv.post_form("/api/photo", {"sid": sid, "slot": "main"},
+                             {"file": ('my "odd"\tname.jpg', data, "image/jpeg")})
+    assert st == 200, body
+    assert body["landmarks"] == "detected" and body["fit_error"] < 0.25  # dlib, not the sidecar
+    status, _, _ = srv.request(f"/api/download?sid={sid}&kind=crop")
+    assert status == 200
+    req = urllib.request.Request(srv.url + f"/api/download?sid={sid}&kind=full")
+    with urllib.request.urlopen(req, timeout=60) as r:
+        disposition = r.headers["content-disposition"]
+    assert disposition == 'attachment; filename="my_odd_name-edited-full.png"'
