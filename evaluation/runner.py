@@ -228,6 +228,7 @@ def evaluate(checkpoints: Sequence[str | Path], run: str | Path, out: str | Path
         info["real test photos"] = f"{len(test_idx)} of {int(real.test.sum())} held-out-identity fits " \
                                    f"(test_fraction {opt.test_fraction}, hash split by identity)"
     classifier, clf_reason, clf_real_acc = None, None, None
+    clf_real_reason = "no expression classifier"
     if real is None:
         clf_reason = data.missing.get("real", "no real photos")
     else:
@@ -238,8 +239,12 @@ def evaluate(checkpoints: Sequence[str | Path], run: str | Path, out: str | Path
             try:
                 classifier = metrics.ExpressionClassifier(seed=opt.seed).fit(real.images[train_rows],
                                                                             real.label[train_rows])
-                if len(lab_test):
+                fallback = len(train_rows) != len(lab_train)
+                if len(lab_test) and not fallback:
                     clf_real_acc = metrics.accuracy(classifier.predict(real.images[lab_test]), real.label[lab_test])
+                else:
+                    clf_real_reason = ("the classifier was trained on the test identities too" if fallback
+                                       else "no labelled photos among the test identities")
                 info["expression classifier"] = (f"dlib 68-landmark geometry + logistic regression, trained on "
                                                  f"{len(train_rows)} labelled photos"
                                                  + ("" if len(train_rows) == len(lab_train) else
@@ -273,6 +278,8 @@ def evaluate(checkpoints: Sequence[str | Path], run: str | Path, out: str | Path
         log(f"evaluating {net.name} ({net.path})")
         res = _Result(net)
         res.metrics["classifier_real_acc"] = clf_real_acc
+        if clf_real_acc is None:
+            res.reasons["classifier_real_acc"] = clf_reason or clf_real_reason
         log("  Table 1: transfer on held-out 4DFAB renders")
         if data.fab is None:
             res.fail(["ied"], data.missing.get("fab", "no 4DFAB renders"))
