@@ -135,3 +135,25 @@ def test_demo_world_fits_match_truth(tiny_world, tiny_fits):
     crop_lm = np.einsum("nij,nkj->nki", A[:, :, :2], lm_true) + A[:, None, :, 2]
     assert crop_lm.min() > 0 and crop_lm.max() < 128
     np.testing.assert_allclose(apply_affine(A[0], lm_true[0]), crop_lm[0], atol=1e-3)
+
+
+def test_detected_landmarks_on_demo_photos(tiny_world, tmp_path):
+    """--landmarks detect: dlib on the demo photos; every photo is a row or a reject."""
+    from fitting.fit import interocular
+
+    out = tmp_path / "fits-detect"
+    slidergan("fit-emotionet", "--images", tiny_world / "emotionet", "--model", tiny_world / "model.h5",
+              "--out", out, "--workers", "1", "--no-progress", "--landmarks", "detect", timeout=600)
+    ds = ShardSet(out)
+    rejects = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
+    with h5py.File(tiny_world / "emotionet" / "truth.h5", "r") as f:
+        tkeys = [k.decode() if isinstance(k, bytes) else str(k) for k in f["key"][()]]
+        lm_true = f["landmarks"][()]
+    assert len(ds) + len(rejects) == len(tkeys)
+    assert len(ds) >= len(tkeys) // 2                         # dlib finds most synthetic faces
+    assert {r["reason"] for r in rejects} <= {"no face", "fit diverged", "too small"}
+    assert np.all(ds.read("lm_source") == 1)
+    rows = np.array([tkeys.index(k) for k in ds.read("key")])
+    nme = np.sqrt(((ds.read("lm_detected") - lm_true[rows]) ** 2).sum(-1).mean(-1)) / interocular(lm_true[rows])
+    assert np.median(nme) < 0.3                               # the detections are on the faces
+    assert np.all(np.isfinite(ds.read("p_exp")))

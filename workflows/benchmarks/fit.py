@@ -49,7 +49,9 @@ def run(ctx) -> dict:
     out: dict = {}
 
     fixed = LandmarkFitter(model, FitOptions.from_config(cfg, contour="fixed", device="cpu"))
-    dynamic = LandmarkFitter(model, FitOptions.from_config(cfg, contour="dynamic", device="cpu"))
+    sig_det = float(cfg.get("sigma_detected", 0.1))
+    dynamic = LandmarkFitter(model, FitOptions.from_config(cfg, contour="dynamic", sigma=sig_det, device="cpu"))
+    fixed_det = LandmarkFitter(model, FitOptions.from_config(cfg, contour="fixed", sigma=sig_det, device="cpu"))
     res = fixed.fit(lm)
     out["fit_exp_rel_error"] = float(np.mean(_rel(res.p_exp, p_true)))
     out["fit_lm_error"] = float(np.mean(res.fit_error))
@@ -84,8 +86,9 @@ def run(ctx) -> dict:
         out["fit_detect_nme"] = float(np.mean(np.sqrt(((D - lm[idx]) ** 2).sum(-1).mean(-1)) / interocular(lm[idx])))
         rd = dynamic.fit(D)
         out["fit_exp_rel_error_detected"] = float(np.mean(_rel(rd.p_exp, p_true[idx])))
-        rf = fixed.fit(D)
+        rf = fixed_det.fit(D)
         out["fit_exp_rel_error_detected_fixed_contour"] = float(np.mean(_rel(rf.p_exp, p_true[idx])))
+        out["fit_exp_rel_error_zero_prediction"] = 1.0          # reference: predicting p = 0
     else:
         out["fit_exp_rel_error_detected"] = None
 

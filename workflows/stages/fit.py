@@ -104,14 +104,17 @@ class FitStage(Stage):
 
         return _cached(("model", self.model_path, self._model_hash), lambda: MorphableModel.load(self.model_path))
 
-    def _fitter(self, model, contour: Optional[str] = None):
-        """The per-process cached landmark fitter; ``contour`` overrides fit.contour."""
+    def _fitter(self, model, source: int = 0):
+        """The per-process cached landmark fitter for landmarks from ``source`` (0 sidecar,
+        1 detected): ``fit.contour=auto`` is fixed for sidecars and dynamic for detections;
+        detections use the noise level ``fit.sigma_detected`` instead of ``fit.sigma``."""
         from fitting.fit import FitOptions, LandmarkFitter
 
-        c = contour or self.cfg.get("contour", "dynamic")
+        c = self.cfg.get("contour", "auto")
         if c == "auto":
-            c = "dynamic"
-        opts = FitOptions.from_config(self.cfg, contour=c)
+            c = "fixed" if source == 0 else "dynamic"
+        sigma = float(self.cfg.get("sigma", 0.005) if source == 0 else self.cfg.get("sigma_detected", 0.1))
+        opts = FitOptions.from_config(self.cfg, contour=c, sigma=sigma)
         return _cached(("fitter", self._model_hash, repr(opts)), lambda: LandmarkFitter(model, opts))
 
     def _landmarks(self, key: str, path: str, rgb: np.ndarray):
@@ -234,8 +237,8 @@ class FitStage(Stage):
             torch.set_num_threads(old)
 
     def _fit_batch(self, lms, rgbs, model, sources):
-        """``fit.contour=auto``: sidecar landmarks (source 0) use fixed landmark vertices,
-        detected ones (source 1) the dynamic silhouette contour (docs/fitting.md)."""
+        """Sidecar (source 0) and detected (source 1) landmarks are fitted as two batches
+        with their own options (see :meth:`_fitter`)."""
         from fitting.fit import FitResult
 
         lm = np.stack(lms) if lms else np.zeros((0, 68, 2))
@@ -243,15 +246,15 @@ class FitStage(Stage):
             from fitting.itw import ITWFitter
 
             fitter = _cached(("itw", self._model_hash, repr(sorted(self.cfg.items()))),
-                             lambda: ITWFitter(model, self.cfg, landmark_fitter=self._fitter(model, "fixed")))
+                             lambda: ITWFitter(model, self.cfg, landmark_fitter=self._fitter(model, 0)))
             return fitter.fit(rgbs, lm)
-        if self.cfg.get("contour", "dynamic") != "auto" or len(lm) == 0:
+        if len(lm) == 0:
             return self._fitter(model).fit(lm)
         parts = {}
-        for src, contour in ((0, "fixed"), (1, "dynamic")):
+        for src in (0, 1):
             idx = np.flatnonzero(sources == src)
             if len(idx):
-                parts[src] = (idx, self._fitter(model, contour).fit(lm[idx]))
+                parts[src] = (idx, self._fitter(model, src).fit(lm[idx]))
         first = next(iter(parts.values()))[1]
         out = {}
         for name in ("p_id", "p_exp", "camera", "lm_fitted", "fit_error", "converged"):
