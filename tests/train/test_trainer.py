@@ -57,15 +57,20 @@ def _free_port():
 
 def test_kill_and_resume_matches_uninterrupted_run(tiny_run, tmp_path):
     # 2 paired epochs x 6 batches + 5 unpaired x 2, capped at 20: 10 paired then 10 unpaired steps
+    from model.identity import IResNet
+    from train.checkpoint import save_identity_file
+    f_conf = {"layers": [1, 1, 1, 1], "width": 8, "input_size": 32, "num_features": 16}
+    save_identity_file(tmp_path / "F.pt", f_conf, IResNet(**f_conf).state_dict())
     args = ["--data", tiny_run, "--variant", "rad", "--steps", "20",
-            *_sets(["train.epochs_paired=2", "train.epochs_unpaired=5"])]
+            *_sets(["train.epochs_paired=2", "train.epochs_unpaired=5", "train.tensorboard=false",
+                    f"train.identity_weights={tmp_path / 'F.pt'}"])]
     # reference: uninterrupted, under torchrun-style env with world_size 1 (gloo backend)
     ddp_env = {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
                "MASTER_PORT": str(_free_port())}
     ref = _run_cli([*args, "--out", tmp_path / "ref"], env=ddp_env)
     # interrupted: slowed down per step, killed with SIGKILL after its step-10 checkpoint
     out = tmp_path / "killed"
-    victim = _run_cli([*args, "--out", out], env={"SLIDERGAN_TRAIN_STEP_DELAY": "0.4"})
+    victim = _run_cli([*args, "--out", out], env={"SLIDERGAN_TRAIN_STEP_DELAY": "0.25"})
     ck10 = out / "checkpoints" / "step-0000010.pt"
     deadline = time.time() + 120
     while not ck10.exists() and victim.poll() is None and time.time() < deadline:
