@@ -265,3 +265,17 @@ def test_api_upload_detects_the_face(live_server, tiny_world):
     with urllib.request.urlopen(req, timeout=60) as r:
         disposition = r.headers["content-disposition"]
     assert disposition == 'attachment; filename="my_odd_name-edited-full.png"'
+
+
+def test_speech_checkpoint_has_40_named_sliders(tmp_path, tiny_world, make_checkpoint, tiny_model_config, demo_face):
+    ck = make_checkpoint(tmp_path / "speech.pt", dict(tiny_model_config, c_dim=40))
+    ed = Editor.from_files(ck, tiny_world / "model.h5")
+    assert ed.n_params == 40 and ed.exp_names[30] == "viseme_aa" and ed.exp_names[:30] == ed.model.exp_names
+    protos = ed.prototypes()
+    assert all(len(v) == 40 and not any(v[30:]) for v in protos.values())
+    face = ed.prepare(demo_face.image, landmarks=demo_face.landmarks)
+    assert face.p_exp.shape == (40,)
+    p = np.zeros(40, np.float32)
+    p[35] = 1.0
+    assert ed.edit(face, p).shape == (64, 64, 3)
+    assert not np.array_equal(ed.render_face(face, p), ed.render_face(face, np.zeros(40)))  # speech basis moves the mesh
