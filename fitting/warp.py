@@ -261,7 +261,7 @@ def mirror_map(vertices, max_dist: float | None = None) -> np.ndarray:
 
 
 def fill_occluded(colours, known, points, mirror=None, k: int = 4, neighbours=None, rounds: int = 12,
-                  near_rounds: int = 2) -> np.ndarray:
+                  near_rounds: int = 2, ignore=None) -> np.ndarray:
     """Colours for the vertices that are not ``known``.
 
     ``colours [N, 3]`` (values of unknown vertices are ignored), ``known [N] bool``,
@@ -280,6 +280,9 @@ def fill_occluded(colours, known, points, mirror=None, k: int = 4, neighbours=No
        other side of the face, same skin);
     3. up to ``rounds`` more rounds;
     4. whatever is left: the weighted mean of its ``k`` nearest resolved vertices (KD-tree).
+
+    ``ignore [N] bool`` (unknown vertices whose colour does not matter): they take the mean
+    known colour, are never filled and never serve as a source.
     Returns float32 [N, 3]."""
     from scipy.spatial import cKDTree
 
@@ -289,7 +292,9 @@ def fill_occluded(colours, known, points, mirror=None, k: int = 4, neighbours=No
         return C
     if not known.any():
         return np.full_like(C, 0.5)
-    todo = np.nonzero(~known)[0]
+    mean = C[known].mean(0)
+    skip = np.zeros(len(C), bool) if ignore is None else (np.asarray(ignore, bool) & ~known)
+    todo = np.nonzero(~known & ~skip)[0]
 
     def grow(todo, n_rounds):
         for _ in range(n_rounds if neighbours is not None else 0):
@@ -327,6 +332,7 @@ def fill_occluded(colours, known, points, mirror=None, k: int = 4, neighbours=No
         wgt = 1.0 / np.maximum(d, 1e-9)
         wgt /= wgt.sum(1, keepdims=True)
         C[todo] = (C[src[idx]] * wgt[..., None]).sum(1)
+    C[skip] = mean
     return C
 
 
@@ -559,6 +565,9 @@ class Warper:
             else:
                 facing = nrm[:, 2]
             vis = vis & (facing > self.grazing)
+            away = facing < -0.3
+        else:
+            away = np.zeros(len(V), bool)
         known = vis.copy()
         hidden_mouth = self.interior & ~vis
         if hidden_mouth.any() and self.cavity is not None:
@@ -568,7 +577,11 @@ class Warper:
             t = self.interior_t[hidden_mouth, None]
             cols[hidden_mouth] = lip * (self.cavity.ring_colour * (1 - t) + self.cavity.centre_colour * t)
             known |= hidden_mouth
-        return fill_occluded(cols, known, self.points, self.mirror, neighbours=self.neighbours), vis
+        # vertices turned well away from the camera stay unseen whatever the expression (the
+        # camera is the photo's): they take the mean colour and skip the fill (~half its work
+        # on a turned face)
+        away &= ~known
+        return fill_occluded(cols, known, self.points, self.mirror, neighbours=self.neighbours, ignore=away), vis
 
     def prepare(self, photo, p_id, p_exp, camera, align) -> WarpSource:
         """Per-photo state: texture, render-space camera, inpainted background.

@@ -90,18 +90,21 @@ def _idw(C, P, i, cands, k):
     return sum(wi * C[j] for wi, (_, j) in zip(w / w.sum(), near))
 
 
-def _fill_reference(C, known, P, mirror, k=4, M=None, rounds=12, near_rounds=2):
+def _fill_reference(C, known, P, mirror, k=4, M=None, rounds=12, near_rounds=2, ignore=None):
     """Slow reference of fill_occluded: explicit loops, brute-force neighbour lists."""
     C = C.copy()
     n = len(C)
     res = known.copy()
+    mean = C[known].mean(0)
+    skip = np.zeros(n, bool) if ignore is None else ignore & ~known
+    res_or_skip = lambda i: res[i] or skip[i]  # noqa: E731
     lists = None if M is None else [
         sorted((j for j in range(n) if j != i), key=lambda j: (np.linalg.norm(P[i] - P[j]), j))[:M] for i in range(n)]
 
     def grow(n_rounds):
         for _ in range(n_rounds if lists is not None else 0):
             new = {i: _idw(C, P, i, [j for j in lists[i] if res[j]], k) for i in range(n)
-                   if not res[i] and sum(res[j] for j in lists[i]) >= k}
+                   if not res_or_skip(i) and sum(res[j] for j in lists[i]) >= k}
             if not new:
                 break
             for i, c in new.items():
@@ -109,15 +112,16 @@ def _fill_reference(C, known, P, mirror, k=4, M=None, rounds=12, near_rounds=2):
                 res[i] = True
 
     grow(near_rounds)
-    mirrored = [i for i in range(n) if not res[i] and mirror[i] >= 0 and res[mirror[i]]]
+    mirrored = [i for i in range(n) if not res_or_skip(i) and mirror[i] >= 0 and res[mirror[i]]]
     for i in mirrored:
         C[i] = C[mirror[i]]
         res[i] = True
     grow(rounds)
     src = [j for j in range(n) if res[j]]
     for i in range(n):
-        if not res[i]:
+        if not res_or_skip(i):
             C[i] = _idw(C, P, i, src, k)
+    C[skip] = mean
     return C
 
 
@@ -133,6 +137,9 @@ def test_fill_occluded_matches_reference():
         np.testing.assert_allclose(fill_occluded(C, known, P, mirror, neighbours=nearest_vertices(P, m)),
                                    _fill_reference(C, known, P, mirror, M=m), atol=1e-5)
     np.testing.assert_array_equal(got[known], C[known])  # visible colours untouched
+    ignore = rng.uniform(size=60) < 0.3
+    np.testing.assert_allclose(fill_occluded(C, known, P, mirror, neighbours=nearest_vertices(P, 12), ignore=ignore),
+                               _fill_reference(C, known, P, mirror, M=12, ignore=ignore), atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- the Warper
