@@ -4,10 +4,12 @@ For one fitted photo (identity ``p_id``, expression ``p_fit``, camera, 2x3 align
 
 1. **Texture** (once per photo): project the fitted shape with the fit camera, sample the
    full-resolution photo bilinearly at every vertex (:func:`render.sample_vertex_colours`).
-   Vertices the camera does not see (z-buffer test, or facing away: camera-frame normal
-   ``n_z < grazing``) take *no* colour from the photo; they are filled by
-   :func:`fill_occluded`: the mirrored vertex when that one is visible, else diffusion
-   from visible mesh neighbours, else the mean visible colour.
+   Vertices the camera does not see (z-buffer test, facing away: normal . view <
+   ``grazing``, or a bilinear sample touching a pixel off the face) take *no* colour from
+   the photo; they are filled by :func:`fill_occluded` (visible neighbours just beyond the
+   silhouette, then the mirrored vertex, then nearest resolved vertices); vertices turned
+   well away (normal . view < -0.3) can never show with the photo's camera and just take
+   the mean colour; the hidden inside of the mouth is dark.
 2. **Background** (once per photo): the photo resampled into the 128x128 crop with the
    fit's ``align``; the footprint of the *original* fitted face (its render mask, holes
    such as the mouth filled, dilated by ``dilate`` px) is inpainted from its surroundings
