@@ -423,6 +423,9 @@ class Trainer:
         rec = {"step": step, "phase": phase, "epoch": epoch}
         rec.update({k: s / n for k, (s, n) in sorted(acc.items())})
         rec["it_per_s"] = steps_done / max(1e-9, time.perf_counter() - t0)
+        self._say(f"step {step}/{self.total_steps} {phase} epoch {epoch}: "
+                  + " ".join(f"{k} {rec[k]:.4g}" for k in ("loss_d", "loss_g", "g_gen", "mask_mean") if k in rec)
+                  + f" ({rec['it_per_s']:.2f} it/s)")
         with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(rec) + "\n")
         tb = self._tb_writer(step)
@@ -493,6 +496,51 @@ class Trainer:
         every_ck, every_log, every_img = (max(1, int(t[k])) for k in ("checkpoint_every", "log_every", "image_every"))
         delay = float(os.environ.get("SLIDERGAN_TRAIN_STEP_DELAY", "0") or 0)   # test hook (kill -9 tests)
         last_saved = start
+        self._stop = None
+        restore = self._install_stop_handlers()
+        try:
+            step, last_saved = self._loop(step, t0, done, acc, every_ck, every_log, every_img, delay, last_saved)
+        finally:
+            restore()
+        if self.rank == 0 and last_saved != step:
+            ck.save_checkpoint(self.out, self.state(step), keep=int(t["keep_checkpoints"]))
+        if self._stop is not None:
+            self._say(f"stopped by {self._stop} at step {step}/{self.total_steps}; checkpoint saved, "
+                      "re-run the same command to resume")
+            return {"step": step, "total_steps": self.total_steps, "variant": self.variant.name,
+                    "stopped": self._stop}
+        self._say(f"done: {step} steps; checkpoint {ck.checkpoint_dir(self.out) / 'latest.pt'}")
+        return {"step": step, "total_steps": self.total_steps, "variant": self.variant.name}
+
+    def _install_stop_handlers(self):
+        """SIGTERM (SLURM pre-emption, ``scancel``) and SIGINT finish the current step, save a
+        checkpoint and stop; returns a function restoring the previous handlers."""
+        import signal
+        import threading
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        old = {}
+
+        def handler(signum, frame):  # noqa: ARG001
+            self._stop = signal.Signals(signum).name
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            old[sig] = signal.signal(sig, handler)
+        return lambda: [signal.signal(k, v) for k, v in old.items()]
+
+    def _should_stop(self) -> bool:
+        if self.world <= 1:
+            return self._stop is not None
+        import torch.distributed as dist
+        flag = torch.tensor([1.0 if self._stop is not None else 0.0],
+                            device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(flag)                     # every rank stops at the same step
+        if flag.item() > 0 and self._stop is None:
+            self._stop = "another rank"
+        return flag.item() > 0
+
+    def _loop(self, step, t0, done, acc, every_ck, every_log, every_img, delay, last_saved):
+        t = self.t
         while step < self.total_steps:
             ph, epoch, b = self.position(step)
             phase = self.phases[ph]
@@ -524,12 +572,11 @@ class Trainer:
                         last_saved = step
                 if delay:
                     time.sleep(delay)
+                if self._should_stop():
+                    return step, last_saved
                 if step >= phase_end:
                     break
-        if self.rank == 0 and last_saved != step:
-            ck.save_checkpoint(self.out, self.state(step), keep=int(t["keep_checkpoints"]))
-        self._say(f"done: {step} steps; checkpoint {ck.checkpoint_dir(self.out) / 'latest.pt'}")
-        return {"step": step, "total_steps": self.total_steps, "variant": self.variant.name}
+        return step, last_saved
 
 
 def _plain(obj: Any) -> Any:

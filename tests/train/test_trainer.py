@@ -168,3 +168,26 @@ def test_clear_errors(tmp_path, capsys):
     assert cli(["train", "--data", str(tmp_path / "emptyrun"), "--out", str(tmp_path / "t6"), *_sets()]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "shard set is empty (0 rows)" in err
+
+
+def test_sigterm_saves_a_checkpoint_and_stops(tiny_run, tmp_path, monkeypatch):
+    cfg = load_config(None, TINY_TRAIN + ["train.tensorboard=false", "train.checkpoint_every=100",
+                                          "train.epochs_paired=2"])
+    original = Trainer.train_step
+
+    def step_then_term(self, batch, paired, step):
+        m = original(self, batch, paired, step)
+        if step == 3:                                  # SLURM pre-emption in the middle of a run
+            os.kill(os.getpid(), signal.SIGTERM)
+        return m
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(Trainer, "train_step", step_then_term)
+    out = tmp_path / "t"
+    summary = Trainer(tiny_run, out, cfg, variant="rad-no-id", steps=8).run()
+    assert summary["stopped"] == "SIGTERM" and summary["step"] == 4
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert load_checkpoint(latest_checkpoint(out))["step"] == 4
+    monkeypatch.setattr(Trainer, "train_step", original)
+    summary = Trainer(tiny_run, out, cfg, variant="rad-no-id", steps=8).run()
+    assert summary["step"] == 8 and "stopped" not in summary

@@ -29,4 +29,6 @@ def run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     summary = Trainer(args.data, args.out, cfg, variant=args.variant, steps=args.steps,
                       echo=lambda m: print(m, flush=True)).run()
+    if summary.get("stopped"):
+        return 130 if summary["stopped"] == "SIGINT" else 143     # stopped early; a re-run resumes
     return 0 if summary["step"] >= summary["total_steps"] else 1
