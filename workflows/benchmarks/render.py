@@ -76,7 +76,7 @@ def run(ctx) -> dict:
     os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
     import render
 
-    n = 10 if ctx.quick else 30
+    n = 5 if ctx.quick else 30
     model, frames = _frames(ctx, n)
     T = model.trilist
     C = model.texture()
