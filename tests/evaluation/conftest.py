@@ -16,13 +16,6 @@ _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-try:  # two OpenMP threads on a busy 2-core machine thrash (20x slower than one)
-    import torch
-
-    torch.set_num_threads(1)
-except ImportError:  # pragma: no cover
-    pass
-
 SIZE = 32   # image side of the fixtures (the real crops are 128; everything reads the size from data)
 
 
@@ -138,3 +131,15 @@ def eval_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory):
     return build_checkpoints(tmp_path_factory.mktemp("ckpts"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """One torch thread while evaluation tests run (two OpenMP threads on a busy 2-core
+    machine thrash, ~20x slower); restored afterwards so other parts' tests are unaffected."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
