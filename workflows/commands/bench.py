@@ -20,7 +20,7 @@ from pathlib import Path
 from pipeline.config import ConfigError
 
 HELP = "run the benchmarks and write bench.json"
-AREAS = ["render", "pipeline", "fit", "warps", "loader", "train"]
+AREAS = ["render", "pipeline", "fit", "warps", "loader", "train", "editor"]
 BENCH_WORLD = ["demo.faces=64", "demo.identities=16", "demo.identities_4dfab=4", "demo.sessions_4dfab=2",
                "demo.frames_4dfab=4", "demo.lrw_sequences=2", "demo.lrw_frames=8"]
 
