@@ -88,6 +88,25 @@ def _best(values, better):
     return min(nums) if better == "lower" else max(nums)
 
 
+def _per_class_table(results: dict, names: list) -> list:
+    """Table 2 broken down by target expression (rows: checkpoints)."""
+    parts = []
+    per = {n: results[n]["metrics"].get("expr_per_class") for n in names}
+    if any(per.values()):
+        classes = sorted({int(c) for v in per.values() if v for c in v})
+        parts.append("<h3>Table 2 per target expression (share of edits recognised as the target)</h3>"
+                     "<table><tr><th class='name'>checkpoint</th>"
+                     + "".join(f"<th>{html.escape(EXPRESSIONS[c] if c < len(EXPRESSIONS) else str(c))}</th>"
+                               for c in classes) + "</tr>")
+        for n in names:
+            row = per[n] or {}
+            parts.append(f"<tr><td class='name'>{html.escape(n)}</td>" + "".join(
+                f"<td>{_fmt(row.get(str(c)))}</td>" if str(c) in row else "<td class='na'>—</td>"
+                for c in classes) + "</tr>")
+        parts.append("</table>")
+    return parts
+
+
 def render_html(results: dict, figures: dict, info: dict) -> str:
     """The report page. results {name: {...}}, figures {name: [(title, relpath), ...]}, info {k: v}."""
     names = list(results)
@@ -130,19 +149,8 @@ def render_html(results: dict, figures: dict, info: dict) -> str:
             parts.append("<ul class='reasons'>" + "".join(
                 f"<li>{html.escape(n)} / {html.escape(k)}: null — {html.escape(why)}</li>" for n, k, why in reasons)
                 + "</ul>")
-    per = {n: results[n]["metrics"].get("expr_per_class") for n in names}
-    if any(per.values()):
-        classes = sorted({int(c) for v in per.values() if v for c in v})
-        parts.append("<h3>Table 2 per target expression (share of edits recognised as the target)</h3>"
-                     "<table><tr><th class='name'>checkpoint</th>"
-                     + "".join(f"<th>{html.escape(EXPRESSIONS[c] if c < len(EXPRESSIONS) else str(c))}</th>"
-                               for c in classes) + "</tr>")
-        for n in names:
-            row = per[n] or {}
-            parts.append(f"<tr><td class='name'>{html.escape(n)}</td>" + "".join(
-                f"<td>{_fmt(row.get(str(c)))}</td>" if str(c) in row else "<td class='na'>—</td>"
-                for c in classes) + "</tr>")
-        parts.append("</table>")
+        if caption.startswith("Table 2"):
+            parts += _per_class_table(results, names)
     notes = [(n, k, v) for n in names for k, v in results[n].get("notes", {}).items()]
     if notes:
         parts.append("<h2>Notes</h2><ul class='note'>" + "".join(

@@ -61,6 +61,7 @@ def test_report_html_lists_nulls_with_reasons(tmp_path):
     assert "class='best'>0.01<" in html
     assert "class='na'>—<" in html                          # secondary numbers absent -> n/a, not null
     assert "<th>happiness</th><th>surprise</th>" in html and "<td>0.75</td>" in html
+    assert html.index("Table 2 —") < html.index("per target expression") < html.index("Table 3")
     assert not list(tmp_path.glob(".*tmp*"))               # no temp files left
 
 
