@@ -132,8 +132,13 @@ class Trainer:
             raise ConfigError(f"train.target must be shuffle|uniform|normal, got {t['target']!r}")
         self.rank, self.world = _dist_info()
         dev = t.get("device", "auto")
-        self.device = torch.device("cuda" if dev == "auto" and torch.cuda.is_available()
-                                   else ("cpu" if dev == "auto" else dev))
+        try:
+            self.device = torch.device("cuda" if dev == "auto" and torch.cuda.is_available()
+                                       else ("cpu" if dev == "auto" else dev))
+        except (RuntimeError, TypeError):
+            raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got {dev!r}") from None
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"train.device={dev} but no CUDA device is available (use auto or cpu)")
         if self.world > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             torch.cuda.set_device(self.device)

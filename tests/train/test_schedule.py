@@ -63,3 +63,9 @@ def test_step_cap_shortens_phases_in_proportion():
     assert cap_phase_steps([1000, 2], 10) == [9, 1]          # every phase keeps a step
     assert cap_phase_steps([5, 100], 50) == [2, 48]
     assert sum(cap_phase_steps([7, 3, 9], 11)) == 11
+
+
+def test_bad_device_is_a_config_error(tmp_path):
+    from pipeline.config import ConfigError
+    with pytest.raises(ConfigError, match="train.device must be"):
+        _trainer(tmp_path, ["train.device=gpu0"])
