@@ -104,10 +104,13 @@ def train_identity(run: str | Path, out: str | Path, cfg: Config, epochs: int | 
     torch.manual_seed(seed)
     stages, items, counts = collect_labels(run)
     conf = identity_config(cfg)
+    dev = t.get("device", "auto")
+    device = torch.device("cuda" if dev == "auto" and torch.cuda.is_available() else ("cpu" if dev == "auto" else dev))
     emb = IdentityEmbedder(conf)
     n_classes = int(items[:, 2].max()) + 1
     head = ArcMarginHead(conf["num_features"], n_classes, s=float(t["identity_scale"]),
                          m=float(t["identity_margin"]))
+    emb, head = emb.to(device), head.to(device)
     params = list(p for p in emb.parameters() if p.requires_grad) + list(head.parameters())
     opt = torch.optim.Adam(params, lr=float(t["identity_lr"]), weight_decay=5e-4)
     ds = LabelledImages(stages, items, conf["input_size"], seed)
@@ -116,7 +119,7 @@ def train_identity(run: str | Path, out: str | Path, cfg: Config, epochs: int | 
     loader = DataLoader(ds, batch_size=bs, shuffle=True, drop_last=True, generator=g,
                         num_workers=int(t["workers"]))
     n_epochs = int(t["identity_epochs"] if epochs is None else epochs)
-    echo(f"identity: {counts['classes']} classes, {len(ds)} images "
+    echo(f"identity on {device}: {counts['classes']} classes, {len(ds)} images "
          f"({', '.join(f'{k} {v}' for k, v in counts.items() if k != 'classes')}), {n_epochs} epochs")
     emb.train()
     t0, loss_v, acc = time.perf_counter(), float("nan"), float("nan")
@@ -129,8 +132,8 @@ def train_identity(run: str | Path, out: str | Path, cfg: Config, epochs: int | 
             if max_steps and steps >= max_steps:
                 break
             steps += 1
-            x = batch["image"]
-            y = batch["label"].long()
+            x = batch["image"].to(device, non_blocking=True)
+            y = batch["label"].long().to(device, non_blocking=True)
             e = emb.net(x)   # un-normalised features; the head normalises
             logits = head(e, y)
             loss = F.cross_entropy(logits, y)
@@ -147,5 +150,5 @@ def train_identity(run: str | Path, out: str | Path, cfg: Config, epochs: int | 
     emb.eval()
     meta = {"classes": counts["classes"], "images": len(ds), "epochs": n_epochs, "steps": steps, "loss": loss_v,
             "train_acc": acc, "seconds": time.perf_counter() - t0}
-    save_identity_file(out, conf, emb.net.state_dict(), meta)
+    save_identity_file(out, conf, emb.net.cpu().state_dict(), meta)
     return meta
