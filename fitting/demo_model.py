@@ -180,21 +180,25 @@ def _speech_fields(V: np.ndarray, L: np.ndarray) -> list[np.ndarray]:
 def _identity_basis(V: np.ndarray, n_id: int, rng: np.random.Generator, n_fields: int = 160):
     """PCA of random smooth deformations -> (U [3N, n_id] orthonormal, ev [n_id])."""
     N = len(V)
-    fields = np.empty((3 * N, n_fields), np.float64)
+    fields = np.empty((n_fields, N, 3), np.float64)
+    sq = (V ** 2).sum(1)
     for j in range(n_fields):
-        f = np.zeros((N, 3))
-        for _ in range(4):
-            centre = V[rng.integers(N)]
-            sigma = rng.uniform(0.25, 0.7)
-            f += _bump(V, centre, sigma, rng.normal(0, 0.05, 3))
+        centres = V[rng.integers(N, size=4)]                       # [4, 3]
+        sigmas = rng.uniform(0.25, 0.7, 4)
+        disp = rng.normal(0, 0.05, (4, 3))
+        d2 = sq[:, None] - 2.0 * V @ centres.T + (centres ** 2).sum(1)[None]   # [N, 4]
+        w = np.exp(-np.maximum(d2, 0.0) / (2.0 * sigmas[None] ** 2))
         # global anisotropic scaling (face width / height / depth) is part of identity too
-        f += V * rng.normal(0, 0.04, 3)[None]
-        fields[:, j] = f.reshape(-1)
+        fields[j] = w @ disp + V * rng.normal(0, 0.04, 3)[None]
+    fields = fields.reshape(n_fields, 3 * N).T                      # [3N, n_fields]
     fields -= fields.mean(1, keepdims=True)
-    U, s, _ = np.linalg.svd(fields, full_matrices=False)
-    U = U[:, :n_id]
+    # PCA through the small [n_fields, n_fields] Gram matrix (much cheaper than a thin SVD
+    # of the [3N, n_fields] matrix): F^T F = V diag(s^2) V^T, U = F V / s.
+    w, Vg = np.linalg.eigh(fields.T @ fields)
+    top = np.argsort(-w, kind="stable")[:n_id]
+    U = fields @ (Vg[:, top] / np.sqrt(w[top])[None])             # orthonormal columns
     U *= np.sign(U[np.abs(U).argmax(0), np.arange(n_id)])[None]  # deterministic sign
-    ev = (s[:n_id] ** 2) / (n_fields - 1)
+    ev = w[top] / (n_fields - 1)
     return U, ev
 
 
