@@ -108,6 +108,8 @@ class Project4DFABStage(Stage):
         self.correspondence = os.path.abspath(correspondence) if correspondence else None
         if self.cfg.get("method", "joint") not in METHODS:
             raise ConfigError(f"project.method must be one of {', '.join(METHODS)}")
+        if self.cfg.get("align", "none") not in ("none", "similarity"):
+            raise ConfigError("project.align must be none or similarity")
         tf = float(self.cfg.get("test_fraction", 0.17))
         if not 0.0 <= tf < 1.0:
             raise ConfigError(f"project.test_fraction must be in [0, 1), got {tf}")
