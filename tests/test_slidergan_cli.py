@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import slidergan
+from sgtest import slidergan
 from pipeline.config import ConfigError, load_config
 from workflows.cli import COMMANDS
 

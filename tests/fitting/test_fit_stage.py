@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.shards import ShardSet
-from conftest import slidergan
+from sgtest import slidergan
 
 from .fit_helpers import synthetic_faces, tiny_model, write_bad_inputs
 
