@@ -69,6 +69,7 @@ class FitOptions:
     contour: str = "dynamic"            # dynamic | fixed
     contour_weight: float = 1.0
     device: Optional[str] = None        # None: cuda when available, else cpu
+    max_batch: int = 256                # faces per internal batch (CPU caches: ~2x faster than 4096)
 
     @classmethod
     def from_config(cls, fit_cfg: dict, **over) -> "FitOptions":
@@ -329,6 +330,13 @@ class LandmarkFitter:
 
         from render.camera import project_torch
 
+        n = len(lm2d)
+        mb = max(1, int(self.opt.max_batch)) if self.device.type == "cpu" else n
+        if n > mb:
+            parts = [self.fit(lm2d[i:i + mb], None if weights is None else weights[i:i + mb])
+                     for i in range(0, n, mb)]
+            return FitResult(**{k: np.concatenate([getattr(r, k) for r in parts])
+                                for k in ("p_id", "p_exp", "camera", "lm_fitted", "fit_error", "converged")})
         y = torch.as_tensor(np.asarray(lm2d, np.float64), dtype=self.dtype, device=self.device)
         if y.ndim != 3 or y.shape[1:] != (68, 2):
             raise ValueError(f"landmarks must be [B, 68, 2], got {tuple(y.shape)}")

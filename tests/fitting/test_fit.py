@@ -141,6 +141,9 @@ def test_fit_is_deterministic_and_batch_independent(model):
     single = f.fit(lm[3:4])
     assert np.array_equal(a.p_exp, b.p_exp) and np.array_equal(a.camera, b.camera)
     np.testing.assert_allclose(single.p_exp[0], a.p_exp[3], atol=1e-6)
+    split = LandmarkFitter(model, FitOptions(device="cpu", max_batch=3)).fit(lm)   # internal batches
+    np.testing.assert_allclose(split.p_exp, a.p_exp, atol=1e-6)
+    np.testing.assert_allclose(split.lm_fitted, a.lm_fitted, atol=1e-4)
 
 
 def test_dynamic_contour_candidates_and_silhouette_choice(model):
