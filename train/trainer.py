@@ -462,6 +462,10 @@ class Trainer:
         from pipeline.lock import StageLock
         self.out.mkdir(parents=True, exist_ok=True)
         lock = StageLock(self.out).acquire() if self.rank == 0 else None
+        if lock is not None:                 # temp files of a killed run (we hold the lock)
+            from pipeline.atomic import remove_stale_temps
+            for folder in (self.out, ck.checkpoint_dir(self.out)):
+                remove_stale_temps(folder)
         try:
             return self._run()
         finally:

@@ -80,6 +80,7 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_run, tmp_path):
     assert victim.returncode == -signal.SIGKILL
     killed_at = load_checkpoint(latest_checkpoint(out))["step"]
     assert 10 <= killed_at < 20
+    (out / "checkpoints" / ".step-0000015.pt.tmp-host-1-dead").write_bytes(b"half a checkpoint")
     resumed = _run_cli([*args, "--out", out])
     text = resumed.communicate(timeout=180)[0]
     assert resumed.returncode == 0, text
@@ -94,6 +95,7 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_run, tmp_path):
         for k in a[net]:
             assert torch.equal(a[net][k], b[net][k]), f"{net}.{k} differs after resume"
     assert torch.equal(a["rng"]["target"], b["rng"]["target"])
+    assert not [p for p in (out / "checkpoints").iterdir() if ".tmp-" in p.name]    # stale temps removed
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [5, 10, 15, 20]                    # no duplicate lines from the resumed part
 
