@@ -245,7 +245,7 @@ def evaluate(checkpoints: Sequence[str | Path], run: str | Path, out: str | Path
                 else:
                     clf_real_reason = ("the classifier was trained on the test identities too" if fallback
                                        else "no labelled photos among the test identities")
-                info["expression classifier"] = (f"dlib 68-landmark geometry + logistic regression, trained on "
+                info["expression classifier"] = (f"dlib 68-landmark geometry + HOG, logistic regression, trained on "
                                                  f"{len(train_rows)} labelled photos"
                                                  + ("" if len(train_rows) == len(lab_train) else
                                                     " (including test identities: too few labelled train photos)"))

@@ -112,3 +112,25 @@ def test_identity_embedder_selection(tmp_path):
 
     with pytest.raises(ConfigError, match="not found"):
         make_identity_embedder(EvalOptions(identity=str(tmp_path / "nope.pt")), run, [ckpt])
+
+
+def test_hog_matches_pixel_loop():
+    """Each cell's histogram = sum over its pixels of |grad| into the orientation bin, L2-normalised."""
+    rng = np.random.default_rng(5)
+    im = rng.integers(0, 256, (1, 20, 24, 3), dtype=np.uint8)
+    got = metrics.hog_features(im, cell=8, bins=6)
+    from PIL import Image
+
+    a = np.asarray(Image.fromarray(im[0]).convert("L"), np.float64)
+    gy, gx = np.gradient(a)
+    ref = []
+    for ci in range(20 // 8):
+        for cj in range(24 // 8):
+            h = np.zeros(6)
+            for i in range(ci * 8, ci * 8 + 8):
+                for j in range(cj * 8, cj * 8 + 8):
+                    ang = math.atan2(gy[i, j], gx[i, j]) % math.pi
+                    h[min(int(ang / math.pi * 6), 5)] += math.hypot(gx[i, j], gy[i, j])
+            ref.append(h / (np.linalg.norm(h) + 1e-6))
+    assert got.shape == (1, 2 * 3 * 6)
+    assert got[0] == pytest.approx(np.concatenate(ref))
