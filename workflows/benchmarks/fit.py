@@ -100,7 +100,7 @@ def run(ctx) -> dict:
     out["fit_stage_faces_per_s"] = float(len(r.rows["key"]) / (time.perf_counter() - t0))
 
     # baseline: menpo3d ITW on a few faces
-    n_base = 2 if ctx.quick else 4
+    n_base = 2 if ctx.quick else 8
     try:
         from fitting.itw import ITWFitter
 
