@@ -136,12 +136,19 @@ def open_client(cluster: Any = "local", workers: int | None = None,
             yield client
         return
     n = cap(workers or int(profile.get("workers", 1)))
+    import shutil
+
     import dask
+
+    if shutil.which("sbatch") is None:
+        raise ConfigError("--cluster slurm: 'sbatch' not found (run on a SLURM login node, "
+                          "or use --cluster local / tcp://HOST:PORT)")
 
     with dask.config.set(QUIET_DASK):        # the scheduler runs in this process
         sc = slurm_cluster(profile)
     with sc:
         sc.scale(n=n)
         with Client(sc) as client:
-            log(f"dashboard: {client.dashboard_link}  (SLURM: {n} workers requested)")
+            log(f"dashboard: {client.dashboard_link}  (SLURM: {n} workers requested; "
+                "chunks start as jobs leave the queue)")
             yield client

@@ -45,3 +45,16 @@ def test_profile_file_and_errors(tmp_path):
         load_profile("pbs")
     with pytest.raises(ConfigError, match="cluster profile not found"):
         load_profile(str(tmp_path / "missing.yaml"))
+
+
+def test_slurm_without_sbatch_is_a_config_error(tmp_path):
+    import shutil
+
+    from pipeline.runner import run_stage
+    from pipeline.testing import ToyStage, make_toy_inputs
+
+    if shutil.which("sbatch"):
+        pytest.skip("a real SLURM is installed here")
+    inputs = make_toy_inputs(tmp_path / "in", 4)
+    with pytest.raises(ConfigError, match="'sbatch' not found"):
+        run_stage(ToyStage(inputs), tmp_path / "o", chunk_size=1, cluster="slurm", progress=False, log=None)
