@@ -1,6 +1,4 @@
-"""Fixtures for the evaluation tests: a tiny synthetic 3DMM, a run folder made with
-``pipeline.testing.make_stage`` (fits, 4dfab-params) plus LRW-style frames, and tiny random
-checkpoints in the ``slidergan-ckpt/1`` format (``model.networks.build_networks``).
+"""Fixtures for the evaluation tests (builders in ``evalfixtures.py``).
 
 Also makes ``import evaluation`` resolve to the package, not to this tests folder: the
 editable install's finder runs after the path finder, so without the repository root on
@@ -9,118 +7,14 @@ insertion) would shadow the ``evaluation`` package."""
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
+_HERE = Path(__file__).resolve().parent
+for _p in (str(_HERE.parents[1]), str(_HERE)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
 
-SIZE = 32   # image side of the fixtures (the real crops are 128; everything reads the size from data)
-
-
-def tiny_model(seed: int = 0, n_id: int = 5, n_exp: int = 30, n_speech: int = 10):
-    """A 14x14-vertex curved sheet with random orthonormal bases (fast to build and render)."""
-    from fitting.model import MorphableModel
-
-    rng = np.random.default_rng(seed)
-    g = 14
-    y, x = np.meshgrid(np.linspace(1, -1, g), np.linspace(-1, 1, g), indexing="ij")
-    z = 0.4 * np.exp(-(x ** 2 + y ** 2))
-    V = np.stack([x, y, z], -1).reshape(-1, 3) * 80.0
-    tris = []
-    for i in range(g - 1):
-        for j in range(g - 1):
-            a, b, c, d = i * g + j, i * g + j + 1, (i + 1) * g + j, (i + 1) * g + j + 1
-            tris += [[a, c, b], [b, c, d]]
-    N = len(V)
-
-    def basis(k):
-        q, _ = np.linalg.qr(rng.normal(size=(3 * N, k)))
-        return q.astype(np.float32)
-
-    return MorphableModel(mean=V.reshape(-1), U_id=basis(n_id), ev_id=np.linspace(30, 5, n_id) ** 2,
-                          U_exp=basis(n_exp), ev_exp=np.linspace(20, 2, n_exp) ** 2,
-                          U_speech=basis(n_speech) if n_speech else None,
-                          ev_speech=np.linspace(10, 2, n_speech) ** 2 if n_speech else None,
-                          trilist=np.array(tris), landmarks=rng.choice(N, 68, replace=False),
-                          source="tiny test model")
-
-
-def smooth_images(rng, n, size=SIZE):
-    """Smooth random RGB images uint8 [n, size, size, 3] (low-frequency noise, upsampled)."""
-    from PIL import Image
-
-    small = rng.integers(0, 256, (n, 6, 6, 3), dtype=np.uint8)
-    return np.stack([np.asarray(Image.fromarray(s).resize((size, size), Image.BILINEAR)) for s in small])
-
-
-def save_checkpoint(path, c_dim, variant, seed=0):
-    import torch
-
-    from model.networks import build_networks
-
-    cfg = {"image_size": SIZE, "c_dim": c_dim, "g_conv_dim": 4, "g_repeat": 1, "d_conv_dim": 4, "d_repeat": 3}
-    torch.manual_seed(seed)
-    G, D = build_networks(cfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"format": "slidergan-ckpt/1", "variant": variant, "step": 7, "phase": "unpaired",
-                "model_config": cfg, "G": G.state_dict(), "D": D.state_dict()}, path)
-    return path
-
-
-def build_eval_run(root: Path) -> Path:
-    """A run folder: model.h5, fits/ (24 photos, 8 identities, labels), 4dfab-params/
-    (4 identities x 2 sessions x 3 frames, identities 2-3 held out), lrw/ (2 x 4 frames)."""
-    import h5py
-    from PIL import Image
-
-    from pipeline.testing import make_stage
-    from render.camera import camera_fitting_view
-
-    model = tiny_model()
-    model.save(root / "model.h5")
-    rng = np.random.default_rng(0)
-    n = 24
-    ident = np.repeat(np.arange(8), 3)
-    label = np.array([(i % 8) - 1 for i in range(n)], np.int64)   # -1, 0..6 cycling
-    make_stage(root / "fits", "fit", {
-        "key": [f"img{i:03d}.jpg" for i in range(n)], "group": np.arange(n, dtype=np.int64),
-        "identity": ident.astype(np.int64), "image": smooth_images(rng, n),
-        "p_exp": rng.uniform(-1, 1, (n, 30)).astype(np.float32), "label": label}, chunk_size=10)
-    ids, sess, frame = np.meshgrid(np.arange(4), np.arange(2), np.arange(3), indexing="ij")
-    ids, sess = ids.ravel(), sess.ravel()
-    m = len(ids)
-    make_stage(root / "4dfab-params", "project-4dfab", {
-        "key": [f"{a}/{b}/{c}" for a, b, c in zip(ids, sess, frame.ravel())],
-        "group": (ids * 2 + sess).astype(np.int64), "identity": ids.astype(np.int64),
-        "session": sess.astype(np.int64), "image": smooth_images(rng, m),
-        "p_exp": rng.uniform(-1, 1, (m, 30)).astype(np.float32), "split": (ids >= 2).astype(np.int8)},
-        chunk_size=8)
-    lrw = root / "lrw"
-    keys, seqs, frames = [], [], []
-    cam = camera_fitting_view(model.mean.reshape(-1, 3), (48, 48), fill=0.6)
-    for s in range(2):
-        (lrw / f"seq{s}").mkdir(parents=True)
-        for f in range(4):
-            k = f"seq{s}/{f:03d}.jpg"
-            Image.fromarray(smooth_images(rng, 1, 48)[0]).save(lrw / k, quality=95)
-            keys.append(k), seqs.append(s), frames.append(f)
-    with h5py.File(lrw / "truth.h5", "w") as h:
-        h["key"] = np.array(keys, object).astype("S")
-        h["sequence"] = np.array(seqs, np.int64)
-        h["frame"] = np.array(frames, np.int64)
-        h["identity"] = np.array(seqs, np.int64)
-        h["p_id"] = rng.normal(size=(8, 5)).astype(np.float32) * 0.3
-        h["p_exp"] = rng.uniform(-1, 1, (8, 40)).astype(np.float32)
-        h["camera"] = np.repeat(cam[None].astype(np.float32), 8, 0)
-    return root
-
-
-def build_checkpoints(root: Path) -> dict:
-    return {"rad": save_checkpoint(root / "rad" / "latest.pt", 30, "rad", seed=1),
-            "speech": save_checkpoint(root / "speech" / "latest.pt", 40, "rad", seed=2),
-            "ganimation": save_checkpoint(root / "gan" / "latest.pt", 30, "ganimation", seed=3)}
+from evalfixtures import build_checkpoints, build_eval_run  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -144,7 +144,7 @@ def test_expression_presets_and_recognition():
 
 def test_refit_error_plumbing(monkeypatch):
     """Landmarks of known faces go through the real fitter; undetected edits are counted."""
-    from conftest import tiny_model
+    from evalfixtures import tiny_model
     from fitting.fit import FitOptions, LandmarkFitter
     from render.camera import camera_fitting_view, project
 
