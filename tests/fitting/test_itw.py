@@ -59,3 +59,23 @@ def test_short_itw_fit_is_finite_close_and_deterministic(tiny_world, itw):
     assert a.p_exp.shape == (1, itw.e) and a.camera.shape == (1, 7)
     assert a.fit_error[0] < 0.1                                      # landmark term keeps it on the face
     np.testing.assert_array_equal(a.p_exp, b.p_exp)
+
+
+def test_fit_emotionet_with_itw_fitter(tiny_world, tmp_path):
+    """--fitter itw through the stage on two listed demo photos (root = the photo folder)."""
+    from pipeline.shards import ShardSet
+
+    from conftest import slidergan
+
+    with h5py.File(tiny_world / "emotionet" / "truth.h5", "r") as f:
+        keys = [k.decode() if isinstance(k, bytes) else str(k) for k in f["key"][:2]]
+    lst = tmp_path / "two.txt"
+    lst.write_text("\n".join(keys) + "\n")
+    out = tmp_path / "fits-itw"
+    slidergan("fit-emotionet", "--images", lst, "--root", tiny_world / "emotionet", "--model",
+              tiny_world / "model.h5", "--out", out, "--fitter", "itw", "--workers", "1", "--no-progress",
+              "--set", "fit.itw_iterations=2", timeout=600)
+    ds = ShardSet(out)
+    assert sorted(ds.read("key").tolist()) == sorted(keys)
+    assert ds.attrs["fitter"] == "itw"
+    assert np.all(np.isfinite(ds.read("p_exp"))) and np.all(ds.read("fit_error") < 0.1)
