@@ -207,3 +207,17 @@ def test_empty_input_gives_an_empty_complete_stage(tmp_path):
     assert rep.ok and rep.n_chunks == 0
     ds = ShardSet(tmp_path / "o")
     assert len(ds) == 0 and ds.rejects() == []
+
+
+def test_shards_info_and_verify_on_an_incomplete_stage(inputs, tmp_path):
+    from workflows.commands.shards import info, verify
+
+    out = tmp_path / "o"
+    _run(ToyStage(inputs, fail_chunks=[2]), out)
+    summary = info(out)
+    assert summary["complete"] is False and list(summary["failed"]) == ["2"]
+    # chunks 0, 1, 3 hold 10 inputs, one of them (4) unreadable
+    assert summary["rows"] == len(ShardSet(out, allow_incomplete=True)) == 9
+    assert summary["datasets"]["image"]["shape"] == [9, 8, 8, 3]
+    problems = verify(out)
+    assert len(problems) == 1 and "incomplete" in problems[0]
