@@ -183,7 +183,7 @@ class ShardSet:
     ``len(ds)`` rows; ``ds.datasets`` {name: (dtype, shape [N, ...])}; ``ds.attrs`` stage
     metadata (name, params, params_hash, model_hash, code_version and the stage's attrs);
     ``ds.read(name)`` a whole column [N, ...]; ``ds.read(name, idx)`` rows at int / slice /
-    int array idx; ``ds.row(i)`` {name: value}; ``ds.keys()`` the ``key`` column as list[str];
+    int array (any order, repeats) / bool mask [N]; ``ds.row(i)`` {name: value}; ``ds.keys()`` the ``key`` column as list[str];
     ``ds.rejects()`` the stage's rejects.  Strings come back as ``str`` (object arrays).
     """
 
@@ -307,7 +307,12 @@ class ShardSet:
             return self._read_local(s, name, int(i - self.offsets[s]))
         if isinstance(idx, slice):
             idx = np.arange(N)[idx]
-        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        idx = np.asarray(idx)
+        if idx.dtype == bool:
+            if idx.shape != (N,):
+                raise IndexError(f"boolean mask of shape {idx.shape} for {N} rows")
+            idx = np.nonzero(idx)[0]
+        idx = idx.astype(np.int64).reshape(-1)
         idx = np.where(idx < 0, idx + N, idx)
         if idx.size and (idx.min() < 0 or idx.max() >= N):
             raise IndexError(f"rows out of range for {N} rows")

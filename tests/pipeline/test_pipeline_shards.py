@@ -76,6 +76,9 @@ def test_shardset_matches_concatenated_reference(tmp_path):
     assert list(ds.read("key", idx)) == [rows["key"][i] for i in idx]
     np.testing.assert_array_equal(ds.read("p_exp", slice(3, 17, 2)), rows["p_exp"][3:17:2])
     np.testing.assert_array_equal(ds.read("p_exp", -1), rows["p_exp"][-1])
+    mask = rows["identity"] > 1
+    np.testing.assert_array_equal(ds.read("p_exp", mask), rows["p_exp"][mask])
+    assert ds.read("image", []).shape == (0, 16, 16, 3)
     row = ds.row(11)
     assert row["key"] == rows["key"][11] and np.array_equal(row["image"], rows["image"][11])
     assert ds.rejects() == [{"key": "bad.jpg", "reason": "no face", "detail": ""}]
