@@ -10,7 +10,7 @@ import pytest
 from pipeline.shards import ShardSet
 from sgtest import slidergan
 
-from .fit_helpers import synthetic_faces, tiny_model, write_bad_inputs
+from fit_helpers import synthetic_faces, tiny_model, write_bad_inputs
 
 
 @pytest.fixture(scope="module")
