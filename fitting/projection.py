@@ -37,6 +37,15 @@ def _offsets(model, S) -> tuple[np.ndarray, bool]:
     return d, batched
 
 
+def _at(U, d) -> np.ndarray:
+    """``U^T d`` in float64: ``U [3N, k]``, ``d [3N, B]`` -> ``[k, B]``.
+
+    Through ``np.einsum`` (numpy's own loops), not BLAS: a multi-threaded BLAS splits the
+    3N-long reduction by thread count, so results would differ in the last bits between a
+    2-thread process and a 1-thread Dask worker; the stages promise byte-identical output."""
+    return np.einsum("ni,nb->ib", np.asarray(U, np.float64), np.asarray(d, np.float64))
+
+
 def project_expression(model, S) -> np.ndarray:
     """The paper's projection, normalised: ``U_exp^T (S - s_bar) / sqrt(ev_exp)``.
 
@@ -47,8 +56,7 @@ def project_expression(model, S) -> np.ndarray:
         ``[E]`` or ``[B, E]`` float32 normalised expression parameters.
     """
     d, batched = _offsets(model, S)
-    U = np.asarray(model.U_exp)
-    p = (U.T.astype(np.float64) @ d) if U.dtype == np.float64 else (U.T @ d.astype(U.dtype)).astype(np.float64)
+    p = _at(np.asarray(model.U_exp), d)
     p = p / np.sqrt(np.asarray(model.ev_exp, dtype=np.float64))[:, None]
     p = p.T.astype(np.float32)
     return p if batched else p[0]
@@ -72,11 +80,7 @@ class JointProjector:
         U_exp = np.asarray(model.U_exp)
         ev = np.concatenate([np.asarray(model.ev_id, np.float64)[:k], np.asarray(model.ev_exp, np.float64)])
         self.sqrt_ev = np.sqrt(ev)
-        G = np.empty((k + U_exp.shape[1],) * 2)
-        G[:k, :k] = U_id.T.astype(np.float64) @ U_id
-        G[k:, k:] = U_exp.T.astype(np.float64) @ U_exp
-        G[:k, k:] = U_id.T.astype(np.float64) @ U_exp
-        G[k:, :k] = G[:k, k:].T
+        G = _at(np.concatenate([U_id, U_exp], 1), np.concatenate([U_id, U_exp], 1))
         if self.ridge > 0:
             G[np.diag_indices_from(G)] += self.ridge / ev
         # pseudo-inverse through the symmetric eigendecomposition: robust to (near) rank
@@ -90,9 +94,8 @@ class JointProjector:
         k = self.n_id
         U_id = np.asarray(self.model.U_id)[:, :k]
         U_exp = np.asarray(self.model.U_exp)
-        dd = d.astype(U_exp.dtype)
-        rhs = np.concatenate([(U_id.T @ dd).astype(np.float64), (U_exp.T @ dd).astype(np.float64)])
-        c = (self.G_pinv @ rhs) / self.sqrt_ev[:, None]
+        rhs = np.concatenate([_at(U_id, d), _at(U_exp, d)])
+        c = np.einsum("ij,jb->ib", self.G_pinv, rhs) / self.sqrt_ev[:, None]
         p_id, p_exp = c[:k].T.astype(np.float32), c[k:].T.astype(np.float32)
         return (p_id, p_exp) if batched else (p_id[0], p_exp[0])
 

@@ -208,3 +208,21 @@ def test_project_4dfab_rejects_and_correspondence(tiny_world, tmp_path):
                     correspondence=str(tmp_path / "bad.txt"))
     with pytest.raises(ConfigError, match="project.method"):
         build_stage(str(meshes), str(tiny_world / "model.h5"), {"method": "magic"})
+
+
+def test_projection_bits_do_not_depend_on_thread_count(tiny_world):
+    """Stages promise byte-identical datasets whatever the worker layout: the projections
+    must not depend on how many BLAS threads a process runs."""
+    code = ("import sys, numpy as np; from fitting.model import MorphableModel; "
+            "from fitting.projection import JointProjector, project_expression; "
+            "m = MorphableModel.load(sys.argv[1]); rng = np.random.default_rng(0); "
+            "S = m.instance(rng.normal(size=m.n_id).astype(np.float32), rng.uniform(-1, 1, m.n_exp).astype(np.float32)); "
+            "a, b = JointProjector(m)(S); sys.stdout.write((np.r_[a, b, project_expression(m, S)]).tobytes().hex())")
+    outs = []
+    for t in ("1", "2"):
+        env = dict(os.environ, OMP_NUM_THREADS=t, OPENBLAS_NUM_THREADS=t, MKL_NUM_THREADS=t)
+        p = subprocess.run([sys.executable, "-c", code, str(tiny_world / "model.h5")], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-1000:]
+        outs.append(p.stdout)
+    assert outs[0] == outs[1] and len(outs[0]) > 100
