@@ -68,8 +68,8 @@ def fold_align(camera, align) -> np.ndarray:
 def warp_affine(image, align, size: tuple[int, int]) -> np.ndarray:
     """Resample ``image [H, W, C]`` (uint8 or float) into ``size = (h, w)`` such that output
     pixel centre ``q`` shows the input at ``align^-1 q`` (pixel-corner origin, centres at
-    ``+0.5``, bilinear, border clamped).  Returns float32 [h, w, C] in the input's scale
-    divided to [0, 1] for uint8."""
+    ``+0.5``, bilinear, black outside the input like the fit's crops).  Returns float32
+    [h, w, C] (uint8 input scaled to [0, 1])."""
     from scipy.ndimage import map_coordinates
 
     img = np.asarray(image)
@@ -81,7 +81,7 @@ def warp_affine(image, align, size: tuple[int, int]) -> np.ndarray:
     u = Ai[0, 0] * jj + Ai[0, 1] * ii + Ai[0, 2]
     v = Ai[1, 0] * jj + Ai[1, 1] * ii + Ai[1, 2]
     coords = np.stack([v - 0.5, u - 0.5])
-    out = [map_coordinates(imgf[..., c], coords, order=1, mode="nearest") for c in range(imgf.shape[2])]
+    out = [map_coordinates(imgf[..., c], coords, order=1, mode="constant", cval=0.0) for c in range(imgf.shape[2])]
     return np.stack(out, -1).astype(np.float32)
 
 
