@@ -150,6 +150,8 @@ class FitStage(Stage):
         size = int(cfg.get("crop_size", 128))
         max_pixels = int(cfg.get("max_pixels", 64_000_000))
         min_face = float(cfg.get("min_face_px", 40))
+        ref = reference_shape(model.mean_shape[model.landmarks], size)
+        keep_rgb = cfg.get("fitter", "landmarks") == "itw"        # ITW fits the full photo
         rejects, items = [], []
         for key in keys:
             path = self.inputs.paths[key]
@@ -164,7 +166,9 @@ class FitStage(Stage):
                 face = 2.5 * float(interocular(lm))
                 if face < min_face:
                     raise Reject("too small", f"face {face:.0f} px < fit.min_face_px={min_face:g}")
-                items.append((key, rgb, lm, src))
+                A = similarity_transform(lm, ref)                   # crop now: keep no full photo
+                crop = warp_crop(rgb, A, size)
+                items.append((key, rgb if keep_rgb else None, lm, src, A, crop))
             except Reject as e:
                 rejects.append({"key": key, "reason": e.reason, "detail": e.detail})
             except Exception as e:  # noqa: BLE001 — a bad input is a reject, never a crash
@@ -172,19 +176,17 @@ class FitStage(Stage):
 
         fits = self._fit([it[2] for it in items], [it[1] for it in items], model,
                          np.array([it[3] for it in items], np.int64))
-        ref = reference_shape(model.mean_shape[model.landmarks], size)
         max_err = float(cfg.get("max_fit_error", 0.25))
         cols = {k: [] for k in ("key", "group", "identity", "label", "image", "p_exp", "p_id", "camera",
                                 "lm_detected", "lm_fitted", "align", "fit_error", "lm_source")}
         if self.inputs.au is not None:
             cols["au"] = []
-        for i, (key, rgb, lm, src) in enumerate(items):
+        for i, (key, _, lm, src, A, crop) in enumerate(items):
             err = float(fits.fit_error[i])
             if not fits.converged[i] or not np.isfinite(err) or err > max_err:
                 rejects.append({"key": key, "reason": "fit diverged",
                                 "detail": f"landmark error {err:.3f} x inter-ocular > fit.max_fit_error={max_err:g}"})
                 continue
-            A = similarity_transform(lm, ref)
             ident, label = self.metadata.get(key, (-1, -1))
             au = None
             if self.inputs.au is not None:
@@ -196,7 +198,7 @@ class FitStage(Stage):
             cols["group"].append(key_group(key))
             cols["identity"].append(ident)
             cols["label"].append(label)
-            cols["image"].append(warp_crop(rgb, A, size))
+            cols["image"].append(crop)
             cols["p_exp"].append(fits.p_exp[i])
             cols["p_id"].append(fits.p_id[i])
             cols["camera"].append(fits.camera[i])
