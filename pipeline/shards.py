@@ -3,9 +3,9 @@
 Writer: :func:`write_shard` writes one chunk of row-aligned datasets to a temporary name
 and renames it.  Outputs are byte-identical for identical rows: ``track_times=False`` on
 every dataset, a fixed HDF5 file-format version (``libver=("v110", "v110")``), datasets
-and attributes written in sorted order, no timestamps anywhere.  Arrays with 3 or more
-dimensions (images) get one row per HDF5 chunk, so random access reads one image; 1-2-D
-columns are contiguous.  Strings are UTF-8 variable-length.  Per-chunk rejects are kept
+and attributes written in sorted order, no timestamps anywhere.  Images [n,H,W,C] (any
+4+-D array, or 3-D with rows of >= 4 KiB) get one row per HDF5 chunk, so random access
+reads one image; other columns are contiguous.  Strings are UTF-8 variable-length.  Per-chunk rejects are kept
 inside the shard (hidden dataset ``_rejects``, one JSON object per row), so a shard and
 its rejects are committed by the same rename and can never disagree after a kill.
 
@@ -34,6 +34,10 @@ REJECTS_FILE = "rejects.jsonl"
 REJECTS_DATASET = "_rejects"
 LIBVER = ("v110", "v110")
 STR_DTYPE = h5py.string_dtype("utf-8")
+# images [n,H,W,C] (and other 4+-D data, or 3-D data with rows this big, e.g. masks) get
+# one HDF5 chunk per row; small 3-D rows (landmarks [68,2], affines [2,3]) stay contiguous
+# so whole-column reads stay one I/O
+ROW_CHUNK_MIN_BYTES = 4096
 
 
 class ShardError(ConfigError):
@@ -119,7 +123,7 @@ def write_shard(path: str | os.PathLike, rows: Mapping[str, Any], *, stage: str,
             for name, arr in data.items():
                 if arr.dtype == object:
                     f.create_dataset(name, shape=arr.shape, dtype=STR_DTYPE, data=arr, track_times=False)
-                elif arr.ndim >= 3 and n > 0:
+                elif n > 0 and (arr.ndim >= 4 or (arr.ndim == 3 and arr[0].nbytes >= ROW_CHUNK_MIN_BYTES)):
                     f.create_dataset(name, data=arr, chunks=(1,) + arr.shape[1:],
                                      compression=compression, track_times=False)
                 else:

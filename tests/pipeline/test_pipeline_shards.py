@@ -154,3 +154,11 @@ def test_shardset_in_torch_dataloader_workers(tmp_path):
             seen[i] = row
     assert sorted(seen) == list(range(23))
     np.testing.assert_array_equal(np.stack([seen[i] for i in range(23)]), rows["p_exp"])
+
+
+def test_small_multidim_rows_are_contiguous(tmp_path):
+    lm = np.zeros((4, 68, 2), np.float32)
+    write_shard(tmp_path / "s.h5", {"lm": lm, "image": np.zeros((4, 32, 32, 3), np.uint8)}, stage="s",
+                chunk=0, params_hash="p")
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        assert f["lm"].chunks is None and f["image"].chunks == (1, 32, 32, 3)
