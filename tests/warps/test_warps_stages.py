@@ -226,3 +226,29 @@ def test_projection_bits_do_not_depend_on_thread_count(tiny_world):
         assert p.returncode == 0, p.stderr[-1000:]
         outs.append(p.stdout)
     assert outs[0] == outs[1] and len(outs[0]) > 100
+
+
+def test_missing_photos_are_rejects_not_failures(tiny_fits, tiny_world, tmp_path):
+    import shutil
+
+    from pipeline.config import load_config
+    from pipeline.runner import run_stage
+    from workflows.stages.warps import build_stage
+
+    fits = ShardSet(tiny_fits)
+    keys = fits.keys()[:3]
+    images = tmp_path / "images"
+    images.mkdir()
+    src_root = Path(fits.attrs["params"]["root"])
+    shutil.copy(src_root / keys[0], images / keys[0])
+    (images / keys[1]).write_bytes(b"not a jpeg")
+    cfg = {**load_config().section("warps"), "faces": 100, "per_face": 2}
+    stage = build_stage(str(tiny_fits), str(tiny_world / "model.h5"), cfg, images=str(images))
+    stage.keys = keys                                  # three photos: present, corrupt, missing
+    out = tmp_path / "w"
+    rep = run_stage(stage, out, chunk_size=3, cluster="inprocess", progress=False, log=None)
+    assert rep.ok and rep.n_rows == 2
+    rejects = {r["key"]: r for r in map(json.loads, (out / "rejects.jsonl").read_text().splitlines())}
+    assert set(rejects) == {keys[1], keys[2]}
+    assert all(r["reason"].startswith("photo") for r in rejects.values())
+    assert ShardSet(out).keys() == [f"{keys[0]}#00", f"{keys[0]}#01"]
