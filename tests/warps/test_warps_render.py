@@ -304,3 +304,34 @@ def test_fast_render_path_equals_render_render(scene):
     ref = render(Ve, w.triangles_ext, Ce, src.camera, background=src.background)
     np.testing.assert_array_equal(mask, ref.mask)
     np.testing.assert_allclose(img, ref.image, atol=1e-5)
+
+
+def test_mouth_cavity_closes_a_mouth_hole():
+    """A flat 'face' with a hole where the mouth is: rendered plainly the background shows
+    through the hole; with the cavity cap the hole is dark (below the lip colour)."""
+    from fitting.warp import MouthCavity
+    from render import render
+    from render.camera import make_camera
+
+    n = 21
+    V, T = _grid(n)
+    V = (V - (n - 1) / 2) / ((n - 1) / 2)            # [-1, 1]^2, z = 0
+    centre = (n // 2) * n + n // 2
+    hole = [centre - 1, centre, centre + 1]           # a 3-vertex slit
+    T = T[~np.isin(T, hole).any(1)]
+    lm = np.zeros(68, np.int64)
+    lm[48], lm[54] = centre - 3, centre + 3           # mouth corners
+    lm[60:68] = centre - 2                            # inner lip: next to the hole
+    cav = MouthCavity.find(T, V, lm)
+    assert cav is not None and len(cav.loop) >= 6
+    C = np.full((len(V), 3), 0.8, np.float32)
+    cam = make_camera(scale=40.0, tx=48.0, ty=48.0)
+    blue = np.zeros((96, 96, 3), np.float32)
+    blue[..., 2] = 1.0
+    plain = render(V, T, C, cam, background=blue).image
+    Ve = np.vstack([V, cav.vertices(V)])
+    Ce = np.vstack([C, cav.colours(C)])
+    capped = render(Ve, np.concatenate([T, cav.triangles()]), Ce, cam, background=blue).image
+    i, j = 48, 48                                     # the centre pixel lies in the hole
+    assert plain[i, j, 2] > 0.9 and plain[i, j, 0] < 0.1
+    assert capped[i, j].max() < 0.8 * 0.35 + 1e-3 and capped[i, j, 2] < 0.5
