@@ -463,6 +463,27 @@ class MouthStretch:
         return C
 
 
+def texture_resolution(photo, camera, align, oversample: float = 2.0):
+    """The photo (and camera) to sample the texture from: when the crop shrinks the face by
+    more than ``2 x oversample``, the photo is box-reduced by the integer factor
+    ``k = floor(1 / (oversample * s))`` (``s`` = the align's scale) and the camera's scale
+    and shift divided by ``k`` (exact: reduced pixel ``u'`` covers ``u = k u'``).  The same
+    rule as the fit's crop (``fitting.align.warp_crop``): a crop pixel still spans
+    ``oversample`` photo pixels, the texture is anti-aliased, and a 6000-pixel photo does
+    not cost two full-size z-buffers.  Returns ``(photo uint8 [h, w, 3], camera [7])``."""
+    A = np.asarray(align, np.float64)
+    scale = float(np.sqrt(abs(np.linalg.det(A[:, :2]))))
+    k = int(np.floor(1.0 / (oversample * scale))) if scale > 0 else 1
+    if k < 2:
+        return photo, camera
+    from PIL import Image
+
+    small = np.asarray(Image.fromarray(np.ascontiguousarray(photo)).reduce(k))
+    cam = np.asarray(camera, np.float64).copy()
+    cam[3:6] /= k
+    return small, cam.astype(np.float32)
+
+
 # ----------------------------------------------------------------------------- the warper
 @dataclass
 class WarpSource:
@@ -601,7 +622,8 @@ class Warper:
         align = np.asarray(align, np.float32)
         shape_id = np.asarray(self.model.instance(p_id=np.asarray(p_id, np.float32)), np.float32)
         V0 = self.shapes(shape_id, np.asarray(p_exp, np.float32)[None])[0]
-        colours, vis = self.sample_colours(photo, V0, camera)
+        tex_photo, tex_cam = texture_resolution(photo, camera, align)
+        colours, vis = self.sample_colours(tex_photo, V0, tex_cam)
         space = self.space if is_similarity(align) else "full"
         if space == "crop":
             cam = fold_align(camera, align)

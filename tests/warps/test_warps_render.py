@@ -335,3 +335,31 @@ def test_mouth_cavity_closes_a_mouth_hole():
     i, j = 48, 48                                     # the centre pixel lies in the hole
     assert plain[i, j, 2] > 0.9 and plain[i, j, 0] < 0.1
     assert capped[i, j].max() < 0.8 * 0.35 + 1e-3 and capped[i, j, 2] < 0.5
+
+
+def test_large_photo_texture_matches_small_photo(scene):
+    """A 6x larger copy of the photo (camera and align scaled accordingly) is sampled from
+    a box-reduced copy; the texture agrees with the one from the original photo."""
+    from PIL import Image
+
+    from fitting.warp import texture_resolution
+
+    f = 6
+    H, W = scene.photo.shape[:2]
+    big = np.asarray(Image.fromarray(scene.photo).resize((W * f, H * f), Image.BILINEAR))
+    cam = np.asarray(scene.cam, np.float64).copy()
+    cam[3:6] *= f
+    A = np.asarray(scene.align, np.float64).copy()
+    A[:, :2] /= f
+    small, cam_s = texture_resolution(big, cam, A)
+    assert small.shape[0] < big.shape[0] // 2
+    np.testing.assert_allclose(project(scene.model.mean_shape, cam_s) * (big.shape[0] / small.shape[0]),
+                               project(scene.model.mean_shape, cam), rtol=1e-5, atol=1e-3)
+    w = scene.warper
+    a = w.prepare(scene.photo, scene.p_id, scene.p_exp, scene.cam, scene.align)
+    b = w.prepare(big, scene.p_id, scene.p_exp, cam, A)
+    both = a.visible & b.visible
+    assert both.sum() > 0.8 * a.visible.sum()
+    assert np.abs(a.colours[both] - b.colours[both]).mean() < 0.02
+    img_a, img_b = w.render(a, scene.p_exp[None]), w.render(b, scene.p_exp[None])
+    assert np.abs(img_a.astype(float) - img_b).mean() / 255 < 0.01
