@@ -128,22 +128,27 @@ def test_second_concurrent_run_refused_and_stale_lock_recovered(inputs, referenc
     assert _bytes(out) == reference
 
 
-def test_killed_worker_does_not_lose_the_stage(inputs, reference, tmp_path):
+def test_killed_workers_do_not_lose_the_stage(inputs, reference, tmp_path):
     out, markers = tmp_path / "out", tmp_path / "m"
     markers.mkdir()
     proc = _start(inputs, out, "--marker-dir", str(markers), delay=0.1, workers=2)
+
+    def started():      # {pid: chunk} of chunks that have started
+        return {int(p.name.split("-")[1]): int(p.name.split("-")[0]) for p in markers.iterdir()}
+
     try:
-        _wait_for(lambda: any(markers.iterdir()), proc=proc)
-        victim = next(markers.iterdir())
-        chunk, pid = map(int, victim.name.split("-"))
-        assert pid != proc.pid
-        os.kill(pid, signal.SIGKILL)                           # a worker, mid-chunk
+        _wait_for(lambda: len(started()) >= 2, proc=proc)      # both workers busy
+        victims = started()
+        assert proc.pid not in victims
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)                        # every worker, mid-chunk
         rc, _, err = _finish(proc)
     finally:
         _kill_group(proc)
     assert rc == 0, err
-    reran = [p for p in markers.iterdir() if p.name.startswith(f"{chunk}-") and p.name != victim.name]
-    assert reran, "the killed chunk was not run again"
+    for pid, chunk in victims.items():
+        reran = [p for p in markers.iterdir() if p.name.startswith(f"{chunk}-") and not p.name.endswith(f"-{pid}")]
+        assert reran, f"chunk {chunk} of killed worker {pid} was not run again"
     assert _bytes(out) == reference
 
 

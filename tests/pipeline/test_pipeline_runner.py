@@ -158,7 +158,7 @@ def test_dask_cluster_gives_same_bytes_retries_and_failures(inputs, tmp_path, da
     assert rep.ok and rep.computed == [0, 1, 2, 3], rep.summary()
     assert _bytes(tmp_path / "d") == _bytes(tmp_path / "ref")
     worker_pids = {p.name.split("-")[1] for p in (tmp_path / "flags").iterdir() if not p.name.startswith("attempt")}
-    assert len(worker_pids) >= 1 and str(__import__("os").getpid()) not in worker_pids   # ran on workers
+    assert len(worker_pids) == 2 and str(__import__("os").getpid()) not in worker_pids   # both workers used
     addr = dask_client.scheduler.address                  # --cluster tcp://HOST:PORT
     assert addr.startswith("tcp://")
     rep = _run(ToyStage(inputs, fail_chunks=[3]), tmp_path / "f", cluster=addr, force=True)
