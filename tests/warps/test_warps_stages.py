@@ -252,3 +252,14 @@ def test_missing_photos_are_rejects_not_failures(tiny_fits, tiny_world, tmp_path
     assert set(rejects) == {keys[1], keys[2]}
     assert all(r["reason"].startswith("photo") for r in rejects.values())
     assert ShardSet(out).keys() == [f"{keys[0]}#00", f"{keys[0]}#01"]
+
+
+def test_render_warps_refuses_another_model(tiny_fits, tmp_path):
+    from fitting.demo_model import build_demo_model
+    from pipeline.config import ConfigError
+    from workflows.stages.warps import build_stage
+
+    other = tmp_path / "other.h5"
+    build_demo_model(seed=1, n_id=4, n_exp=3, n_speech=0, texture=False).save(other)
+    with pytest.raises(ConfigError, match="another model"):
+        build_stage(str(tiny_fits), str(other), {"faces": 2, "per_face": 1})

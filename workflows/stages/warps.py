@@ -92,6 +92,10 @@ class WarpsStage(Stage):
             raise ConfigError("warps.space must be crop or full")
         self.keys = select_keys(fits.keys(), faces, self.seed)
         self._model_hash = _model_hash(self.model_path)
+        fit_model = fits.attrs.get("model_hash")
+        if fit_model and fit_model != self._model_hash:
+            raise ConfigError(f"{fits_dir} was fitted with another model (hash {fit_model}); "
+                              f"--model {model_path} has hash {self._model_hash}")
 
     # ------------------------------------------------------------------ Stage API
     def input_keys(self) -> list[str]:
