@@ -507,9 +507,12 @@ class Warper:
     """
 
     def __init__(self, model, size: int = 128, backend: str = "fast", space: str = "crop",
-                 cavity: bool = True, grazing: float = 0.05, dilate: int = 1):
+                 cavity: bool = True, grazing: float = 0.05, dilate: int = 1, supersample: int = 1):
         if space not in SPACES:
             raise ValueError(f"unknown render space {space!r} (expected one of {SPACES})")
+        if int(supersample) < 1:
+            raise ValueError(f"supersample must be >= 1, got {supersample}")
+        self.supersample = int(supersample)
         self.model = model
         self.size = int(size)
         self.backend = backend
@@ -665,14 +668,24 @@ class Warper:
         Vs = self.shapes(src.shape_id, P)
         out = np.empty((len(Vs), self.size, self.size, 3), np.uint8)
         masks = np.empty((len(Vs), self.size, self.size), bool)
+        ss = self.supersample if src.space == "crop" else 1
+        cam, bg = src.camera, src.background
+        if ss > 1:  # render at ss x the crop size, then average ss x ss blocks (anti-aliased edges)
+            cam = np.asarray(cam, np.float64).copy()
+            cam[3:6] *= ss                     # corner-origin pixels: u' = ss * u exactly
+            bg = np.repeat(np.repeat(bg, ss, 0), ss, 1)
         for i, V in enumerate(Vs):
             C = self.stretch.apply(V, src.colours, src.shape_id) if self.stretch is not None else src.colours
             Ve, Ce = self.with_cavity(V, C)
             if self.backend == "fast":
-                img, mask = self._render_fast(Ve, Ce, src.camera, src.background)
+                img, mask = self._render_fast(Ve, Ce, cam, bg)
             else:
-                r = render(Ve, self.triangles_ext, Ce, src.camera, background=src.background, backend=self.backend)
+                r = render(Ve, self.triangles_ext, Ce, cam, background=bg, backend=self.backend)
                 img, mask = r.image, r.mask
+            if ss > 1:
+                h = img.shape[0] // ss
+                img = img.reshape(h, ss, h, ss, 3).mean((1, 3))
+                mask = mask.reshape(h, ss, h, ss).mean((1, 3)) >= 0.5
             if src.space == "full":
                 img = warp_affine(img, src.align, (self.size, self.size))
                 mask = warp_affine(mask[..., None].astype(np.float32), src.align, (self.size, self.size))[..., 0] > 0.5

@@ -363,3 +363,28 @@ def test_large_photo_texture_matches_small_photo(scene):
     assert np.abs(a.colours[both] - b.colours[both]).mean() < 0.02
     img_a, img_b = w.render(a, scene.p_exp[None]), w.render(b, scene.p_exp[None])
     assert np.abs(img_a.astype(float) - img_b).mean() / 255 < 0.01
+
+
+def test_supersampling_softens_edges_only(scene):
+    w2 = Warper(scene.model, supersample=2)
+    P = np.zeros((1, scene.model.n_exp), np.float32)
+    P[0, 0] = 0.7
+    a, ma = scene.warper.render(scene.warper.prepare(scene.photo, scene.p_id, scene.p_exp, scene.cam, scene.align),
+                                P, return_masks=True)
+    b, mb = w2.render(w2.prepare(scene.photo, scene.p_id, scene.p_exp, scene.cam, scene.align), P,
+                      return_masks=True)
+    diff = np.abs(a[0].astype(float) - b[0]) / 255
+    assert diff.mean() < 0.01                       # the same image overall
+    assert (ma[0] ^ mb[0]).sum() < 0.02 * ma[0].sum()
+    # at the silhouette, supersampling produces blends between face and blue background
+    from scipy.ndimage import binary_erosion
+
+    skin_b = np.median(a[0][binary_erosion(ma[0], iterations=3)][:, 2].astype(float))
+    edge = ma[0] & ~binary_erosion(ma[0])
+
+    def blends(img):
+        blue = img[..., 2].astype(float)
+        return ((blue > skin_b + 25) & (blue < 205))[edge | (np.roll(edge, 1, 1) & ~ma[0])].sum()
+
+    na, nb = blends(a[0]), blends(b[0])
+    assert nb > 2 * na + 5, (na, nb)

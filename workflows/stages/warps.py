@@ -90,6 +90,8 @@ class WarpsStage(Stage):
             raise ConfigError("warps.scale must be > 0")
         if self.cfg.get("space", "crop") not in ("crop", "full"):
             raise ConfigError("warps.space must be crop or full")
+        if not 1 <= int(self.cfg.get("supersample", 1)) <= 4:
+            raise ConfigError("warps.supersample must be 1..4")
         self.keys = select_keys(fits.keys(), faces, self.seed)
         self._model_hash = _model_hash(self.model_path)
         fit_model = fits.attrs.get("model_hash")
@@ -123,9 +125,11 @@ class WarpsStage(Stage):
         from fitting.warp import Warper
 
         c = self.cfg
-        opts = (self.crop_size, self.backend, c.get("space", "crop"), bool(c.get("mouth", True)))
+        opts = (self.crop_size, self.backend, c.get("space", "crop"), bool(c.get("mouth", True)),
+                int(c.get("supersample", 1)))
         return _cached(("warper", self.model_path, self._model_hash, opts),
-                       lambda: Warper(self._model(), size=opts[0], backend=opts[1], space=opts[2], cavity=opts[3]))
+                       lambda: Warper(self._model(), size=opts[0], backend=opts[1], space=opts[2], cavity=opts[3],
+                                      supersample=opts[4]))
 
     def _fits(self):
         from pipeline.shards import ShardSet
