@@ -403,6 +403,7 @@ class MouthStretch:
     triangles: np.ndarray
     area0: np.ndarray
     landmarks: np.ndarray
+    smooth: object = None
     lo: float = 1.6
     hi: float = 3.5
     open_lo: float = 0.04
@@ -425,7 +426,21 @@ class MouthStretch:
         T = np.asarray(triangles, np.int64)
         tsel = inside[T].any(1)
         Tm = T[tsel]
-        return cls(np.nonzero(inside)[0], Tm, cls._areas(V, Tm), L)
+        verts = np.nonzero(inside)[0]
+        # row-normalised adjacency (with self loops) among the mouth vertices: the stretch
+        # ratio is averaged over each vertex's ring (twice) so that single stretched
+        # triangles at the lip corners do not leave dark specks
+        from scipy.sparse import coo_matrix, diags
+
+        local = -np.ones(len(V), np.int64)
+        local[verts] = np.arange(len(verts))
+        e = edges_of(Tm)
+        e = e[(local[e[:, 0]] >= 0) & (local[e[:, 1]] >= 0)]
+        r = np.concatenate([local[e[:, 0]], local[e[:, 1]], np.arange(len(verts))])
+        c = np.concatenate([local[e[:, 1]], local[e[:, 0]], np.arange(len(verts))])
+        A = coo_matrix((np.ones(len(r)), (r, c)), shape=(len(verts),) * 2).tocsr()
+        A = diags(1.0 / np.asarray(A.sum(1)).ravel()) @ A
+        return cls(verts, Tm, cls._areas(V, Tm), L, A.tocsr())
 
     @staticmethod
     def _areas(V, T):
@@ -450,6 +465,8 @@ class MouthStretch:
         acc = np.bincount(self.triangles.ravel(), weights=np.repeat(r, 3), minlength=n)
         cnt = np.bincount(self.triangles.ravel(), minlength=n)
         vr = acc[self.vertices] / np.maximum(cnt[self.vertices], 1)
+        if self.smooth is not None:
+            vr = self.smooth @ (self.smooth @ vr)
         return gate * _smoothstep(vr, self.lo, self.hi)
 
     def apply(self, V, C, rest=None) -> np.ndarray:
