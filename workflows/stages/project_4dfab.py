@@ -90,7 +90,7 @@ class Project4DFABStage(Stage):
     process."""
 
     name = "4dfab"
-    version = "1"
+    version = "2"
     compression = "lzf"
 
     def __init__(self, meshes_dir: str, model_path: str, project_cfg: dict, seed: int = 0,

@@ -52,7 +52,7 @@ class WarpsStage(Stage):
     lazily per process."""
 
     name = "warps"
-    version = "1"
+    version = "2"
     compression = "lzf"
 
     def __init__(self, fits_dir: str, model_path: str, warps_cfg: dict, seed: int = 0,
