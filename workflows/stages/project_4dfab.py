@@ -22,6 +22,7 @@ from typing import Optional
 import numpy as np
 
 from pipeline.stage import ChunkResult, Stage
+from workflows.stages.warps import _one_blas_thread
 
 METHODS = ("projection", "joint")
 _CACHE: dict = {}
@@ -207,6 +208,10 @@ class Project4DFABStage(Stage):
         return mesh
 
     def process_chunk(self, keys: list[str], chunk: int) -> ChunkResult:
+        with _one_blas_thread():
+            return self._process_chunk(keys, chunk)
+
+    def _process_chunk(self, keys: list[str], chunk: int) -> ChunkResult:
         from fitting.meshio import parse_mesh_key
         from fitting.projection import project_expression, similarity_align
         from pipeline.stage import Reject
