@@ -567,3 +567,18 @@ def combine(identity: LinearModel, expression: LinearModel, landmarks: Optional[
         U_exp=orthonormalise(expression.components[:, :e]), ev_exp=expression.eigenvalues[:e],
         trilist=tri, landmarks=np.asarray(lms, np.int64), exp_names=names,
         source=source or f"{Path(identity.source).name}+{Path(expression.source).name}", **kw)
+
+
+def read_model_hash(path: str | os.PathLike) -> str:
+    """The content hash of a ``model.h5`` (its stored ``hash`` attribute when present — cheap
+    — else by loading and hashing the model)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            h = f.attrs.get("hash")
+        if h is not None:
+            return _s(h)
+    except OSError:
+        pass
+    return MorphableModel.load(path).hash

@@ -44,3 +44,19 @@ def require_dir(path: str | os.PathLike, what: str) -> Path:
     if not p.is_dir():
         raise ConfigError(f"{what} not found: {path}")
     return p
+
+
+def run_stage_with_preview(stage, args: argparse.Namespace, default_chunk_size: int, write_preview) -> int:
+    """Run a shard stage from CLI options, then write its contact sheet (``write_preview(out)``);
+    a failing preview is a warning, never a failed stage. Returns the exit status."""
+    from pipeline.runner import run_stage_from_args
+
+    report = run_stage_from_args(stage, args, default_chunk_size=default_chunk_size)
+    if report.ok:
+        try:
+            path = write_preview(args.out)
+            if path is not None and not args.no_progress:
+                print(f"preview: {path}")
+        except Exception as e:  # noqa: BLE001 — the preview is a convenience, never fails the stage
+            print(f"warning: preview not written ({e.__class__.__name__}: {e})")
+    return int(report)

@@ -19,8 +19,7 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from pipeline.runner import run_stage_from_args
-    from workflows.common import config_from_args
+    from workflows.common import config_from_args, run_stage_with_preview
     from workflows.stages.project_4dfab import build_stage, write_preview
 
     cfg = config_from_args(args)
@@ -31,12 +30,4 @@ def run(args) -> int:
     stage = build_stage(args.meshes, args.model, pcfg, seed=int(cfg.get("seed", 0)),
                         correspondence=args.correspondence, size=int(render_cfg.get("size", 128)),
                         backend=str(render_cfg.get("backend", "fast")))
-    report = run_stage_from_args(stage, args, default_chunk_size=int(pcfg.get("chunk_size", 64)))
-    if report.ok:
-        try:
-            path = write_preview(args.out)
-            if path is not None and not args.no_progress:
-                print(f"preview: {path}")
-        except Exception as e:  # noqa: BLE001 — the preview is a convenience, never fails the stage
-            print(f"warning: preview not written ({e.__class__.__name__}: {e})")
-    return int(report)
+    return run_stage_with_preview(stage, args, int(pcfg.get("chunk_size", 64)), write_preview)

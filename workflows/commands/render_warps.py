@@ -18,8 +18,7 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from pipeline.runner import run_stage_from_args
-    from workflows.common import config_from_args
+    from workflows.common import config_from_args, run_stage_with_preview
     from workflows.stages.warps import build_stage, write_preview
 
     cfg = config_from_args(args)
@@ -31,12 +30,4 @@ def run(args) -> int:
     backend = str(cfg.section("render").get("backend", "fast")) if "render" in cfg else "fast"
     stage = build_stage(args.fits, args.model, wcfg, seed=int(cfg.get("seed", 0)), images=args.images,
                         backend=backend)
-    report = run_stage_from_args(stage, args, default_chunk_size=int(wcfg.get("chunk_size", 16)))
-    if report.ok:
-        try:
-            path = write_preview(args.out)
-            if path is not None and not args.no_progress:
-                print(f"preview: {path}")
-        except Exception as e:  # noqa: BLE001 — the preview is a convenience, never fails the stage
-            print(f"warning: preview not written ({e.__class__.__name__}: {e})")
-    return int(report)
+    return run_stage_with_preview(stage, args, int(wcfg.get("chunk_size", 16)), write_preview)

@@ -43,18 +43,9 @@ def _cached(key, make):
 
 
 def _model_hash(path: str) -> str:
-    import h5py
+    from fitting.model import read_model_hash
 
-    try:
-        with h5py.File(path, "r") as f:
-            h = f.attrs.get("hash")
-        if h is not None:
-            return h.decode() if isinstance(h, bytes) else str(h)
-    except OSError:
-        pass
-    from fitting.model import MorphableModel
-
-    return MorphableModel.load(path).hash
+    return read_model_hash(path)
 
 
 def warp_key(key: str, k: int, per_face: int) -> str:
