@@ -28,7 +28,7 @@ APT_PACKAGES := libosmesa6 libegl1 libegl-mesa0 libgl1-mesa-dri libglu1-mesa chr
 
 .PHONY: setup system-packages demo test bench make-demo fit-emotionet render-warps project-4dfab train evaluate serve clean-venv
 
-setup: $(STAMP)
+setup: system-packages $(STAMP)
 
 # Debian packages for headless rendering (OSMesa/EGL) and the browser tests.
 system-packages:
