@@ -62,7 +62,7 @@ class Generator(nn.Module):
     with ``out = mask * colour + (1 - mask) * x``.  H and W must be multiples of 4.
     """
 
-    def __init__(self, conv_dim: int = 64, c_dim: int = 30, repeat_num: int = 6):
+    def __init__(self, conv_dim: int = 64, c_dim: int = 30, repeat_num: int = 6, mask_bias_init: float = 0.0):
         super().__init__()
         self.c_dim = c_dim
         layers = [
@@ -88,7 +88,10 @@ class Generator(nn.Module):
             cur //= 2
         self.main = nn.Sequential(*layers)
         self.colour = nn.Sequential(nn.Conv2d(cur, 3, 7, 1, 3, bias=False), nn.Tanh())
-        self.mask = nn.Sequential(nn.Conv2d(cur, 1, 7, 1, 3, bias=False), nn.Sigmoid())
+        self.mask = nn.Sequential(nn.Conv2d(cur, 1, 7, 1, 3, bias=True), nn.Sigmoid())
+        # Initial mask level: mask_bias_init = -3 starts close to "keep the input" (mask ~ 0.05),
+        # so short runs return the photo rather than noise; 0 starts at 0.5 like GANimation.
+        nn.init.constant_(self.mask[0].bias, float(mask_bias_init))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor):
         if c.dim() != 2 or c.shape[1] != self.c_dim or c.shape[0] != x.shape[0]:
@@ -169,10 +172,11 @@ def validate_model_config(cfg: Mapping[str, Any]) -> dict:
     return out
 
 
-def build_networks(model_config: Mapping[str, Any]) -> tuple[Generator, Discriminator]:
-    """Build ``(G, D)`` (randomly initialised) from a checkpoint's ``model_config`` dict."""
+def build_networks(model_config: Mapping[str, Any], mask_bias_init: float = 0.0) -> tuple[Generator, Discriminator]:
+    """Build ``(G, D)`` (randomly initialised) from a checkpoint's ``model_config`` dict;
+    ``mask_bias_init`` sets the initial attention-mask level (training only)."""
     cfg = validate_model_config(model_config)
-    G = Generator(cfg["g_conv_dim"], cfg["c_dim"], cfg["g_repeat"])
+    G = Generator(cfg["g_conv_dim"], cfg["c_dim"], cfg["g_repeat"], mask_bias_init)
     D = Discriminator(cfg["image_size"], cfg["d_conv_dim"], cfg["c_dim"], cfg["d_repeat"])
     return G, D
 

@@ -202,7 +202,7 @@ class Trainer:
         t = self.t
         self.model_config = model_config_from_train(t, self.E)
         try:
-            G, D = build_networks(self.model_config)
+            G, D = build_networks(self.model_config, float(t.get("mask_bias_init", 0.0)))
         except ValueError as e:
             raise ConfigError(str(e)) from None
         self.G, self.D = G.to(self.device), D.to(self.device)

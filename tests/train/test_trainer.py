@@ -33,7 +33,8 @@ def test_overfit_one_paired_batch_drives_l_gen_down(tiny_run, tmp_path):
     # identity mapping (mask 0) is reached first and left only slowly
     cfg = load_config(None, TINY_TRAIN + ["train.n_critic=1", "train.lr_g=0.001", "train.lr_decay_fraction=0.0",
                                           "train.lambda_adv=1.0", "train.lambda_exp=1.0", "train.lambda_att=0.01",
-                                          "train.lambda_rec=1.0", "train.g_repeat=2"])
+                                          "train.lambda_rec=1.0", "train.g_repeat=2",
+                                          "train.mask_bias_init=0.0"])
     tr = Trainer(tiny_run, tmp_path / "of", cfg, variant="rad-no-id", steps=1000).setup()
     assert tr.phases[0].name == "paired"
     ds = tr.phases[0].dataset
