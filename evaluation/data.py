@@ -39,28 +39,7 @@ def _columns(ds, names, rows=None, optional=()) -> dict:
     return out
 
 
-def _unit_hash(text: str) -> float:
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2.0 ** 64
-
-
-def held_out_identity(identity, fraction: float, seed: int = 0, keys=None) -> np.ndarray:
-    """Deterministic identity-level split: True for rows in the test part.
-
-    identity int [N] (-1 unknown), keys str [N] or None -> bool [N]. An identity is held out
-    when sha256(f"{seed}:{id}") falls in the lowest ``fraction`` of the hash range, so all
-    photos of one identity fall on one side, independently of which other identities exist.
-    Rows of unknown identity (real EmotioNet) are split photo by photo on
-    sha256(f"{seed}:key:{key}") when ``keys`` are given, else never held out.
-    """
-    ids = np.asarray(identity, np.int64)
-    out = np.zeros(len(ids), bool)
-    for u in np.unique(ids):
-        if u >= 0:
-            out[ids == u] = _unit_hash(f"{seed}:{int(u)}") < fraction
-    if keys is not None:
-        for i in np.nonzero(ids < 0)[0]:
-            out[i] = _unit_hash(f"{seed}:key:{keys[i]}") < fraction
-    return out
+from pipeline.split import held_out_identity, holdout_rows  # noqa: E402,F401 (shared with train/)
 
 
 class LazyImages:
@@ -131,11 +110,7 @@ def load_real(run: Path, test_fraction: float, seed: int) -> RealSet:
     ident = np.asarray(cols["identity"], np.int64)
     label = np.asarray(cols.get("label", np.full(n, -1)), np.int64)
     key = np.asarray(cols.get("key", np.array([str(i) for i in range(n)], object)))
-    test = held_out_identity(ident, test_fraction, seed, keys=key)
-    if not test.any():  # tiny worlds: hold out at least one identity
-        known = np.unique(ident[ident >= 0])
-        if len(known) > 1:
-            test = ident == known[-1]
+    test = holdout_rows(ident, key, test_fraction, seed)  # the rows train/ leaves out
     if "image" not in ds.datasets:
         raise Unavailable(f"{ds.dir} has no dataset 'image'")
     images = LazyImages(ds)

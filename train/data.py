@@ -193,3 +193,21 @@ class ResumableBatchSampler(Sampler):
 
     def __len__(self) -> int:
         return max(0, self.count(self.n, self.bs, self.world) - self.start)
+
+
+class RowSubset(Dataset):
+    """Rows ``rows`` of a dataset (``set_epoch`` forwarded): ``sub[j] = ds[rows[j]]``."""
+
+    def __init__(self, ds: Dataset, rows: np.ndarray):
+        self.ds, self.rows = ds, np.asarray(rows, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, j: int) -> dict:
+        return self.ds[int(self.rows[j])]
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.ds, "set_epoch"):
+            self.ds.set_epoch(epoch)
+

@@ -33,7 +33,8 @@ from model.networks import build_networks, model_config_from_train
 from pipeline.atomic import atomic_write_text
 from pipeline.config import Config, ConfigError
 from train import checkpoint as ck
-from train.data import (PairedDataset, ResumableBatchSampler, UnpairedDataset, open_stage,
+from pipeline.split import holdout_rows
+from train.data import (PairedDataset, ResumableBatchSampler, RowSubset, UnpairedDataset, open_stage,
                         params_to_width, uint8_to_float)
 from train.variants import Variant, get_variant
 
@@ -160,11 +161,28 @@ class Trainer:
         if self.rank == 0:
             self.echo(msg)
 
+    def _holdout(self, fits):
+        """(train rows of fits, groups of held-out rows) under the evaluation's identity split
+        (``evaluate.test_fraction``, global seed; pipeline.split.holdout_rows), or (None, None)
+        when ``train.holdout`` is off or nothing is held out."""
+        if not bool(self.t.get("holdout", True)) or "identity" not in fits.datasets:
+            return None, None
+        frac = float(self.cfg.section("evaluate").get("test_fraction", 0.17)) if "evaluate" in self.cfg else 0.17
+        keys = np.asarray(fits.keys(), object) if "key" in fits.datasets else None
+        test = holdout_rows(fits.read("identity").astype(np.int64), keys, frac, self.seed)
+        if not test.any() or test.all():
+            return None, None
+        self._say(f"holding out {int(test.sum())} of {len(test)} photos for evaluation "
+                  f"(evaluate.test_fraction {frac}, split by identity)")
+        groups = fits.read("group").astype(np.int64)[test] if "group" in fits.datasets else None
+        return np.nonzero(~test)[0], groups
+
     def build_data(self) -> None:
         t, S = self.t, int(self.t["image_size"])
         fits = open_stage(self.data, "fits", required=True)
         fit_p = params_to_width(fits.read("p_exp"), self.E, str(fits.dir), bool(t["speech"]))
         self.fits = fits
+        train_rows, held_groups = self._holdout(fits)
         phases: list[Phase] = []
         bs = int(t["batch_size"])
         if self.variant.paired and t["epochs_paired"] > 0:
@@ -177,9 +195,14 @@ class Trainer:
                 if ds.n_lonely:
                     self._say(f"note: {ds.n_lonely} warps have no other image of their face; "
                               "they are paired with themselves")
+                if held_groups is not None:   # warps of held-out photos share their group
+                    keep = ~np.isin(warps.read("group").astype(np.int64), held_groups)
+                    ds = RowSubset(ds, np.nonzero(keep)[0])
                 phases.append(Phase("paired", int(t["epochs_paired"]), ds, 0))
         if t["epochs_unpaired"] > 0:
-            phases.append(Phase("unpaired", int(t["epochs_unpaired"]), UnpairedDataset(fits, fit_p, S), 0))
+            real = UnpairedDataset(fits, fit_p, S)
+            phases.append(Phase("unpaired", int(t["epochs_unpaired"]),
+                                real if train_rows is None else RowSubset(real, train_rows), 0))
         if not phases:
             raise ConfigError("nothing to train: train.epochs_paired and train.epochs_unpaired are 0")
         smallest = min(len(p.dataset) for p in phases)

@@ -25,3 +25,28 @@ def test_train_on_pipeline_stages(tiny_world, tiny_fits, tiny_warps, tiny_4dfab,
     assert y.shape == (1, 3, 32, 32) and 0 <= float(m.min()) and float(m.max()) <= 1
     rec = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rec and all(v == v for r in rec for v in r.values() if isinstance(v, float))   # no NaN
+
+
+def test_trainer_leaves_out_the_photos_evaluation_holds_out(tiny_world, tiny_fits, tiny_warps, tmp_path):
+    """train.holdout: the real photos evaluate tests on (and their warps) are never trained on."""
+    import numpy as np
+
+    from evaluation.data import load_real
+    from pipeline.config import load_config
+    from pipeline.shards import ShardSet
+    from train.trainer import Trainer
+
+    cfg = load_config(None, [s for s in TINY_TRAIN if s != "train.holdout=false"] + ["train.holdout=true"])
+    tr = Trainer(tiny_world, tmp_path / "t", cfg, variant="rad")
+    tr.build_data()
+    phases = {p.name: p.dataset for p in tr.phases}
+    test = load_real(tiny_world, float(cfg.evaluate.test_fraction), int(cfg.seed)).test
+    assert 0 < test.sum() < len(test)
+    trained = set(int(r) for r in phases["unpaired"].rows)
+    assert trained == set(np.nonzero(~test)[0].tolist())           # exactly the complement
+    fits, warps = ShardSet(tiny_fits), ShardSet(tiny_warps)
+    held_groups = set(fits.read("group")[test].tolist())
+    paired_groups = set(warps.read("group")[phases["paired"].rows].tolist())
+    assert paired_groups and not (paired_groups & held_groups)
+    all_groups = set(warps.read("group").tolist())
+    assert paired_groups == all_groups - held_groups
