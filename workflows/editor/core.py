@@ -49,34 +49,13 @@ class Face:
 
 
 def _as_tensor_output(out) -> torch.Tensor:
-    """G's output image [B, 3, H, W] from whatever container G returns (tensor, tuple whose
-    first item is the image, or a mapping with an ``output``/``image`` entry)."""
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, dict):
-        for k in ("output", "image", "out", "fake"):
-            if k in out:
-                return out[k]
-        raise TypeError(f"generator returned a mapping without an image entry: {sorted(out)}")
-    if hasattr(out, "output"):
-        return out.output
-    if isinstance(out, (tuple, list)):
-        return out[0]
-    raise TypeError(f"unexpected generator output {type(out).__name__}")
+    """G's edited image [B, 3, H, W] from ``G(x, p) -> (output, colour, mask)``."""
+    return out[0]
 
 
 def _regression_output(out) -> torch.Tensor:
-    """D's parameter regression [B, E] from its output ((realism, params) or a mapping)."""
-    if isinstance(out, dict):
-        for k in ("params", "p", "regression", "exp"):
-            if k in out:
-                return out[k]
-        raise TypeError(f"discriminator returned a mapping without a params entry: {sorted(out)}")
-    if hasattr(out, "params"):
-        return out.params
-    if isinstance(out, (tuple, list)) and len(out) >= 2:
-        return out[1]
-    raise TypeError(f"unexpected discriminator output {type(out).__name__}")
+    """D's parameter regression [B, E] from ``D(x) -> (patch realism, params)``."""
+    return out[1]
 
 
 def load_checkpoint(path, device: str = "cpu") -> dict:
