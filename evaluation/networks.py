@@ -32,14 +32,6 @@ class Networks:
     device: str = "cpu"
 
 
-def _probe_n_params(D, size: int, device: str) -> int:
-    import torch
-
-    with torch.no_grad():
-        out = D(torch.zeros(1, 3, size, size, device=device))
-    return int(_regressed(out).shape[-1])
-
-
 def load_checkpoint(path: str | os.PathLike, device: str = "cpu", name: str | None = None) -> Networks:
     """Load a ``slidergan-ckpt/1`` file and rebuild G and D in eval mode.
 
@@ -56,21 +48,17 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu", name: str | No
         raise ConfigError(f"cannot read checkpoint {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
     if not isinstance(ckpt, dict) or not all(k in ckpt for k in ("model_config", "G", "D")):
         raise ConfigError(f"{path}: not a SliderGAN checkpoint (needs model_config, G, D)")
-    from model.networks import build_networks
+    from model.networks import ModelConfigError, load_from_checkpoint_state
 
-    cfg = dict(ckpt["model_config"])
-    G, D = build_networks(cfg)
     try:
-        G.load_state_dict(ckpt["G"])
-        D.load_state_dict(ckpt["D"])
-    except RuntimeError as e:
-        raise ConfigError(f"{path}: weights do not match model_config ({str(e).splitlines()[0]})")
-    G.to(device).eval()
-    D.to(device).eval()
+        G, D, meta = load_from_checkpoint_state(ckpt)
+    except ModelConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    cfg = meta["model_config"]
+    G.to(device)
+    D.to(device)
     variant = str(ckpt.get("variant", "model"))
-    size = int(cfg.get("image_size", 128))
-    n = cfg.get("n_params") or cfg.get("n_exp") or cfg.get("c_dim")
-    n = int(n) if n else _probe_n_params(D, size, device)
+    n = int(cfg["c_dim"])  # conditioning width E (validate_model_config requires it)
     step = ckpt.get("step", -1)
     return Networks(name=name or variant, variant=variant, G=G, D=D, n_params=n, path=str(p),
                     step=int(step) if step is not None else -1, model_config=cfg, device=device)
@@ -93,31 +81,13 @@ def from_tensor(t) -> np.ndarray:
 
 
 def _generated(out):
-    """The edited image out of G's return value (tensor, tuple (image, mask, colour) or dict)."""
-    if isinstance(out, dict):
-        for k in ("image", "output", "out", "fake"):
-            if k in out:
-                return out[k]
-        raise TypeError(f"generator returned a dict without an image ({sorted(out)})")
-    if isinstance(out, (tuple, list)):
-        return out[0]
-    if hasattr(out, "image"):
-        return out.image
-    return out
+    """The edited image [B,3,H,W] out of ``G(x, p) -> (output, colour, mask)``."""
+    return out[0]
 
 
 def _regressed(out):
-    """The regressed parameters out of D's return value ((realism, params) or dict)."""
-    if isinstance(out, dict):
-        for k in ("params", "p", "regression", "exp"):
-            if k in out:
-                return out[k]
-        raise TypeError(f"discriminator returned a dict without parameters ({sorted(out)})")
-    if isinstance(out, (tuple, list)):
-        return out[1]
-    if hasattr(out, "params"):
-        return out.params
-    raise TypeError("discriminator must return (realism, params)")
+    """The regressed parameters [B,E] out of ``D(x) -> (realism, params)``."""
+    return out[1]
 
 
 def _resize(t, size: int):

@@ -83,18 +83,15 @@ def load_checkpoint(path, device: str = "cpu") -> dict:
 
 def build_from_checkpoint(ckpt: dict, device: str = "cpu"):
     """(G, D) in eval mode with the checkpoint's weights (D is None when it has none)."""
-    from model.networks import build_networks
+    from model.networks import ModelConfigError, load_from_checkpoint_state
 
     try:
-        G, D = build_networks(dict(ckpt["model_config"]))
-        G.load_state_dict(ckpt["G"])
-        if ckpt.get("D") is not None and D is not None:
-            D.load_state_dict(ckpt["D"])
-        else:
-            D = None
-    except (RuntimeError, KeyError, TypeError, ValueError) as e:
+        G, D, _ = load_from_checkpoint_state({k: v for k, v in ckpt.items() if v is not None})
+    except (ModelConfigError, KeyError, TypeError, ValueError) as e:
         raise ConfigError(f"{ckpt.get('_path', 'checkpoint')}: weights do not match its model_config "
                           f"({str(e).splitlines()[0]})") from None
+    if ckpt.get("D") is None:
+        D = None
     G.to(device).eval()
     if D is not None:
         D.to(device).eval()
