@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 #: discrete expression classes by label (fitting.demo_model.EXPRESSION_NAMES)
-EXPRESSIONS = ["neutral", "anger", "disgust", "fear", "happiness", "sadness", "surprise"]
+from fitting.demo_model import EXPRESSION_NAMES as EXPRESSIONS  # noqa: E402
 
 METRIC_KEYS = ("ied", "d_rel_error_fit", "d_rel_error_trg", "identity_cos", "exp_rel_error_refit",
                "expr_recognition_acc")

@@ -265,10 +265,7 @@ def evaluate(checkpoints: Sequence[str | Path], run: str | Path, out: str | Path
     if data.model is not None and data.model.n_speech:
         names = names + list(getattr(data.model, "speech_names", []) or
                              [f"speech {i}" for i in range(data.model.n_speech)])
-    try:
-        from fitting.demo_model import EXPRESSION_NAMES
-    except ImportError:
-        EXPRESSION_NAMES = ["neutral", "anger", "disgust", "fear", "happiness", "sadness", "surprise"]
+    from fitting.demo_model import EXPRESSION_NAMES
 
     # the stage's fit options (a refit is only comparable with p_fit when fitted alike)
     fit_opts = {k: v for k, v in opt.fit.items() if k in ("iterations", "n_id", "prior_id", "prior_exp")}
