@@ -7,33 +7,8 @@ import h5py
 import numpy as np
 import pytest
 
+from sgtest import TINY_WORLD, slidergan
 
-def _root_conftest():
-    """tests/conftest.py's helpers, loaded by path: ``from conftest import ...`` resolves to
-    whichever folder's conftest.py pytest imported last."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent / "conftest.py"
-    name = "_slidergan_tests_root_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        sys.modules[name] = mod
-    mod = sys.modules[name]
-    # tests/render/ is named like the package: make sure ``import render`` finds the package
-    # (a regular package on sys.path wins over a namespace folder)
-    if str(mod.ROOT) not in sys.path:
-        sys.path.insert(0, str(mod.ROOT))
-    if "render" in sys.modules and getattr(sys.modules["render"], "__file__", None) is None:
-        del sys.modules["render"]
-    return mod
-
-
-_CF = _root_conftest()
-TINY_WORLD, slidergan = _CF.TINY_WORLD, _CF.slidergan
 SIZES = dict(s.split("=") for s in TINY_WORLD)
 N_FACES = int(SIZES["demo.faces"])
 N_MESHES = int(SIZES["demo.identities_4dfab"]) * int(SIZES["demo.sessions_4dfab"]) * int(SIZES["demo.frames_4dfab"])
