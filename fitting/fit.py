@@ -60,7 +60,8 @@ def interocular(lm) -> np.ndarray:
 class FitOptions:
     """Options of :class:`LandmarkFitter` (config section ``fit``)."""
 
-    iterations: int = 10
+    iterations: int = 3                 # alternations (closed-form camera, closed-form shape)
+    refine_iterations: int = 6          # joint Levenberg-Marquardt steps over camera + shape
     n_id: Optional[int] = None          # identity components used (None: all)
     n_exp: Optional[int] = None         # expression components used (None: all E)
     prior_id: float = 1.0
@@ -130,6 +131,16 @@ def scaled_orthographic_camera(X, y, w):
     wsum = w.sum(-1).clamp_min(1e-12)
     t = ((yf - proj) * w[..., None]).sum(1) / wsum[:, None]
     return s, R, torch.stack([t[:, 0], -t[:, 1]], -1)
+
+
+def skew(v):
+    """Cross-product matrices ``[..., 3] -> [..., 3, 3]`` (``skew(a) @ b == a x b``)."""
+    import torch
+
+    z = torch.zeros_like(v[..., 0])
+    return torch.stack([torch.stack([z, -v[..., 2], v[..., 1]], -1),
+                        torch.stack([v[..., 2], z, -v[..., 0]], -1),
+                        torch.stack([-v[..., 1], v[..., 0], z], -1)], -2)
 
 
 def camera_vector(s, R, t):
@@ -286,6 +297,88 @@ class LandmarkFitter:
             return torch.cholesky_solve(g[..., None], L)[..., 0]
         return torch.linalg.solve(H, g[..., None])[..., 0]
 
+    def _residual(self, y, w, p, s, R, t, kappa):
+        """Landmark residuals and energy for a full state.
+
+        Returns ``(X [B,68,3], jaw, r [B,68,2], E [B])`` with ``r = s R2 X + t' - y'`` in
+        flipped (u, -v) pixel coordinates and ``E = kappa sum_k w_k ||r_k||^2 + prior ||p||^2``.
+        """
+        import torch
+
+        X, jaw = self._landmark_geometry(p, R)
+        yf = torch.stack([y[..., 0], -y[..., 1]], -1)
+        tf = torch.stack([t[:, 0], -t[:, 1]], -1)
+        r = s[:, None, None] * (X @ R[:, :2].transpose(1, 2)) + tf[:, None] - yf
+        E = kappa * (w * (r ** 2).sum(-1)).sum(-1) + (self._prior * p ** 2).sum(-1)
+        return X, jaw, r, E
+
+    def _lm_step(self, y, w, p, s, R, t, kappa, lam):
+        """One batched Levenberg-Marquardt step over ``[omega (3), log s, t (2), p (P)]``.
+
+        Rotation updates are ``R <- R exp([omega]_x)``, so ``d r_k / d omega = -s R2 [X_k]_x``;
+        ``d r_k / d log s = s R2 X_k``; ``d r_k / d t' = I``; ``d r_k / d p = s R2 B_k``.  The
+        ``p``-block of ``J^T W J`` reuses the cached Gram tensor of the static points (as in
+        :meth:`_solve_shape`); the dynamic jaw points are added per face.  A step is kept per
+        face only when it lowers ``E``; the damping ``lam`` [B] adapts per face.
+        """
+        import torch
+
+        X, jaw, r, E = self._residual(y, w, p, s, R, t, kappa)
+        Bsz, P = p.shape
+        R2 = R[:, :2]
+        sR2 = s[:, None, None] * R2                                                    # [B,2,3]
+        J_w = -torch.einsum("bij,bkjl->bkil", sR2, skew(X))                            # [B,68,2,3]
+        J_s = torch.einsum("bij,bkj->bki", sR2, X)[..., None]                         # [B,68,2,1]
+        J_t = torch.eye(2, dtype=p.dtype, device=p.device).expand(Bsz, 68, 2, 2)
+        Jc = torch.cat([J_w, J_s, J_t], -1)                                            # [B,68,2,6]
+        lo = 17 if jaw is not None else 0
+        Bs = self._basis_lm[lo:]                                                       # [K,3,P]
+        ws = w[:, lo:]
+        J_p = torch.einsum("bij,kjp->bkip", sR2, Bs)                                   # [B,K,2,P]
+        wr = w[..., None] * r                                                          # [B,68,2]
+        Hcc = torch.einsum("bkic,bkid->bcd", Jc * w[..., None, None], Jc)              # [B,6,6]
+        gc = torch.einsum("bkic,bki->bc", Jc, wr)
+        Hcp = torch.einsum("bkic,bkip->bcp", Jc[:, lo:] * ws[..., None, None], J_p)    # [B,6,P]
+        gp = torch.einsum("bkip,bki->bp", J_p, wr[:, lo:])
+        if bool((ws == ws[:1]).all()):
+            key = (lo, ws[0].cpu().numpy().tobytes())
+            if self._gram_key != key:
+                self._gram = torch.einsum("kip,kjq->ijpq", Bs * ws[0][:, None, None], Bs)
+                self._gram_key = key
+            Hpp = torch.einsum("bij,ijpq->bpq", sR2.transpose(1, 2) @ sR2, self._gram)
+        else:
+            Jf = J_p.reshape(Bsz, -1, P)
+            Hpp = Jf.transpose(1, 2) @ (ws[..., None].expand(-1, -1, 2).reshape(Bsz, -1, 1) * Jf)
+        if jaw is not None:
+            jm, jb = jaw
+            J_j = torch.einsum("bij,bljp->blip", sR2, jb)                              # [B,17,2,P]
+            wj = w[:, :17]
+            Hcp = Hcp + torch.einsum("blic,blip->bcp", Jc[:, :17] * wj[..., None, None], J_j)
+            gp = gp + torch.einsum("blip,bli->bp", J_j, wr[:, :17])
+            Hpp = Hpp + torch.einsum("blip,bliq->bpq", J_j * wj[..., None, None], J_j)
+        H = torch.cat([torch.cat([Hcc, Hcp], 2), torch.cat([Hcp.transpose(1, 2), Hpp], 2)], 1)
+        H = kappa[:, None, None] * H
+        g = kappa[:, None] * torch.cat([gc, gp], 1)
+        g[:, 6:] += self._prior * p
+        H.diagonal(dim1=1, dim2=2)[:, 6:] += self._prior
+        d = H.diagonal(dim1=1, dim2=2)
+        Hd = H + torch.diag_embed(lam[:, None] * d.clamp_min(1e-12))
+        L, info = torch.linalg.cholesky_ex(Hd)
+        if bool((info == 0).all()):
+            delta = -torch.cholesky_solve(g[..., None], L)[..., 0]
+        else:
+            delta = -torch.linalg.solve(Hd, g[..., None])[..., 0]
+        delta = torch.nan_to_num(delta)
+        R_new = R @ torch.linalg.matrix_exp(skew(delta[:, :3]))
+        s_new = s * torch.exp(delta[:, 3].clamp(-1.0, 1.0))
+        t_new = t + torch.stack([delta[:, 4], -delta[:, 5]], -1)
+        p_new = p + delta[:, 6:]
+        _, _, _, E_new = self._residual(y, w, p_new, s_new, R_new, t_new, kappa)
+        ok = torch.isfinite(E_new) & (E_new < E)
+        sel = lambda a, b: torch.where(ok.reshape(-1, *([1] * (a.ndim - 1))), a, b)  # noqa: E731
+        lam = torch.where(ok, lam / 3.0, lam * 4.0).clamp(1e-9, 1e9)
+        return sel(p_new, p), sel(s_new, s), sel(R_new, R), sel(t_new, t), lam
+
     def solve_shape(self, lm2d, camera, weights=None) -> np.ndarray:
         """The shape step alone: MAP ``p = [p_id, p_exp]`` ``[B, P]`` for fixed weak-perspective
         cameras ``[B, 7]`` and landmarks ``[B, 68, 2]`` (fixed landmark vertices)."""
@@ -361,6 +454,11 @@ class LandmarkFitter:
             p = self._solve_shape(y, w, s, R, t, jaw, s_ref)
         X, _ = self._landmark_geometry(p, R)
         s, R, t = scaled_orthographic_camera(X, y, w)
+        if int(self.opt.refine_iterations) > 0:
+            kappa = 1.0 / (self.opt.sigma * self.model_iod * s_ref) ** 2
+            lam = torch.full((Bsz,), 1e-3, dtype=self.dtype, device=self.device)
+            for _ in range(int(self.opt.refine_iterations)):
+                p, s, R, t, lam = self._lm_step(y, w, p, s, R, t, kappa, lam)
         X, _ = self._landmark_geometry(p, R)
         cam = camera_vector(s, R, t)
         fitted = project_torch(X, cam)

@@ -59,7 +59,7 @@ class FitStage(Stage):
     """Fit every input photo; picklable (paths, inputs and options only)."""
 
     name = "fit"
-    version = "1"
+    version = "2"            # 2: joint Levenberg-Marquardt landmark fit, photometric refinement
     compression = "lzf"
 
     def __init__(self, inputs, model_path: str, fit_cfg: dict, metadata: Optional[dict] = None,
@@ -142,7 +142,8 @@ class FitStage(Stage):
         max_pixels = int(cfg.get("max_pixels", 64_000_000))
         min_face = float(cfg.get("min_face_px", 40))
         ref = reference_shape(model.mean_shape[model.landmarks], size)
-        keep_rgb = cfg.get("fitter", "landmarks") == "itw"        # ITW fits the full photo
+        itw = cfg.get("fitter", "landmarks") == "itw"             # ITW fits the full photo
+        photo = str(cfg.get("photometric", "off"))                # ... and so does the refinement
         rejects, items = [], []
         for key in keys:
             path = self.inputs.paths[key]
@@ -159,7 +160,8 @@ class FitStage(Stage):
                     raise Reject("too small", f"face {face:.0f} px < fit.min_face_px={min_face:g}")
                 A = similarity_transform(lm, ref)                   # crop now: keep no full photo
                 crop = warp_crop(rgb, A, size)
-                items.append((key, rgb if keep_rgb else None, lm, src, A, crop))
+                keep = itw or photo == "all" or (photo == "detected" and src == 1)
+                items.append((key, rgb if keep else None, lm, src, A, crop))
             except Reject as e:
                 rejects.append({"key": key, "reason": e.reason, "detail": e.detail})
             except Exception as e:  # noqa: BLE001 — a bad input is a reject, never a crash
@@ -256,7 +258,36 @@ class FitStage(Stage):
             for idx, res in parts.values():
                 arr[idx] = getattr(res, name)
             out[name] = arr
-        return FitResult(**out)
+        res = FitResult(**out)
+        self._refine(res, lm, rgbs, model, sources)
+        return res
+
+    def _refine(self, res, lm, rgbs, model, sources) -> None:
+        """``fit.photometric`` (off | detected | all): refine the chosen faces' landmark fits
+        against their photos (:mod:`fitting.photometric`), in place.  A refinement that ends
+        non-finite keeps the landmark fit.  (``fit.fitter=itw`` is photometric already and
+        returns before this.)"""
+        from fitting.fit import interocular
+        from fitting.photometric import PhotometricOptions, PhotometricRefiner
+        from render.camera import project
+
+        mode = str(self.cfg.get("photometric", "off"))
+        opts = PhotometricOptions.from_config(self.cfg)
+        if mode == "off" or int(opts.iterations) <= 0:
+            return
+        todo = [i for i in range(len(lm)) if rgbs[i] is not None and res.converged[i]
+                and (mode == "all" or sources[i] == 1)]
+        if not todo:
+            return
+        ref = _cached(("photometric", self._model_hash, repr(opts)), lambda: PhotometricRefiner(model, opts))
+        for i in todo:
+            p_id, p_exp, cam, _ = ref.refine(rgbs[i], lm[i], res.p_id[i], res.p_exp[i], res.camera[i])
+            if not (np.isfinite(p_id).all() and np.isfinite(p_exp).all() and np.isfinite(cam).all()):
+                continue
+            fitted = project(model.instance(p_id, p_exp)[model.landmarks], cam)
+            res.p_id[i], res.p_exp[i], res.camera[i] = p_id, p_exp, cam
+            res.lm_fitted[i] = fitted
+            res.fit_error[i] = np.sqrt(((fitted - lm[i]) ** 2).sum(-1).mean()) / max(float(interocular(lm[i])), 1e-12)
 
 
 def build_stage(images: str, model: str, fit_cfg: dict, root: Optional[str] = None,
@@ -269,6 +300,8 @@ def build_stage(images: str, model: str, fit_cfg: dict, root: Optional[str] = No
         raise ConfigError(f"fit.landmarks must be one of {', '.join(LANDMARK_MODES)}, got {fit_cfg.get('landmarks')!r}")
     if fit_cfg.get("fitter") not in FITTERS:
         raise ConfigError(f"fit.fitter must be one of {', '.join(FITTERS)}, got {fit_cfg.get('fitter')!r}")
+    if str(fit_cfg.get("photometric", "off")) not in ("off", "detected", "all"):
+        raise ConfigError(f"fit.photometric must be off, detected or all, got {fit_cfg.get('photometric')!r}")
     if fit_cfg.get("contour", "auto") not in ("auto", "dynamic", "fixed"):
         raise ConfigError(f"fit.contour must be auto, dynamic or fixed, got {fit_cfg.get('contour')!r}")
     if int(fit_cfg.get("crop_size", 128)) < 8:
