@@ -66,7 +66,7 @@ class PhotometricOptions:
                 kw[name] = cfg[key]
             elif name in ("prior_id", "prior_exp") and name in cfg:             # shared with the landmark fit
                 kw[name] = float(cfg[name])
-        if "photometric_blur" in kw:
+        if "blur" in kw:
             kw["blur"] = tuple(float(b) for b in kw["blur"])
         kw.update(over)
         return cls(**kw)

@@ -175,3 +175,28 @@ def test_fit_handles_empty_batch_and_rejects_bad_shapes(model):
     assert r.p_exp.shape == (0, model.n_exp)
     with pytest.raises(ValueError):
         f.fit(np.zeros((2, 60, 2)))
+
+
+def test_default_fit_reaches_the_scipy_minimum_of_its_objective(model):
+    """3 alternations + 6 joint Levenberg-Marquardt steps (the defaults) land on the exact
+    minimiser of the MAP objective that a generic LM solver finds from scratch."""
+    pid, pex, cam, lm = synthetic_faces(model, 4, seed=7, max_yaw=0.5)
+    lm = lm + np.random.default_rng(3).normal(scale=0.3, size=lm.shape)
+    sigma = 0.005
+    prior = np.concatenate([np.full(model.n_id, 1.0), np.full(model.n_exp, 3.0)])
+    f = LandmarkFitter(model, FitOptions(sigma=sigma, prior_exp=3.0, contour="fixed", device="cpu"))
+    assert (f.opt.iterations, f.opt.refine_iterations) == (3, 6)
+    r = f.fit(lm)
+    alt = LandmarkFitter(model, FitOptions(sigma=sigma, prior_exp=3.0, contour="fixed", device="cpu",
+                                           refine_iterations=0)).fit(lm)
+    for i in range(4):
+        res = _objective_residuals(model, lm[i], np.ones(68), prior, sigma)
+        z0 = np.concatenate([np.zeros(3), [lm[i, :, 0].mean(), lm[i, :, 1].mean()],
+                             [np.log(cam[i, 5])], np.zeros(model.n_id + model.n_exp)])
+        ref = least_squares(res, z0, method="lm", xtol=1e-12, ftol=1e-12, max_nfev=20000)
+        pack = lambda q: np.concatenate([q.camera[i, :5], [np.log(q.camera[i, 5])], q.p_id[i],  # noqa: E731
+                                         q.p_exp[i]]).astype(np.float64)
+        e_ours, e_alt, e_ref = (res(pack(r)) ** 2).sum(), (res(pack(alt)) ** 2).sum(), (ref.fun ** 2).sum()
+        assert e_ours <= e_ref * 1.001 + 1e-6, (e_ours, e_ref)
+        assert e_ours <= e_alt + 1e-9                                 # the LM steps only ever help
+        np.testing.assert_allclose(r.p_exp[i], ref.x[6 + model.n_id:], atol=5e-3)
