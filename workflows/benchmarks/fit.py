@@ -7,6 +7,10 @@ Keys (all measured in this one run on ``ctx.world``'s EmotioNet-style photos):
                                  torch thread (as in a stage worker); ``..._2_threads`` with two
 - ``fit_exp_rel_error``          mean ||p_fit - p_true|| / ||p_true|| with the true landmarks (sidecars)
 - ``fit_exp_rel_error_detected`` the same with dlib-detected landmarks (photos where a face was found)
+- ``fit_exp_rel_error_detected_photometric`` (and ``_median``) the detected-landmark fits refined
+                                 against the photo (fitting/photometric.py) on the first 24 of them;
+                                 ``fit_exp_rel_error_detected_same_faces`` landmarks only, same faces;
+                                 ``fit_photometric_s_per_face`` its cost (one thread)
 - ``fit_detect_rate``, ``fit_detect_nme``  share of photos with a detection; detected-landmark
                                  error (RMSE / inter-ocular) against the truth
 - ``fit_stage_faces_per_s``      the stage's per-chunk work end to end (read JPEG + sidecar, fit,
@@ -89,6 +93,20 @@ def run(ctx) -> dict:
         rf = fixed_det.fit(D)
         out["fit_exp_rel_error_detected_fixed_contour"] = float(np.mean(_rel(rf.p_exp, p_true[idx])))
         out["fit_exp_rel_error_zero_prediction"] = 1.0          # reference: predicting p = 0
+        # photometric refinement of the detected-landmark fits (fit.photometric), first few faces
+        from fitting.photometric import PhotometricOptions, PhotometricRefiner
+
+        n_ph = min(len(idx), 4 if ctx.quick else 24)
+        ref = PhotometricRefiner(model, PhotometricOptions.from_config(cfg))
+        t0 = time.perf_counter()
+        pe = np.stack([ref.refine(rgbs[i], D[j], rd.p_id[j], rd.p_exp[j], rd.camera[j])[1]
+                       for j, i in enumerate(idx[:n_ph])])
+        out["fit_photometric_s_per_face"] = float((time.perf_counter() - t0) / n_ph)
+        out["fit_photometric_faces"] = float(n_ph)
+        e_ph = _rel(pe, p_true[idx[:n_ph]])
+        out["fit_exp_rel_error_detected_photometric"] = float(np.mean(e_ph))
+        out["fit_exp_rel_error_detected_photometric_median"] = float(np.median(e_ph))
+        out["fit_exp_rel_error_detected_same_faces"] = float(np.mean(_rel(rd.p_exp[:n_ph], p_true[idx[:n_ph]])))
     else:
         out["fit_exp_rel_error_detected"] = None
 
