@@ -46,11 +46,11 @@ _A = (np.pi, 2 * np.pi / 3, np.pi / 4)
 class PhotometricOptions:
     """Options (config section ``fit``, prefix ``photometric_``)."""
 
-    iterations: int = 0                 # LM steps per blur level (0 disables the refinement)
+    iterations: 15                      # LM steps per blur level (0 disables the refinement)
     blur: tuple = (2.0, 1.0, 0.0)       # Gaussian blur of the photo per level, in pixels
     n_samples: int = 2500               # sample vertices on the face
     sigma_image: float = 0.05           # image noise std (colours in [0, 1])
-    sigma_landmarks: float = 0.1        # landmark noise, fraction of the inter-ocular distance
+    sigma_landmarks: float = 0.3        # landmark noise, fraction of the inter-ocular distance
     prior_id: float = 1.0
     prior_exp: float = 3.0
     prior_tex: float = 1.0

@@ -84,6 +84,7 @@ def test_emotionet_list_with_root_keeps_aus(tmp_path, tiny_model_file):
     (["--images", "/nonexistent/dir"], "images not found"),
     (["--set", "fit.landmarks=magic"], "fit.landmarks"),
     (["--set", "fit.contour=wobbly"], "fit.contour"),
+    (["--set", "fit.photometric=everything"], "fit.photometric must be none, detected or all"),
     (["--model", "/nonexistent/model.h5"], "model file not found"),
 ])
 def test_cli_usage_errors_exit_2(tmp_path, tiny_model_file, args, message):
@@ -143,7 +144,8 @@ def test_detected_landmarks_on_demo_photos(tiny_world, tmp_path):
 
     out = tmp_path / "fits-detect"
     slidergan("fit-emotionet", "--images", tiny_world / "emotionet", "--model", tiny_world / "model.h5",
-              "--out", out, "--workers", "1", "--no-progress", "--landmarks", "detect", timeout=600)
+              "--out", out, "--workers", "1", "--no-progress", "--landmarks", "detect",
+              "--set", "fit.photometric_iterations=3", timeout=600)
     ds = ShardSet(out)
     rejects = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
     with h5py.File(tiny_world / "emotionet" / "truth.h5", "r") as f:
@@ -157,3 +159,14 @@ def test_detected_landmarks_on_demo_photos(tiny_world, tmp_path):
     nme = np.sqrt(((ds.read("lm_detected") - lm_true[rows]) ** 2).sum(-1).mean(-1)) / interocular(lm_true[rows])
     assert np.median(nme) < 0.3                               # the detections are on the faces
     assert np.all(np.isfinite(ds.read("p_exp")))
+    # fit.photometric=detected (default) refined these rows: a landmark-only run differs
+    plain = tmp_path / "fits-detect-plain"
+    slidergan("fit-emotionet", "--images", tiny_world / "emotionet", "--model", tiny_world / "model.h5",
+              "--out", plain, "--workers", "1", "--no-progress", "--landmarks", "detect",
+              "--set", "fit.photometric=none", timeout=600)
+    lo = ShardSet(plain)
+    common = sorted(set(ds.read("key")) & set(lo.read("key")))
+    assert len(common) >= len(ds) // 2
+    a = ds.read("p_exp")[[list(ds.read("key")).index(k) for k in common]]
+    b = lo.read("p_exp")[[list(lo.read("key")).index(k) for k in common]]
+    assert np.abs(a - b).max(1).min() > 1e-3                  # every refined row moved

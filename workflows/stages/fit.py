@@ -143,7 +143,7 @@ class FitStage(Stage):
         min_face = float(cfg.get("min_face_px", 40))
         ref = reference_shape(model.mean_shape[model.landmarks], size)
         itw = cfg.get("fitter", "landmarks") == "itw"             # ITW fits the full photo
-        photo = str(cfg.get("photometric", "off"))                # ... and so does the refinement
+        photo = str(cfg.get("photometric", "none"))                # ... and so does the refinement
         rejects, items = [], []
         for key in keys:
             path = self.inputs.paths[key]
@@ -263,7 +263,7 @@ class FitStage(Stage):
         return res
 
     def _refine(self, res, lm, rgbs, model, sources) -> None:
-        """``fit.photometric`` (off | detected | all): refine the chosen faces' landmark fits
+        """``fit.photometric`` (none | detected | all): refine the chosen faces' landmark fits
         against their photos (:mod:`fitting.photometric`), in place.  A refinement that ends
         non-finite keeps the landmark fit.  (``fit.fitter=itw`` is photometric already and
         returns before this.)"""
@@ -271,9 +271,9 @@ class FitStage(Stage):
         from fitting.photometric import PhotometricOptions, PhotometricRefiner
         from render.camera import project
 
-        mode = str(self.cfg.get("photometric", "off"))
+        mode = str(self.cfg.get("photometric", "none"))
         opts = PhotometricOptions.from_config(self.cfg)
-        if mode == "off" or int(opts.iterations) <= 0:
+        if mode == "none" or int(opts.iterations) <= 0:
             return
         todo = [i for i in range(len(lm)) if rgbs[i] is not None and res.converged[i]
                 and (mode == "all" or sources[i] == 1)]
@@ -300,8 +300,8 @@ def build_stage(images: str, model: str, fit_cfg: dict, root: Optional[str] = No
         raise ConfigError(f"fit.landmarks must be one of {', '.join(LANDMARK_MODES)}, got {fit_cfg.get('landmarks')!r}")
     if fit_cfg.get("fitter") not in FITTERS:
         raise ConfigError(f"fit.fitter must be one of {', '.join(FITTERS)}, got {fit_cfg.get('fitter')!r}")
-    if str(fit_cfg.get("photometric", "off")) not in ("off", "detected", "all"):
-        raise ConfigError(f"fit.photometric must be off, detected or all, got {fit_cfg.get('photometric')!r}")
+    if str(fit_cfg.get("photometric", "none")) not in ("none", "detected", "all"):
+        raise ConfigError(f"fit.photometric must be none, detected or all, got {fit_cfg.get('photometric')!r}")
     if fit_cfg.get("contour", "auto") not in ("auto", "dynamic", "fixed"):
         raise ConfigError(f"fit.contour must be auto, dynamic or fixed, got {fit_cfg.get('contour')!r}")
     if int(fit_cfg.get("crop_size", 128)) < 8:
