@@ -46,7 +46,7 @@ _A = (np.pi, 2 * np.pi / 3, np.pi / 4)
 class PhotometricOptions:
     """Options (config section ``fit``, prefix ``photometric_``)."""
 
-    iterations: 15                      # LM steps per blur level (0 disables the refinement)
+    iterations: int = 15                # LM steps per blur level (0 disables the refinement)
     blur: tuple = (2.0, 1.0, 0.0)       # Gaussian blur of the photo per level, in pixels
     n_samples: int = 2500               # sample vertices on the face
     sigma_image: float = 0.05           # image noise std (colours in [0, 1])

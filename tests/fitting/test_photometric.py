@@ -100,4 +100,6 @@ def test_refinement_is_deterministic_and_rejects_perspective(model):
 def test_options_from_config_take_prefixed_keys_and_shared_priors():
     o = PhotometricOptions.from_config({"photometric_iterations": 3, "photometric_blur": [2, 0],
                                         "prior_exp": 5.0, "sigma": 0.1})
-    assert (o.iterations, o.blur, o.prior_exp, o.sigma_landmarks) == (3, (2.0, 0.0), 5.0, 0.1)
+    # "sigma" is the landmark fit's own noise level, not the refinement's: the default stays
+    assert (o.iterations, o.blur, o.prior_exp, o.sigma_landmarks) == (3, (2.0, 0.0), 5.0, PhotometricOptions().sigma_landmarks)
+    assert PhotometricOptions().iterations == 15
