@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fitting.fit import CHIN, JAW, interocular, skew  # noqa: F401  (JAW/CHIN: contour convention)
+from fitting.fit import interocular, skew
 
 _C = (0.282095, 0.488603, 1.092548, 0.315392, 0.546274)
 _A = (np.pi, 2 * np.pi / 3, np.pi / 4)
