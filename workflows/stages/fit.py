@@ -264,8 +264,8 @@ class FitStage(Stage):
 
     def _refine(self, res, lm, rgbs, model, sources) -> None:
         """``fit.photometric`` (none | detected | all): refine the chosen faces' landmark fits
-        against their photos (:mod:`fitting.photometric`), in place.  A refinement that ends
-        non-finite keeps the landmark fit.  (``fit.fitter=itw`` is photometric already and
+        against their photos (:mod:`fitting.photometric`), in place.  A refinement that fails
+        or ends non-finite keeps the landmark fit; a model without texture skips the step.  (``fit.fitter=itw`` is photometric already and
         returns before this.)"""
         from fitting.fit import interocular
         from fitting.photometric import PhotometricOptions, PhotometricRefiner
@@ -273,15 +273,18 @@ class FitStage(Stage):
 
         mode = str(self.cfg.get("photometric", "none"))
         opts = PhotometricOptions.from_config(self.cfg)
-        if mode == "none" or int(opts.iterations) <= 0:
-            return
+        if mode == "none" or int(opts.iterations) <= 0 or model.U_tex is None or model.texture_mean is None:
+            return                                                  # no texture model: landmark fits only
         todo = [i for i in range(len(lm)) if rgbs[i] is not None and res.converged[i]
                 and (mode == "all" or sources[i] == 1)]
         if not todo:
             return
         ref = _cached(("photometric", self._model_hash, repr(opts)), lambda: PhotometricRefiner(model, opts))
         for i in todo:
-            p_id, p_exp, cam, _ = ref.refine(rgbs[i], lm[i], res.p_id[i], res.p_exp[i], res.camera[i])
+            try:
+                p_id, p_exp, cam, _ = ref.refine(rgbs[i], lm[i], res.p_id[i], res.p_exp[i], res.camera[i])
+            except (ValueError, RuntimeError):                      # e.g. a singular system: keep the landmark fit
+                continue
             if not (np.isfinite(p_id).all() and np.isfinite(p_exp).all() and np.isfinite(cam).all()):
                 continue
             fitted = project(model.instance(p_id, p_exp)[model.landmarks], cam)
