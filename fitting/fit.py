@@ -133,6 +133,13 @@ def scaled_orthographic_camera(X, y, w):
     return s, R, torch.stack([t[:, 0], -t[:, 1]], -1)
 
 
+def _weighted_gram(A, w):
+    """``sum_k w_k A_k^T A_k`` for ``A [B,K,2,P]``, ``w [B,K]`` -> ``[B,P,P]``."""
+    import torch
+
+    return torch.einsum("bkip,bkiq->bpq", A * w[..., None, None], A)
+
+
 def skew(v):
     """Cross-product matrices ``[..., 3] -> [..., 3, 3]`` (``skew(a) @ b == a x b``)."""
     import torch
@@ -250,18 +257,37 @@ class LandmarkFitter:
             return X, (jm, jb)
         return X, None
 
+    def _static_hessian(self, proj, lo, ws, A=None):
+        """``sum_k ws_k B_k^T proj^T proj B_k`` over the static landmark points ``k >= lo``
+        (``proj [B,2,3]``, ``ws [B,K]``) -> ``[B,P,P]``.
+
+        When all faces share the weights (the usual case), ``sum_k w_k B_k[i]^T B_k[j]`` is
+        computed once and cached, and the result is a 9-term combination with ``proj^T proj``
+        (P^2 x 9 instead of P^2 x 136 multiply-adds).  Otherwise it is formed per face from
+        ``A = proj B`` ``[B,K,2,P]`` (pass it when the caller has it)."""
+        import torch
+
+        Bs = self._basis_lm[lo:]
+        if bool((ws == ws[:1]).all()):
+            key = (lo, ws[0].cpu().numpy().tobytes())
+            if self._gram_key != key:                                   # weights rarely change: cache
+                self._gram = torch.einsum("kip,kjq->ijpq", Bs * ws[0][:, None, None], Bs)   # [3,3,P,P]
+                self._gram_key = key
+            return torch.einsum("bij,ijpq->bpq", proj.transpose(1, 2) @ proj, self._gram)
+        if A is None:
+            A = torch.einsum("bij,kjp->bkip", proj, Bs)
+        return _weighted_gram(A, ws)
+
     def _solve_shape(self, y, w, s, R, t, jaw, s_ref):
         """Exact minimiser of E over p for a fixed camera (batched normal equations).
 
         For a point k with basis rows ``B_k [3,P]`` the projected residual is
         ``R2 (m_k + B_k p) - b'_k``, so ``H = sum_k w_k B_k^T (R2^T R2) B_k``.  When all faces
-        share the weights of the fixed landmark vertices (the usual case), ``sum_k w_k
-        B_k[i]^T B_k[j]`` is computed once and ``H`` is a 9-term combination per face
-        (P^2 x 9 instead of P^2 x 136 multiply-adds); the dynamic jaw points are added per face.
+        share the weights of the fixed landmark vertices (the usual case), ``H`` comes from a
+        cached Gram tensor (:meth:`_static_hessian`); the dynamic jaw points are added per face.
         """
         import torch
 
-        Bsz = y.shape[0]
         R2 = R[:, :2]                                                   # [B,2,3]
         yf = torch.stack([y[..., 0] - t[:, None, 0], -(y[..., 1] - t[:, None, 1])], -1)   # [B,68,2]
         c = (s / s_ref) ** 2 / (self.opt.sigma * self.model_iod) ** 2   # [B]; ||s (A p - b)||^2 / (sigma s_ref)^2
@@ -270,25 +296,14 @@ class LandmarkFitter:
         ws = w[:, lo:]
         b = yf[:, lo:] / s[:, None, None] - torch.einsum("bij,kj->bki", R2, ms)           # [B,K,2]
         g = torch.einsum("kjp,bkj->bp", Bs, ws[..., None] * torch.einsum("bij,bki->bkj", R2, b))
-        Pm = R2.transpose(1, 2) @ R2                                    # [B,3,3]
-        if bool((ws == ws[:1]).all()):
-            key = (lo, ws[0].cpu().numpy().tobytes())
-            if self._gram_key != key:                                   # weights rarely change: cache
-                self._gram = torch.einsum("kip,kjq->ijpq", Bs * ws[0][:, None, None], Bs)   # [3,3,P,P]
-                self._gram_key = key
-            H = torch.einsum("bij,ijpq->bpq", Pm, self._gram)
-        else:
-            A = torch.einsum("bij,kjp->bkip", R2, Bs).reshape(Bsz, -1, Bs.shape[-1])
-            wf = ws[..., None].expand(-1, -1, 2).reshape(Bsz, -1, 1)
-            H = A.transpose(1, 2) @ (wf * A)
+        H = self._static_hessian(R2, lo, ws)
         if jaw is not None:
             jm, jb = jaw
             wj = w[:, :17]
             bj = yf[:, :17] / s[:, None, None] - torch.einsum("bij,blj->bli", R2, jm)
-            Aj = torch.einsum("bij,bljp->blip", R2, jb).reshape(Bsz, -1, jb.shape[-1])
-            wjf = wj[..., None].expand(-1, -1, 2).reshape(Bsz, -1, 1)
-            H = H + Aj.transpose(1, 2) @ (wjf * Aj)
-            g = g + (Aj.transpose(1, 2) @ (wjf * bj.reshape(Bsz, -1, 1)))[..., 0]
+            Aj = torch.einsum("bij,bljp->blip", R2, jb)                              # [B,17,2,P]
+            H = H + _weighted_gram(Aj, wj)
+            g = g + torch.einsum("blip,bli->bp", Aj, wj[..., None] * bj)
         H = c[:, None, None] * H
         H.diagonal(dim1=1, dim2=2).add_(self._prior)
         g = c[:, None] * g
@@ -340,22 +355,14 @@ class LandmarkFitter:
         gc = torch.einsum("bkic,bki->bc", Jc, wr)
         Hcp = torch.einsum("bkic,bkip->bcp", Jc[:, lo:] * ws[..., None, None], J_p)    # [B,6,P]
         gp = torch.einsum("bkip,bki->bp", J_p, wr[:, lo:])
-        if bool((ws == ws[:1]).all()):
-            key = (lo, ws[0].cpu().numpy().tobytes())
-            if self._gram_key != key:
-                self._gram = torch.einsum("kip,kjq->ijpq", Bs * ws[0][:, None, None], Bs)
-                self._gram_key = key
-            Hpp = torch.einsum("bij,ijpq->bpq", sR2.transpose(1, 2) @ sR2, self._gram)
-        else:
-            Jf = J_p.reshape(Bsz, -1, P)
-            Hpp = Jf.transpose(1, 2) @ (ws[..., None].expand(-1, -1, 2).reshape(Bsz, -1, 1) * Jf)
+        Hpp = self._static_hessian(sR2, lo, ws, J_p)
         if jaw is not None:
             jm, jb = jaw
             J_j = torch.einsum("bij,bljp->blip", sR2, jb)                              # [B,17,2,P]
             wj = w[:, :17]
             Hcp = Hcp + torch.einsum("blic,blip->bcp", Jc[:, :17] * wj[..., None, None], J_j)
             gp = gp + torch.einsum("blip,bli->bp", J_j, wr[:, :17])
-            Hpp = Hpp + torch.einsum("blip,bliq->bpq", J_j * wj[..., None, None], J_j)
+            Hpp = Hpp + _weighted_gram(J_j, wj)
         H = torch.cat([torch.cat([Hcc, Hcp], 2), torch.cat([Hcp.transpose(1, 2), Hpp], 2)], 1)
         H = kappa[:, None, None] * H
         g = kappa[:, None] * torch.cat([gc, gp], 1)
