@@ -37,9 +37,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from fitting.fit import interocular, skew
+from render.lighting import SH_A, SH_C
 
-_C = (0.282095, 0.488603, 1.092548, 0.315392, 0.546274)
-_A = (np.pi, 2 * np.pi / 3, np.pi / 4)
+_C = SH_C                                  # real SH constants of bands 0-2 (the renderer's)
+_A = (SH_A[0], SH_A[1], SH_A[4])           # Lambertian factors of bands 0, 1, 2
 
 
 @dataclass
@@ -87,9 +88,10 @@ def sh_basis_torch(n):
     ], -1)
 
 
-def bilinear(img, uv):
-    """Sample ``img [H, W, C]`` (torch, float) at pixel coordinates ``uv [N, 2]`` (pixel
-    centres at ``j + 0.5``, borders clamped), differentiable in ``uv`` in both AD modes."""
+def _bilinear_taps(img, uv):
+    """The four taps of a bilinear sample: ``(i0, i1, j0, j1, fx [N,1], fy [N,1])`` for
+    ``img [H, W, C]`` at pixel coordinates ``uv [N, 2]`` (pixel centres at ``j + 0.5``,
+    borders clamped); ``fx``/``fy`` keep ``uv``'s autodiff graph."""
     import torch
 
     H, W = img.shape[:2]
@@ -97,9 +99,14 @@ def bilinear(img, uv):
     y = (uv[:, 1] - 0.5).clamp(0, H - 1)
     x0 = torch.floor(x.detach()).clamp(0, max(W - 2, 0))
     y0 = torch.floor(y.detach()).clamp(0, max(H - 2, 0))
-    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
     i0, j0 = y0.long(), x0.long()
-    i1, j1 = (i0 + 1).clamp(max=H - 1), (j0 + 1).clamp(max=W - 1)
+    return i0, (i0 + 1).clamp(max=H - 1), j0, (j0 + 1).clamp(max=W - 1), (x - x0)[:, None], (y - y0)[:, None]
+
+
+def bilinear(img, uv):
+    """Sample ``img [H, W, C]`` (torch, float) at pixel coordinates ``uv [N, 2]`` (pixel
+    centres at ``j + 0.5``, borders clamped), differentiable in ``uv`` in both AD modes."""
+    i0, i1, j0, j1, fx, fy = _bilinear_taps(img, uv)
     return ((1 - fy) * ((1 - fx) * img[i0, j0] + fx * img[i0, j1])
             + fy * ((1 - fx) * img[i1, j0] + fx * img[i1, j1]))
 
@@ -151,26 +158,24 @@ class PhotometricRefiner:
             raise ValueError("photometric refinement needs a texture model (model.h5 /texture)")
         self.device = torch.device(device or "cpu")
         self.dtype = torch.float64
-        S = sample_vertices(model, int(opt.n_samples))
+        S = sample_vertices(model, int(opt.n_samples))                       # sorted vertex ids
         T = np.asarray(model.trilist, np.int64)
-        # incident triangles of each sample vertex (padded with a degenerate triangle)
-        pos = {v: i for i, v in enumerate(S)}
-        inc = [[] for _ in S]
-        for t, tri in enumerate(T):
-            for v in tri:
-                i = pos.get(int(v))
-                if i is not None:
-                    inc[i].append(t)
-        deg = max(len(a) for a in inc)
         lm = np.asarray(model.landmarks, np.int64)
-        used = np.unique(np.concatenate([S, lm, T[np.unique(np.concatenate([np.array(a, np.int64) for a in inc]))].ravel()]))
-        remap = {v: i for i, v in enumerate(used)}
-        tri_local = np.array([[remap[int(v)] for v in tri] for tri in T[np.unique(np.concatenate(
-            [np.array(a, np.int64) for a in inc]))]], np.int64)
-        tri_id = {t: i for i, t in enumerate(np.unique(np.concatenate([np.array(a, np.int64) for a in inc])))}
-        dummy = len(tri_local)
-        tri_local = np.concatenate([tri_local, np.zeros((1, 3), np.int64)])      # degenerate: no area
-        inc_local = np.array([[tri_id[t] for t in a] + [dummy] * (deg - len(a)) for a in inc], np.int64)
+        # incident triangles of each sample vertex, in triangle order, padded with a
+        # degenerate triangle (all corners on one vertex: zero normal, zero derivative)
+        is_s = np.zeros(model.n_vertices, bool)
+        is_s[S] = True
+        t_inc, corner = np.nonzero(is_s[T])
+        v_inc = T[t_inc, corner]
+        order = np.lexsort((t_inc, v_inc))
+        t_inc, s_pos = t_inc[order], np.searchsorted(S, v_inc[order])
+        tris = np.unique(t_inc)
+        used = np.unique(np.concatenate([S, lm, T[tris].ravel()]))           # vertices the step touches
+        tri_local = np.concatenate([np.searchsorted(used, T[tris]), np.zeros((1, 3), np.int64)])
+        counts = np.bincount(s_pos, minlength=len(S))
+        slot = np.arange(len(s_pos)) - np.concatenate([[0], np.cumsum(counts)[:-1]])[s_pos]
+        inc_local = np.full((len(S), counts.max()), len(tris), np.int64)
+        inc_local[s_pos, slot] = np.searchsorted(tris, t_inc)
         self.samples = S
         self.k, self.e = model.n_id, model.n_exp
         rows = (used[:, None] * 3 + np.arange(3)[None]).reshape(-1)
@@ -180,11 +185,11 @@ class PhotometricRefiner:
         self._basis = t(B.reshape(len(used), 3, -1))
         self._tri = t(tri_local, torch.long)
         self._inc = t(inc_local, torch.long)
-        self._s_local = t(np.array([remap[int(v)] for v in S]), torch.long)
+        self._s_local = t(np.searchsorted(used, S), torch.long)
         Bt = self._basis[self._tri]                                            # [T,3(vert),3,P]
         self._dE1 = Bt[:, 1] - Bt[:, 0]                                        # d(b - a)/dp [T,3,P]
         self._dE2 = Bt[:, 2] - Bt[:, 0]                                        # d(c - a)/dp
-        self._lm_local = t(np.array([remap[int(v)] for v in lm]), torch.long)
+        self._lm_local = t(np.searchsorted(used, lm), torch.long)
         srow = (S[:, None] * 3 + np.arange(3)[None]).reshape(-1)
         self._tex_mean = model.texture_mean.reshape(-1)[srow].reshape(-1, 3).astype(np.float64)
         self._tex_basis = (model.U_tex[srow] * np.sqrt(model.ev_tex)).reshape(len(S), 3, -1).astype(np.float64)
@@ -205,7 +210,6 @@ class PhotometricRefiner:
         uv = torch.stack([s * Xc[:, 0] + t0[0] + x[4], -s * Xc[:, 1] + t0[1] + x[5]], -1)
         a, b, c = Xc[self._tri[:, 0]], Xc[self._tri[:, 1]], Xc[self._tri[:, 2]]
         fn = torch.linalg.cross(b - a, c - a, dim=-1)                         # [T,3], 2 x area
-        fn = torch.cat([fn, torch.zeros_like(fn[:1])])[: len(self._tri)]
         n = fn[self._inc].sum(1)                                              # [S,3]
         n = n / n.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         return uv[self._s_local], n, uv[self._lm_local]
@@ -251,9 +255,8 @@ class PhotometricRefiner:
         e1, e2 = b - a, c - a
         fn = torch.linalg.cross(e1, e2, dim=-1)                                 # [T,3]
         dfn = _cross_field(self._dE1, e2) - _cross_field(self._dE2, e1)          # [T,3,P]
-        zero = torch.zeros_like(fn[:1])
-        nr = torch.cat([fn, zero])[self._inc].sum(1)                            # [S,3]
-        dnr = torch.cat([dfn, torch.zeros_like(dfn[:1])])[self._inc].sum(1)     # [S,3,P]
+        nr = fn[self._inc].sum(1)                                               # [S,3]
+        dnr = dfn[self._inc].sum(1)                                             # [S,3,P]
         norm = nr.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         nm = nr / norm
         dnm = (dnr - nm[..., None] * torch.einsum("sk,skp->sp", nm, dnr)[:, None]) / norm[..., None]
@@ -276,13 +279,7 @@ class PhotometricRefiner:
         # image gradient of the bilinear sample
         uv = torch.stack([V[self._s_local] @ sR2[0] + t0[0], V[self._s_local] @ sR2[1] + t0[1]], -1)
         H, W = img.shape[:2]
-        xx = (uv[:, 0] - 0.5).clamp(0, W - 1)
-        yy = (uv[:, 1] - 0.5).clamp(0, H - 1)
-        x0 = torch.floor(xx).clamp(0, max(W - 2, 0))
-        y0 = torch.floor(yy).clamp(0, max(H - 2, 0))
-        fx, fy = (xx - x0)[:, None], (yy - y0)[:, None]
-        i0, j0 = y0.long(), x0.long()
-        i1, j1 = (i0 + 1).clamp(max=H - 1), (j0 + 1).clamp(max=W - 1)
+        i0, i1, j0, j1, fx, fy = _bilinear_taps(img, uv)
         gx = (1 - fy) * (img[i0, j1] - img[i0, j0]) + fy * (img[i1, j1] - img[i1, j0])
         gy = (1 - fx) * (img[i1, j0] - img[i0, j0]) + fx * (img[i1, j1] - img[i0, j1])
         inside_x = ((uv[:, 0] - 0.5 > 0) & (uv[:, 0] - 0.5 < W - 1)).to(x.dtype)[:, None]
