@@ -35,22 +35,27 @@ def _check_camera(camera) -> np.ndarray:
     return cam
 
 
+def _rotation(xp, p, y, r):
+    """``Rz(r) @ Ry(y) @ Rx(p)`` with the array module ``xp`` (numpy or torch: both have
+    ``cos sin stack ones_like zeros_like`` and ``@``)."""
+    cp, sp, cy, sy, cr, sr = xp.cos(p), xp.sin(p), xp.cos(y), xp.sin(y), xp.cos(r), xp.sin(r)
+    one, zero = xp.ones_like(p), xp.zeros_like(p)
+    rx = xp.stack([xp.stack([one, zero, zero], -1),
+                   xp.stack([zero, cp, -sp], -1),
+                   xp.stack([zero, sp, cp], -1)], -2)
+    ry = xp.stack([xp.stack([cy, zero, sy], -1),
+                   xp.stack([zero, one, zero], -1),
+                   xp.stack([-sy, zero, cy], -1)], -2)
+    rz = xp.stack([xp.stack([cr, -sr, zero], -1),
+                   xp.stack([sr, cr, zero], -1),
+                   xp.stack([zero, zero, one], -1)], -2)
+    return rz @ ry @ rx
+
+
 def rotation_matrix(pitch, yaw, roll) -> np.ndarray:
     """``R = Rz(roll) @ Ry(yaw) @ Rx(pitch)``; angles broadcast, result ``[..., 3, 3]``."""
     p, y, r = (np.asarray(a, dtype=np.float64) for a in (pitch, yaw, roll))
-    p, y, r = np.broadcast_arrays(p, y, r)
-    cp, sp, cy, sy, cr, sr = np.cos(p), np.sin(p), np.cos(y), np.sin(y), np.cos(r), np.sin(r)
-    one, zero = np.ones_like(p), np.zeros_like(p)
-    rx = np.stack([np.stack([one, zero, zero], -1),
-                   np.stack([zero, cp, -sp], -1),
-                   np.stack([zero, sp, cp], -1)], -2)
-    ry = np.stack([np.stack([cy, zero, sy], -1),
-                   np.stack([zero, one, zero], -1),
-                   np.stack([-sy, zero, cy], -1)], -2)
-    rz = np.stack([np.stack([cr, -sr, zero], -1),
-                   np.stack([sr, cr, zero], -1),
-                   np.stack([zero, zero, one], -1)], -2)
-    return rz @ ry @ rx
+    return _rotation(np, *np.broadcast_arrays(p, y, r))
 
 
 def camera_rotation(camera) -> np.ndarray:
@@ -96,19 +101,7 @@ def rotation_matrix_torch(pitch, yaw, roll):
     """Torch version of :func:`rotation_matrix` (differentiable), ``[..., 3, 3]``."""
     import torch
 
-    cp, sp, cy, sy, cr, sr = (torch.cos(pitch), torch.sin(pitch), torch.cos(yaw), torch.sin(yaw),
-                              torch.cos(roll), torch.sin(roll))
-    one, zero = torch.ones_like(pitch), torch.zeros_like(pitch)
-    rx = torch.stack([torch.stack([one, zero, zero], -1),
-                      torch.stack([zero, cp, -sp], -1),
-                      torch.stack([zero, sp, cp], -1)], -2)
-    ry = torch.stack([torch.stack([cy, zero, sy], -1),
-                      torch.stack([zero, one, zero], -1),
-                      torch.stack([-sy, zero, cy], -1)], -2)
-    rz = torch.stack([torch.stack([cr, -sr, zero], -1),
-                      torch.stack([sr, cr, zero], -1),
-                      torch.stack([zero, zero, one], -1)], -2)
-    return rz @ ry @ rx
+    return _rotation(torch, pitch, yaw, roll)
 
 
 def project_torch(X, camera):
