@@ -246,22 +246,18 @@
     fillSelect($("transfer-select"), info.photos);
     enableEditing(false);
 
-    $("file-input").addEventListener("change", (ev) => {
-      const f = ev.target.files[0];
-      if (f) loadPhoto("main", { file: f });
-      ev.target.value = "";
-    });
-    $("photo-select").addEventListener("change", (ev) => {
-      if (ev.target.value) loadPhoto("main", { name: ev.target.value });
-    });
-    $("transfer-file").addEventListener("change", (ev) => {
-      const f = ev.target.files[0];
-      if (f) loadPhoto("transfer", { file: f });
-      ev.target.value = "";
-    });
-    $("transfer-select").addEventListener("change", (ev) => {
-      if (ev.target.value) loadPhoto("transfer", { name: ev.target.value });
-    });
+    // each photo slot has an upload input and a select of the demo photos
+    for (const [slot, fileId, selectId] of [["main", "file-input", "photo-select"],
+                                            ["transfer", "transfer-file", "transfer-select"]]) {
+      $(fileId).addEventListener("change", (ev) => {
+        const f = ev.target.files[0];
+        if (f) loadPhoto(slot, { file: f });
+        ev.target.value = "";
+      });
+      $(selectId).addEventListener("change", (ev) => {
+        if (ev.target.value) loadPhoto(slot, { name: ev.target.value });
+      });
+    }
     $("transfer-apply").addEventListener("click", applyTransfer);
     $("neutralise").addEventListener("click", () => setParams(S.p.map(() => 0)));
     $("reset").addEventListener("click", () => setParams(S.pFit));
