@@ -14,12 +14,29 @@ For one face, at a fixed visibility and a fixed light/albedo, the residual vecto
           sqrt(prior) * p                                 (identity and expression priors) ]
 
 over ``x = [omega (3), log s, tx, ty, p_id, p_exp]`` (``R <- R exp([omega]_x)``), and a
-Levenberg-Marquardt step uses the exact Jacobian from forward-mode autodiff
-(``torch.func.jacfwd``, one forward pass per unknown, batched).  Between steps the light
+Levenberg-Marquardt step uses the exact, analytic Jacobian (checked against
+``torch.func.jacfwd``).  Between steps the light
 (9 x 3 SH coefficients) and the texture parameters are re-solved in closed form (each is
 linear given the other), and the visible sample vertices are recomputed with the
 z-buffer of ``render.visible_vertices``.  A coarse-to-fine schedule blurs the photo
 (Gaussian, ``blur`` pixels) so that a landmark fit a few pixels off is inside the basin.
+
+**Render correction** (``render_correction``).  A rendered (or photographed) face is not
+its per-vertex colours: the rasteriser interpolates them over pixel centres, clips the
+shading to [0, 1], mixes in the background at the silhouette, and the coarse levels blur
+it.  Sampled at a vertex, the photo of the *true* state therefore differs from
+``albedo * shading`` (by 0.01-0.05 on average on the demo photos, much more at sharp
+albedo edges), and the optimum moves away from the truth to absorb it.  At every step the current state is rendered
+(``render.render``, over the photo as background, blurred like the photo) and the
+difference ``render(uv) - albedo * shading`` is added to the model term as a constant of
+that step; at the true state of a rendered face the corrected residual is the uint8
+rounding only (tested).  This approximates render-and-compare (the offset's own
+derivative is left out) at the cost of one render per step, without a differentiable
+rasteriser.
+
+**Jaw contour.**  Detectors put the jaw points on the silhouette; with
+``refine(..., contour="dynamic")`` each jaw point takes, at every step, the outermost
+vertex (in camera x) of its candidate line, as the landmark fitter does.
 
 Only a fixed, evenly spread subset of the face's vertices is sampled (``n_samples``);
 their normals are the exact area-weighted vertex normals of ``render.lighting`` computed
@@ -36,7 +53,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fitting.fit import interocular, skew
+from fitting.fit import CHIN, JAW, _contour_candidates, interocular, skew
 from render.lighting import SH_A, SH_C
 
 _C = SH_C                                  # real SH constants of bands 0-2 (the renderer's)
@@ -57,6 +74,7 @@ class PhotometricOptions:
     prior_tex: float = 1.0
     min_normal_z: float = 0.15          # skip grazing samples (they mix with the background)
     robust: float = 0.03                # Cauchy scale of the image residual (IRLS); 0 = least squares
+    render_correction: bool = True      # add the renderer's discretisation to the model term
 
     @classmethod
     def from_config(cls, cfg: dict, **over) -> "PhotometricOptions":
@@ -170,7 +188,8 @@ class PhotometricRefiner:
         order = np.lexsort((t_inc, v_inc))
         t_inc, s_pos = t_inc[order], np.searchsorted(S, v_inc[order])
         tris = np.unique(t_inc)
-        used = np.unique(np.concatenate([S, lm, T[tris].ravel()]))           # vertices the step touches
+        cand = _contour_candidates(model.mean, lm)                             # [17, C] silhouette lines
+        used = np.unique(np.concatenate([S, lm, cand.ravel(), T[tris].ravel()]))   # vertices the step touches
         tri_local = np.concatenate([np.searchsorted(used, T[tris]), np.zeros((1, 3), np.int64)])
         counts = np.bincount(s_pos, minlength=len(S))
         slot = np.arange(len(s_pos)) - np.concatenate([[0], np.cumsum(counts)[:-1]])[s_pos]
@@ -190,6 +209,8 @@ class PhotometricRefiner:
         self._dE1 = Bt[:, 1] - Bt[:, 0]                                        # d(b - a)/dp [T,3,P]
         self._dE2 = Bt[:, 2] - Bt[:, 0]                                        # d(c - a)/dp
         self._lm_local = t(np.searchsorted(used, lm), torch.long)
+        self._cand_local = t(np.searchsorted(used, cand), torch.long)          # [17, C]
+        self._side = t(np.where(np.arange(17) < CHIN, -1.0, 1.0))             # outward direction in x
         srow = (S[:, None] * 3 + np.arange(3)[None]).reshape(-1)
         self._tex_mean = model.texture_mean.reshape(-1)[srow].reshape(-1, 3).astype(np.float64)
         self._tex_basis = (model.U_tex[srow] * np.sqrt(model.ev_tex)).reshape(len(S), 3, -1).astype(np.float64)
@@ -198,9 +219,10 @@ class PhotometricRefiner:
         self._prior_sqrt = t(np.sqrt(prior))
 
     # ------------------------------------------------------------------ geometry
-    def _geometry(self, x, R0, s0, t0):
+    def _geometry(self, x, R0, s0, t0, lm_idx=None):
         """State ``x [6 + P]`` relative to ``(R0, s0, t0)`` -> ``(uv_s [S,2], n_cam [S,3],
-        uv_lm [68,2])``."""
+        uv_lm [68,2])``; ``lm_idx [68]`` the landmark vertices (local ids; default the
+        model's)."""
         import torch
 
         R = R0 @ torch.linalg.matrix_exp(skew(x[:3]))
@@ -212,23 +234,36 @@ class PhotometricRefiner:
         fn = torch.linalg.cross(b - a, c - a, dim=-1)                         # [T,3], 2 x area
         n = fn[self._inc].sum(1)                                              # [S,3]
         n = n / n.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        return uv[self._s_local], n, uv[self._lm_local]
+        return uv[self._s_local], n, uv[self._lm_local if lm_idx is None else lm_idx]
 
-    def _residual(self, x, R0, s0, t0, img, vis, albedo, light, y, wl):
+    def _contour_landmarks(self, p, R):
+        """Local landmark vertex ids ``[68]`` with the 15 non-chin jaw points moved to the
+        silhouette of the shape ``p`` under rotation ``R`` (the landmark fitter's dynamic
+        contour: the outermost candidate in camera x on each jaw point's line)."""
         import torch
 
-        uv, n, uv_lm = self._geometry(x, R0, s0, t0)
+        Vc = self._mean[self._cand_local] + torch.einsum("jckp,p->jck", self._basis[self._cand_local], p)
+        pick = torch.argmax((Vc @ R[0]) * self._side[:, None], dim=-1)      # [17]
+        idx = self._lm_local.clone()
+        idx[JAW] = self._cand_local[torch.arange(17, device=p.device), pick]
+        return idx
+
+    def _residual(self, x, R0, s0, t0, img, vis, albedo, light, y, wl, lm_idx=None, offset=None):
+        import torch
+
+        uv, n, uv_lm = self._geometry(x, R0, s0, t0, lm_idx)
         model_c = albedo * (sh_basis_torch(n) @ light)                       # [S,3]
-        obs = bilinear(img, uv)
+        obs = bilinear(img, uv) if offset is None else bilinear(img, uv) - offset
         r_img = ((obs - model_c) * vis[:, None]).reshape(-1) / self.opt.sigma_image
         r_lm = (wl[:, None] * (uv_lm - y)).reshape(-1)
         r_p = self._prior_sqrt * x[6:]
         return torch.cat([r_img, r_lm, r_p])
 
-    def _jacobian(self, x, R0, s0, t0, img, vis, albedo, light, y, wl):
+    def _jacobian(self, x, R0, s0, t0, img, vis, albedo, light, y, wl, lm_idx=None, offset=None):
         """Analytic Jacobian of :meth:`_residual` at a state with ``x[:6] == 0`` (the
         camera is re-based after every step): ``[M, 6 + P]``.  Checked against
-        ``torch.func.jacfwd`` of :meth:`_residual` in the tests."""
+        ``torch.func.jacfwd`` of :meth:`_residual` in the tests.  (``offset`` is a
+        constant of the step and does not enter.)"""
         import torch
 
         P = x.shape[0] - 6
@@ -249,7 +284,7 @@ class PhotometricRefiner:
             return J
 
         J_uv = d_uv(self._s_local)                                              # [S,2,6+P]
-        J_lm = d_uv(self._lm_local)                                             # [68,2,6+P]
+        J_lm = d_uv(self._lm_local if lm_idx is None else lm_idx)               # [68,2,6+P]
         # normals (model frame) and their derivatives
         a, b, c = V[self._tri[:, 0]], V[self._tri[:, 1]], V[self._tri[:, 2]]
         e1, e2 = b - a, c - a
@@ -314,17 +349,39 @@ class PhotometricRefiner:
             p_tex = np.linalg.solve(D.T @ D + lam * np.eye(kt), D.T @ rhs)
         return L, p_tex
 
+    def _render_offset(self, V, cam, p_tex, light, img_np, blur, uv, Y):
+        """What the renderer adds to the per-vertex model colour at the sample vertices:
+        ``render(state)`` (rasterised, clipped, over the photo as background, blurred like
+        the photo) sampled at ``uv [S,2]`` minus ``albedo * shading`` ``[S,3]``.  Held fixed
+        through one LM step and recomputed at the next, so that the model term sees the
+        same discretisation as a rendered photo."""
+        import torch
+        from scipy.ndimage import gaussian_filter
+
+        from render import render
+
+        albedo = self.model.texture(p_tex).astype(np.float64)
+        img = render(V, self.model.trilist, albedo, cam, background=img_np, light=light).image.astype(np.float64)
+        if blur > 0:
+            img = np.stack([gaussian_filter(img[..., c], blur) for c in range(3)], -1)
+        sampled = bilinear(torch.as_tensor(img), uv.cpu().to(torch.float64)).numpy()
+        return sampled - (self._tex_mean + self._tex_basis @ p_tex) * (Y @ light)
+
     # ------------------------------------------------------------------ main
-    def refine(self, image, lm2d, p_id, p_exp, camera, weights=None):
+    def refine(self, image, lm2d, p_id, p_exp, camera, weights=None, contour: str = "dynamic"):
         """Refine one face.
 
         Args:
             image: ``[H, W, 3]`` uint8 photo; lm2d: ``[68, 2]`` the landmarks of the fit;
             p_id ``[K]``, p_exp ``[E]``, camera ``[7]`` (weak perspective): the landmark fit.
             weights: ``[68]`` landmark weights (default ones).
+            contour: ``"dynamic"`` (jaw points on the silhouette, re-chosen at every step:
+                detected landmarks) or ``"fixed"`` (the model's jaw vertices: annotations
+                made as projections of fixed vertices).
         Returns:
             ``(p_id, p_exp, camera, info)`` numpy float32; ``info`` has ``energy`` (first,
-            last) and ``samples`` (visible samples at the end).
+            last), ``samples`` (visible samples at the end) and ``lm_fitted`` ``[68, 2]`` (the
+            fit's landmarks in the image, jaw points on the silhouette when dynamic).
         """
         import torch
         from scipy.ndimage import gaussian_filter
@@ -337,6 +394,8 @@ class PhotometricRefiner:
         img0 = np.asarray(image, np.float64) / 255.0
         H, W = img0.shape[:2]
         cam = np.asarray(camera, np.float64)
+        if contour not in ("dynamic", "fixed"):
+            raise ValueError(f"contour must be 'dynamic' or 'fixed', got {contour!r}")
         if abs(cam[6]) > 0:
             raise ValueError("photometric refinement supports weak-perspective cameras (dist = 0) only")
         t = lambda a: torch.as_tensor(np.asarray(a, np.float64), dtype=self.dtype, device=self.device)  # noqa: E731
@@ -349,6 +408,7 @@ class PhotometricRefiner:
         w = np.ones(68) if weights is None else np.asarray(weights, np.float64)
         wl = t(np.sqrt(w) / (opt.sigma_landmarks * iod))
         p_tex = np.zeros(self._tex_basis.shape[-1])
+        light = None
         energies = []
         lam = 1e-3
         nvis = 0
@@ -364,20 +424,25 @@ class PhotometricRefiner:
                     Vfull = self.model.instance(x[6:6 + self.k].cpu().numpy(), x[6 + self.k:].cpu().numpy())
                     vis_full = visible_vertices(Vfull, self.model.trilist, cam_now, (H, W))
                     uv, n, _ = self._geometry(x, R0, s0, t0)
+                    lm_idx = self._contour_landmarks(x[6:], R) if contour == "dynamic" else None
                     obs = bilinear(img, uv).cpu().numpy()
                     Y = sh_basis_torch(n).cpu().numpy()
                     vis = (vis_full[self.samples] & (n[:, 2].cpu().numpy() > opt.min_normal_z)).astype(np.float64)
                     nvis = int(vis.sum())
                     if nvis < 50:
                         break
-                    light, p_tex = self._solve_appearance(obs, Y, vis, p_tex)
-                    albedo = t(self._tex_mean + self._tex_basis @ p_tex)
+                    offset = np.zeros_like(obs)
+                    if opt.render_correction:
+                        if light is None:
+                            light, p_tex = self._solve_appearance(obs, Y, vis, p_tex)
+                        offset = self._render_offset(Vfull, cam_now, p_tex, light, img_np, blur, uv, Y)
+                    light, p_tex = self._solve_appearance(obs - offset, Y, vis, p_tex)
                     if opt.robust > 0:                                         # IRLS weights (Cauchy)
-                        res = np.abs(obs - (self._tex_mean + self._tex_basis @ p_tex) * (Y @ light)).max(1)
+                        res = np.abs(obs - offset - (self._tex_mean + self._tex_basis @ p_tex) * (Y @ light)).max(1)
                         vis = vis / np.sqrt(1.0 + (res / opt.robust) ** 2)
-                        light, p_tex = self._solve_appearance(obs, Y, vis, p_tex)
-                        albedo = t(self._tex_mean + self._tex_basis @ p_tex)
-                args = (R0, s0, t0, img, t(vis), albedo, t(light), y, wl)
+                        light, p_tex = self._solve_appearance(obs - offset, Y, vis, p_tex)
+                    albedo = t(self._tex_mean + self._tex_basis @ p_tex)
+                args = (R0, s0, t0, img, t(vis), albedo, t(light), y, wl, lm_idx, t(offset))
                 f = lambda z: self._residual(z, *args)  # noqa: E731
                 r = f(x)
                 E = float((r ** 2).sum())
@@ -400,7 +465,10 @@ class PhotometricRefiner:
                 energies.append(E)
         R = R0 @ torch.linalg.matrix_exp(skew(x[:3]))
         cam_out = camera_vector((s0 * torch.exp(x[3]))[None], R[None], (t0 + x[4:6])[None])[0]
+        with torch.no_grad():
+            _, _, uv_lm = self._geometry(x, R0, s0, t0, self._contour_landmarks(x[6:], R) if contour == "dynamic" else None)
         xn = x.cpu().numpy()
-        info = {"energy": (energies[0], energies[-1]) if energies else (np.nan, np.nan), "samples": nvis}
+        info = {"energy": (energies[0], energies[-1]) if energies else (np.nan, np.nan), "samples": nvis,
+                "lm_fitted": uv_lm.cpu().numpy().astype(np.float32)}
         return (xn[6:6 + self.k].astype(np.float32), xn[6 + self.k:].astype(np.float32),
                 cam_out.cpu().numpy().astype(np.float32), info)

@@ -103,3 +103,54 @@ def test_options_from_config_take_prefixed_keys_and_shared_priors():
     # "sigma" is the landmark fit's own noise level, not the refinement's: the default stays
     assert (o.iterations, o.blur, o.prior_exp, o.sigma_landmarks) == (3, (2.0, 0.0), 5.0, PhotometricOptions().sigma_landmarks)
     assert PhotometricOptions().iterations == 15
+
+
+def test_render_correction_makes_the_model_term_reproduce_a_render(model):
+    """At the true state of a rendered face, model colour + the renderer's offset equals
+    the photo's bilinear sample (up to uint8 rounding) on the visible samples, while the
+    bare per-vertex model colour does not."""
+    from render import visible_vertices
+
+    truth, img = _face(model, seed=6)
+    rng = np.random.default_rng(6)
+    p_tex = rng.normal(size=model.U_tex.shape[1]).clip(-2, 2)
+    light = truth["light"]
+    V = model.instance(truth["p_id"], truth["p_exp"])
+    img = render.render(V, model.trilist, model.texture(p_tex), truth["camera"], background=np.full((160, 160, 3), 90, np.uint8),
+                        light=light).image_uint8()
+    ref = PhotometricRefiner(model, PhotometricOptions(n_samples=600))
+    t = lambda a: torch.as_tensor(np.asarray(a, np.float64))  # noqa: E731
+    cam = truth["camera"]
+    x = torch.zeros(6 + model.n_id + model.n_exp, dtype=torch.float64)
+    x[6:6 + model.n_id], x[6 + model.n_id:] = t(truth["p_id"]), t(truth["p_exp"])
+    uv, n, _ = ref._geometry(x, t(camera_rotation(cam)), t(cam[5]), t(cam[3:5]))
+    Y = sh_basis_torch(n).numpy()
+    photo = img / 255.0
+    obs = bilinear(t(photo), uv).numpy()
+    off = ref._render_offset(V, cam, p_tex, light, photo, 0.0, uv, Y)
+    bare = (ref._tex_mean + ref._tex_basis @ p_tex) * (Y @ light)
+    vis = visible_vertices(V, model.trilist, cam, (160, 160))[ref.samples] & (n[:, 2].numpy() > 0.15)
+    assert vis.sum() > 200
+    corrected = np.abs(obs - bare - off)[vis]
+    assert corrected.max() < 3.0 / 255, corrected.max()
+    assert np.abs(obs - bare)[vis].mean() > 5 * corrected.mean()
+
+
+def test_dynamic_contour_moves_the_far_jaw_points_to_the_silhouette(model):
+    """Under yaw the jaw points on the far side of the face go to the silhouette: the chosen
+    vertex is the outermost one of its candidate line in camera x (checked by brute force),
+    and the chin and the inner landmarks keep the model's vertices."""
+    ref = PhotometricRefiner(model, PhotometricOptions(n_samples=300))
+    p = torch.zeros(model.n_id + model.n_exp, dtype=torch.float64)
+    R = torch.as_tensor(camera_rotation(make_camera(0.0, 0.6, 0.0, 0, 0, 1.0, 0.0)))
+    idx = ref._contour_landmarks(p, R)
+    V = ref._mean                                                     # p = 0: the mean shape
+    xcam = V @ R[0]
+    for j in range(17):
+        cand = ref._cand_local[j]
+        side = -1.0 if j < 8 else 1.0
+        best = cand[torch.argmax(xcam[cand] * side)]
+        assert float(xcam[idx[j]]) == float(xcam[best])
+    assert int(idx[8]) == int(ref._lm_local[8])
+    assert torch.equal(idx[17:], ref._lm_local[17:])
+    assert (idx[:17] != ref._lm_local[:17]).any()

@@ -101,12 +101,16 @@ class FitStage(Stage):
         detections use the noise level ``fit.sigma_detected`` instead of ``fit.sigma``."""
         from fitting.fit import FitOptions, LandmarkFitter
 
-        c = self.cfg.get("contour", "auto")
-        if c == "auto":
-            c = "fixed" if source == 0 else "dynamic"
+        c = self._contour(source)
         sigma = float(self.cfg.get("sigma", 0.005) if source == 0 else self.cfg.get("sigma_detected", 0.1))
         opts = FitOptions.from_config(self.cfg, contour=c, sigma=sigma)
         return _cached(("fitter", self._model_hash, repr(opts)), lambda: LandmarkFitter(model, opts))
+
+    def _contour(self, source: int) -> str:
+        """``fit.contour`` for landmarks from ``source``: ``auto`` is fixed for sidecars (0)
+        and dynamic for detections (1)."""
+        c = self.cfg.get("contour", "auto")
+        return ("fixed" if source == 0 else "dynamic") if c == "auto" else c
 
     def _landmarks(self, key: str, path: str, rgb: np.ndarray):
         """-> (lm [68,2], source 0 sidecar / 1 detected); raises Reject."""
@@ -264,12 +268,12 @@ class FitStage(Stage):
 
     def _refine(self, res, lm, rgbs, model, sources) -> None:
         """``fit.photometric`` (none | detected | all): refine the chosen faces' landmark fits
-        against their photos (:mod:`fitting.photometric`), in place.  A refinement that fails
-        or ends non-finite keeps the landmark fit; a model without texture skips the step.  (``fit.fitter=itw`` is photometric already and
-        returns before this.)"""
+        against their photos (:mod:`fitting.photometric`), in place.  Jaw points follow ``fit.contour`` (auto: dynamic for
+        detections).  A refinement that fails or ends non-finite keeps the landmark fit; a
+        model without texture skips the step.  (``fit.fitter=itw`` is photometric already
+        and returns before this.)"""
         from fitting.fit import interocular
         from fitting.photometric import PhotometricOptions, PhotometricRefiner
-        from render.camera import project
 
         mode = str(self.cfg.get("photometric", "none"))
         opts = PhotometricOptions.from_config(self.cfg)
@@ -282,12 +286,13 @@ class FitStage(Stage):
         ref = _cached(("photometric", self._model_hash, repr(opts)), lambda: PhotometricRefiner(model, opts))
         for i in todo:
             try:
-                p_id, p_exp, cam, _ = ref.refine(rgbs[i], lm[i], res.p_id[i], res.p_exp[i], res.camera[i])
+                p_id, p_exp, cam, info = ref.refine(rgbs[i], lm[i], res.p_id[i], res.p_exp[i], res.camera[i],
+                                                    contour=self._contour(sources[i]))
             except (ValueError, RuntimeError):                      # e.g. a singular system: keep the landmark fit
                 continue
-            if not (np.isfinite(p_id).all() and np.isfinite(p_exp).all() and np.isfinite(cam).all()):
+            fitted = info["lm_fitted"]
+            if not all(np.isfinite(a).all() for a in (p_id, p_exp, cam, fitted)):
                 continue
-            fitted = project(model.instance(p_id, p_exp)[model.landmarks], cam)
             res.p_id[i], res.p_exp[i], res.camera[i] = p_id, p_exp, cam
             res.lm_fitted[i] = fitted
             res.fit_error[i] = np.sqrt(((fitted - lm[i]) ** 2).sum(-1).mean()) / max(float(interocular(lm[i])), 1e-12)
