@@ -22,7 +22,7 @@ from typing import Optional
 import numpy as np
 
 from pipeline.stage import ChunkResult, Stage
-from workflows.stages.warps import _one_blas_thread
+from pipeline.threads import one_blas_thread
 
 METHODS = ("projection", "joint")
 _CACHE: dict = {}
@@ -208,7 +208,7 @@ class Project4DFABStage(Stage):
         return mesh
 
     def process_chunk(self, keys: list[str], chunk: int) -> ChunkResult:
-        with _one_blas_thread():
+        with one_blas_thread():
             return self._process_chunk(keys, chunk)
 
     def _process_chunk(self, keys: list[str], chunk: int) -> ChunkResult:

@@ -18,22 +18,9 @@ from typing import Optional
 import numpy as np
 
 from pipeline.stage import ChunkResult, Stage
+from pipeline.threads import one_blas_thread
 
 _CACHE: dict = {}
-
-
-def _one_blas_thread():
-    """One BLAS thread while a chunk runs: the per-photo matrix products are small, and an
-    idle OpenBLAS thread spin-waits, burning a second core for nothing (measured: same
-    wall time, half the CPU time), which starves the other Dask worker on a 2-core machine.
-    The results do not depend on it (tests/warps: thread-count independence)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
-        import contextlib
-
-        return contextlib.nullcontext()
-    return threadpool_limits(1, user_api="blas")
 
 
 def _cached(key, make):
@@ -145,7 +132,7 @@ class WarpsStage(Stage):
         return _cached(("fits", self.fits_dir, self.fits_hash), make)
 
     def process_chunk(self, keys: list[str], chunk: int) -> ChunkResult:
-        with _one_blas_thread():
+        with one_blas_thread():
             return self._process_chunk(keys, chunk)
 
     def _process_chunk(self, keys: list[str], chunk: int) -> ChunkResult:
