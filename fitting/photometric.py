@@ -70,11 +70,12 @@ class PhotometricOptions:
     sigma_image: float = 0.05           # image noise std (colours in [0, 1])
     sigma_landmarks: float = 0.3        # landmark noise, fraction of the inter-ocular distance
     prior_id: float = 1.0
-    prior_exp: float = 3.0
+    prior_exp: float = 5.0
     prior_tex: float = 1.0
     min_normal_z: float = 0.15          # skip grazing samples (they mix with the background)
     robust: float = 0.03                # Cauchy scale of the image residual (IRLS); 0 = least squares
     render_correction: bool = True      # add the renderer's discretisation to the model term
+    starts: int = 1                     # 2: also start the first level with the expression zeroed, keep the lower energy
 
     @classmethod
     def from_config(cls, cfg: dict, **over) -> "PhotometricOptions":
@@ -393,88 +394,132 @@ class PhotometricRefiner:
         from scipy.ndimage import gaussian_filter
 
         from fitting.fit import camera_vector
-        from render import visible_vertices
         from render.camera import camera_rotation
 
         opt = self.opt
         img0 = np.asarray(image, np.float64) / 255.0
-        H, W = img0.shape[:2]
         cam = np.asarray(camera, np.float64)
         if contour not in ("dynamic", "fixed"):
             raise ValueError(f"contour must be 'dynamic' or 'fixed', got {contour!r}")
         if abs(cam[6]) > 0:
             raise ValueError("photometric refinement supports weak-perspective cameras (dist = 0) only")
-        t = lambda a: torch.as_tensor(np.asarray(a, np.float64), dtype=self.dtype, device=self.device)  # noqa: E731
-        R0, s0, t0 = t(camera_rotation(cam)), t(cam[5]), t(cam[3:5])
+        t = self._t
         x = torch.zeros(6 + self.k + self.e, dtype=self.dtype, device=self.device)
         x[6:6 + len(p_id)] = t(p_id)
         x[6 + self.k:6 + self.k + len(p_exp)] = t(p_exp)
-        y = t(lm2d)
         iod = max(float(interocular(np.asarray(lm2d, np.float64))), 1e-6)
         w = np.ones(68) if weights is None else np.asarray(weights, np.float64)
-        wl = t(np.sqrt(w) / (opt.sigma_landmarks * iod))
-        p_tex = np.zeros(self._tex_basis.shape[-1])
-        light = None
-        energies = []
-        lam = 1e-3
-        nvis = 0
-        for blur in opt.blur:
+        ctx = dict(y=t(lm2d), wl=t(np.sqrt(w) / (opt.sigma_landmarks * iod)), contour=contour)
+        st = _State(x, t(camera_rotation(cam)), t(cam[5]), t(cam[3:5]), np.zeros(self._tex_basis.shape[-1]))
+        energies: list = []
+        for level, blur in enumerate(opt.blur):
             img_np = img0 if blur <= 0 else np.stack([gaussian_filter(img0[..., c], blur) for c in range(3)], -1)
-            img = t(img_np)
-            for _ in range(int(opt.iterations)):
-                # visibility and appearance at the current state
-                with torch.no_grad():
-                    R = R0 @ torch.linalg.matrix_exp(skew(x[:3]))
-                    cam_now = camera_vector((s0 * torch.exp(x[3]))[None], R[None],
-                                            (t0 + x[4:6])[None])[0].cpu().numpy()
-                    Vfull = self.model.instance(x[6:6 + self.k].cpu().numpy(), x[6 + self.k:].cpu().numpy())
-                    vis_full = visible_vertices(Vfull, self.model.trilist, cam_now, (H, W))
-                    uv, n, _ = self._geometry(x, R0, s0, t0)
-                    lm_idx = self._contour_landmarks(x[6:], R) if contour == "dynamic" else None
-                    obs = bilinear(img, uv).cpu().numpy()
-                    Y = sh_basis_torch(n).cpu().numpy()
-                    vis = (vis_full[self.samples] & (n[:, 2].cpu().numpy() > opt.min_normal_z)).astype(np.float64)
-                    nvis = int(vis.sum())
-                    if nvis < 50:
-                        break
-                    offset = np.zeros_like(obs)
-                    if opt.render_correction:
-                        if light is None:
-                            light, p_tex = self._solve_appearance(obs, Y, vis, p_tex)
-                        offset = self._render_offset(Vfull, cam_now, p_tex, light, img_np, blur, uv, Y)
-                    light, p_tex = self._solve_appearance(obs - offset, Y, vis, p_tex)
-                    if opt.robust > 0:                                         # IRLS weights (Cauchy)
-                        res = np.abs(obs - offset - (self._tex_mean + self._tex_basis @ p_tex) * (Y @ light)).max(1)
-                        vis = vis / np.sqrt(1.0 + (res / opt.robust) ** 2)
-                        light, p_tex = self._solve_appearance(obs - offset, Y, vis, p_tex)
-                    albedo = t(self._tex_mean + self._tex_basis @ p_tex)
-                args = (R0, s0, t0, img, t(vis), albedo, t(light), y, wl, lm_idx, t(offset))
-                f = lambda z: self._residual(z, *args)  # noqa: E731
-                r = f(x)
-                E = float((r ** 2).sum())
-                J = self._jacobian(x, *args)                                  # [M, 6+P]
-                Hm = J.T @ J
-                g = J.T @ r
-                for _try in range(6):
-                    d = -torch.linalg.solve(Hm + lam * torch.diag(Hm.diagonal().clamp_min(1e-9)), g)
-                    x_new = x + d
-                    E_new = float((f(x_new) ** 2).sum())
-                    if np.isfinite(E_new) and E_new < E:
-                        x, lam = x_new, max(lam / 3.0, 1e-9)
-                        # re-base the camera so the next Jacobian is taken at omega = 0
-                        R0 = R0 @ torch.linalg.matrix_exp(skew(x[:3]))
-                        s0 = s0 * torch.exp(x[3])
-                        t0 = t0 + x[4:6]
-                        x = torch.cat([torch.zeros_like(x[:6]), x[6:]])
-                        break
-                    lam = min(lam * 4.0, 1e9)
-                energies.append(E)
-        R = R0 @ torch.linalg.matrix_exp(skew(x[:3]))
-        cam_out = camera_vector((s0 * torch.exp(x[3]))[None], R[None], (t0 + x[4:6])[None])[0]
+            if level == 0 and opt.starts > 1:
+                # a second start with the expression zeroed; keep the lower final energy
+                x2 = st.x.clone()
+                x2[6 + self.k:] = 0
+                runs = [self._level(s_, img_np, blur, ctx) for s_ in (st, _State(x2, st.R0, st.s0, st.t0, st.p_tex))]
+                st, e_ = min(runs, key=lambda r: r[1][-1] if r[1] else np.inf)
+            else:
+                st, e_ = self._level(st, img_np, blur, ctx)
+            energies += e_
+        R = st.R0 @ torch.linalg.matrix_exp(skew(st.x[:3]))
+        cam_out = camera_vector((st.s0 * torch.exp(st.x[3]))[None], R[None], (st.t0 + st.x[4:6])[None])[0]
         with torch.no_grad():
-            _, _, uv_lm = self._geometry(x, R0, s0, t0, self._contour_landmarks(x[6:], R) if contour == "dynamic" else None)
-        xn = x.cpu().numpy()
-        info = {"energy": (energies[0], energies[-1]) if energies else (np.nan, np.nan), "samples": nvis,
+            _, _, uv_lm = self._geometry(st.x, st.R0, st.s0, st.t0,
+                                         self._contour_landmarks(st.x[6:], R) if contour == "dynamic" else None)
+        xn = st.x.cpu().numpy()
+        info = {"energy": (energies[0], energies[-1]) if energies else (np.nan, np.nan), "samples": st.nvis,
                 "lm_fitted": uv_lm.cpu().numpy().astype(np.float32)}
         return (xn[6:6 + self.k].astype(np.float32), xn[6 + self.k:].astype(np.float32),
                 cam_out.cpu().numpy().astype(np.float32), info)
+
+    def _t(self, a):
+        import torch
+
+        return torch.as_tensor(np.asarray(a, np.float64), dtype=self.dtype, device=self.device)
+
+    def _appearance(self, st, img, img_np, blur, ctx):
+        """Visibility, IRLS weights, render offset, light and texture at state ``st`` (updates
+        ``st.light``/``st.p_tex``/``st.nvis``) -> the step's constant arguments of
+        :meth:`_residual`, or None when fewer than 50 samples are visible."""
+        import torch
+
+        from fitting.fit import camera_vector
+        from render import visible_vertices
+
+        opt, t, x = self.opt, self._t, st.x
+        H, W = img_np.shape[:2]
+        R = st.R0 @ torch.linalg.matrix_exp(skew(x[:3]))
+        cam_now = camera_vector((st.s0 * torch.exp(x[3]))[None], R[None], (st.t0 + x[4:6])[None])[0].cpu().numpy()
+        Vfull = self.model.instance(x[6:6 + self.k].cpu().numpy(), x[6 + self.k:].cpu().numpy())
+        vis_full = visible_vertices(Vfull, self.model.trilist, cam_now, (H, W))
+        uv, n, _ = self._geometry(x, st.R0, st.s0, st.t0)
+        lm_idx = self._contour_landmarks(x[6:], R) if ctx["contour"] == "dynamic" else None
+        obs = bilinear(img, uv).cpu().numpy()
+        Y = sh_basis_torch(n).cpu().numpy()
+        vis = (vis_full[self.samples] & (n[:, 2].cpu().numpy() > opt.min_normal_z)).astype(np.float64)
+        st.nvis = int(vis.sum())
+        if st.nvis < 50:
+            return None
+        offset = np.zeros_like(obs)
+        if opt.render_correction:
+            if st.light is None:
+                st.light, st.p_tex = self._solve_appearance(obs, Y, vis, st.p_tex)
+            offset = self._render_offset(Vfull, cam_now, st.p_tex, st.light, img_np, blur, uv, Y)
+        st.light, st.p_tex = self._solve_appearance(obs - offset, Y, vis, st.p_tex)
+        if opt.robust > 0:                                                     # IRLS weights (Cauchy)
+            res = np.abs(obs - offset - (self._tex_mean + self._tex_basis @ st.p_tex) * (Y @ st.light)).max(1)
+            vis = vis / np.sqrt(1.0 + (res / opt.robust) ** 2)
+            st.light, st.p_tex = self._solve_appearance(obs - offset, Y, vis, st.p_tex)
+        albedo = t(self._tex_mean + self._tex_basis @ st.p_tex)
+        return (img, t(vis), albedo, t(st.light), ctx["y"], ctx["wl"], lm_idx, t(offset))
+
+    def _level(self, st, img_np, blur, ctx):
+        """``opt.iterations`` Levenberg-Marquardt steps on one blur level -> ``(state,
+        energies)`` (a new state; ``st`` is not modified)."""
+        import torch
+
+        st = st.copy()
+        img = self._t(img_np)
+        energies = []
+        for _ in range(int(self.opt.iterations)):
+            with torch.no_grad():
+                step = self._appearance(st, img, img_np, blur, ctx)
+            if step is None:
+                break
+            args = (st.R0, st.s0, st.t0) + step
+            f = lambda z: self._residual(z, *args)  # noqa: E731
+            r = f(st.x)
+            E = float((r ** 2).sum())
+            J = self._jacobian(st.x, *args)                                    # [M, 6+P]
+            Hm = J.T @ J
+            g = J.T @ r
+            for _try in range(6):
+                d = -torch.linalg.solve(Hm + st.lam * torch.diag(Hm.diagonal().clamp_min(1e-9)), g)
+                x_new = st.x + d
+                E_new = float((f(x_new) ** 2).sum())
+                if np.isfinite(E_new) and E_new < E:
+                    st.lam = max(st.lam / 3.0, 1e-9)
+                    # re-base the camera so the next Jacobian is taken at omega = 0
+                    st.R0 = st.R0 @ torch.linalg.matrix_exp(skew(x_new[:3]))
+                    st.s0 = st.s0 * torch.exp(x_new[3])
+                    st.t0 = st.t0 + x_new[4:6]
+                    st.x = torch.cat([torch.zeros_like(x_new[:6]), x_new[6:]])
+                    break
+                st.lam = min(st.lam * 4.0, 1e9)
+            energies.append(E)
+        return st, energies
+
+
+class _State:
+    """One refinement's state: ``x`` (relative camera + p), the camera it is relative to
+    (``R0``, ``s0``, ``t0``), appearance (``p_tex``, ``light``), LM damping and the visible
+    sample count."""
+
+    def __init__(self, x, R0, s0, t0, p_tex, light=None, lam=1e-3, nvis=0):
+        self.x, self.R0, self.s0, self.t0 = x, R0, s0, t0
+        self.p_tex, self.light, self.lam, self.nvis = p_tex, light, lam, nvis
+
+    def copy(self) -> "_State":
+        return _State(self.x, self.R0, self.s0, self.t0, self.p_tex, self.light, self.lam, self.nvis)

@@ -99,9 +99,9 @@ def test_refinement_is_deterministic_and_rejects_perspective(model):
 
 def test_options_from_config_take_prefixed_keys_and_shared_priors():
     o = PhotometricOptions.from_config({"photometric_iterations": 3, "photometric_blur": [2, 0],
-                                        "prior_exp": 5.0, "sigma": 0.1})
+                                        "prior_exp": 7.0, "sigma": 0.1})
     # "sigma" is the landmark fit's own noise level, not the refinement's: the default stays
-    assert (o.iterations, o.blur, o.prior_exp, o.sigma_landmarks) == (3, (2.0, 0.0), 5.0, PhotometricOptions().sigma_landmarks)
+    assert (o.iterations, o.blur, o.prior_exp, o.sigma_landmarks) == (3, (2.0, 0.0), 7.0, PhotometricOptions().sigma_landmarks)
     assert PhotometricOptions().iterations == 15
 
 
@@ -154,3 +154,5 @@ def test_dynamic_contour_moves_the_far_jaw_points_to_the_silhouette(model):
     assert int(idx[8]) == int(ref._lm_local[8])
     assert torch.equal(idx[17:], ref._lm_local[17:])
     assert (idx[:17] != ref._lm_local[:17]).any()
+    # the refinement's own key wins over the shared one
+    assert PhotometricOptions.from_config({"prior_exp": 7.0, "photometric_prior_exp": 2.0}).prior_exp == 2.0

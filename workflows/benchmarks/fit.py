@@ -8,7 +8,7 @@ Keys (all measured in this one run on ``ctx.world``'s EmotioNet-style photos):
 - ``fit_exp_rel_error``          mean ||p_fit - p_true|| / ||p_true|| with the true landmarks (sidecars)
 - ``fit_exp_rel_error_detected`` the same with dlib-detected landmarks (photos where a face was found)
 - ``fit_exp_rel_error_detected_photometric`` (and ``_median``) the detected-landmark fits refined
-                                 against the photo (fitting/photometric.py) on the first 24 of them;
+                                 against the photo (fitting/photometric.py), all of them (4 if quick);
                                  ``fit_exp_rel_error_detected_same_faces`` landmarks only, same faces;
                                  ``fit_photometric_s_per_face`` its cost (one thread)
 - ``fit_detect_rate``, ``fit_detect_nme``  share of photos with a detection; detected-landmark
@@ -96,7 +96,7 @@ def run(ctx) -> dict:
         # photometric refinement of the detected-landmark fits (fit.photometric), first few faces
         from fitting.photometric import PhotometricOptions, PhotometricRefiner
 
-        n_ph = min(len(idx), 4 if ctx.quick else 24)
+        n_ph = min(len(idx), 4) if ctx.quick else len(idx)
         ref = PhotometricRefiner(model, PhotometricOptions.from_config(cfg))
         t0 = time.perf_counter()
         pe = np.stack([ref.refine(rgbs[i], D[j], rd.p_id[j], rd.p_exp[j], rd.camera[j])[1]
