@@ -59,7 +59,7 @@ class FitStage(Stage):
     """Fit every input photo; picklable (paths, inputs and options only)."""
 
     name = "fit"
-    version = "2"            # 2: joint Levenberg-Marquardt landmark fit, photometric refinement
+    version = "3"            # 3: render-corrected photometric refinement, dynamic contour in it
     compression = "lzf"
 
     def __init__(self, inputs, model_path: str, fit_cfg: dict, metadata: Optional[dict] = None,
@@ -268,10 +268,10 @@ class FitStage(Stage):
 
     def _refine(self, res, lm, rgbs, model, sources) -> None:
         """``fit.photometric`` (none | detected | all): refine the chosen faces' landmark fits
-        against their photos (:mod:`fitting.photometric`), in place.  Jaw points follow ``fit.contour`` (auto: dynamic for
-        detections).  A refinement that fails or ends non-finite keeps the landmark fit; a
-        model without texture skips the step.  (``fit.fitter=itw`` is photometric already
-        and returns before this.)"""
+        against their photos (:mod:`fitting.photometric`), in place.  Jaw points follow
+        ``fit.contour`` (auto: dynamic for detections).  A refinement that fails or ends
+        non-finite keeps the landmark fit; a model without texture skips the step.
+        (``fit.fitter=itw`` is photometric already and returns before this.)"""
         from fitting.fit import interocular
         from fitting.photometric import PhotometricOptions, PhotometricRefiner
 
