@@ -156,3 +156,21 @@ def test_dynamic_contour_moves_the_far_jaw_points_to_the_silhouette(model):
     assert (idx[:17] != ref._lm_local[:17]).any()
     # the refinement's own key wins over the shared one
     assert PhotometricOptions.from_config({"prior_exp": 7.0, "photometric_prior_exp": 2.0}).prior_exp == 2.0
+
+
+def test_second_start_keeps_the_run_with_the_lower_energy(model):
+    """``starts=2`` on one level: the result is exactly the single-start run (from the given
+    expression, or from it zeroed) whose final energy is lower."""
+    truth, img = _face(model, seed=7)
+    rng = np.random.default_rng(8)
+    p_exp0 = truth["p_exp"] + rng.normal(scale=0.5, size=model.n_exp)
+    kw = dict(iterations=3, blur=(0.0,), n_samples=500)
+    one = PhotometricRefiner(model, PhotometricOptions(**kw))
+    a = one.refine(img, truth["lm"], truth["p_id"], p_exp0, truth["camera"])
+    b = one.refine(img, truth["lm"], truth["p_id"], 0 * p_exp0, truth["camera"])
+    two = PhotometricRefiner(model, PhotometricOptions(starts=2, **kw)).refine(
+        img, truth["lm"], truth["p_id"], p_exp0, truth["camera"])
+    best = min((a, b), key=lambda r: r[3]["energy"][1])
+    assert a[3]["energy"][1] != b[3]["energy"][1]
+    for u, v in zip(two[:3], best[:3]):
+        np.testing.assert_array_equal(u, v)
