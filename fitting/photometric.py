@@ -49,7 +49,7 @@ fit of a rendered face is pulled back to the truth.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -512,14 +512,21 @@ class PhotometricRefiner:
         return st, energies
 
 
+@dataclass
 class _State:
     """One refinement's state: ``x`` (relative camera + p), the camera it is relative to
     (``R0``, ``s0``, ``t0``), appearance (``p_tex``, ``light``), LM damping and the visible
-    sample count."""
+    sample count.  Steps replace its tensors and arrays, never write into them, so
+    :meth:`copy` may share them."""
 
-    def __init__(self, x, R0, s0, t0, p_tex, light=None, lam=1e-3, nvis=0):
-        self.x, self.R0, self.s0, self.t0 = x, R0, s0, t0
-        self.p_tex, self.light, self.lam, self.nvis = p_tex, light, lam, nvis
+    x: object
+    R0: object
+    s0: object
+    t0: object
+    p_tex: np.ndarray
+    light: np.ndarray | None = None
+    lam: float = 1e-3
+    nvis: int = 0
 
     def copy(self) -> "_State":
-        return _State(self.x, self.R0, self.s0, self.t0, self.p_tex, self.light, self.lam, self.nvis)
+        return replace(self)
