@@ -73,7 +73,9 @@ def test_refinement_pulls_a_perturbed_fit_back_to_the_truth(model):
     cam0[:3] += 0.03
     cam0[3:5] += 2.0
     opts = PhotometricOptions(iterations=4, blur=(1.0, 0.0), n_samples=1500, sigma_landmarks=0.1)
-    p_id, p_exp, cam, info = PhotometricRefiner(model, opts).refine(img, truth["lm"], truth["p_id"], p_exp0, cam0)
+    # the landmarks are projections of the model's fixed landmark vertices
+    p_id, p_exp, cam, info = PhotometricRefiner(model, opts).refine(img, truth["lm"], truth["p_id"], p_exp0, cam0,
+                                                                    contour="fixed")
     before = np.linalg.norm(p_exp0 - truth["p_exp"])
     after = np.linalg.norm(p_exp - truth["p_exp"])
     assert after < 0.5 * before, (before, after)
@@ -84,7 +86,7 @@ def test_refinement_pulls_a_perturbed_fit_back_to_the_truth(model):
     assert info["energy"][1] < info["energy"][0] and info["samples"] > 500
 
 
-def test_refinement_is_deterministic_and_rejects_perspective(model):
+def test_refinement_is_deterministic_and_rejects_perspective_and_bad_contour(model):
     truth, img = _face(model, seed=5)
     ref = PhotometricRefiner(model, PhotometricOptions(iterations=1, blur=(0.0,), n_samples=400))
     a = ref.refine(img, truth["lm"], truth["p_id"], truth["p_exp"], truth["camera"])
@@ -95,6 +97,8 @@ def test_refinement_is_deterministic_and_rejects_perspective(model):
     cam[6] = 5.0
     with pytest.raises(ValueError, match="weak-perspective"):
         ref.refine(img, truth["lm"], truth["p_id"], truth["p_exp"], cam)
+    with pytest.raises(ValueError, match="contour"):
+        ref.refine(img, truth["lm"], truth["p_id"], truth["p_exp"], truth["camera"], contour="silhouette")
 
 
 def test_options_from_config_take_prefixed_keys_and_shared_priors():
