@@ -237,6 +237,11 @@ class PhotometricRefiner:
         n = n / n.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         return uv[self._s_local], n, uv[self._lm_local if lm_idx is None else lm_idx]
 
+    def _jaw(self, x, R, contour):
+        """Landmark vertex ids for ``contour``: :meth:`_contour_landmarks` when dynamic, None
+        (the model's) when fixed."""
+        return self._contour_landmarks(x[6:], R) if contour == "dynamic" else None
+
     def _contour_landmarks(self, p, R):
         """Local landmark vertex ids ``[68]`` with the 15 non-chin jaw points moved to the
         silhouette of the shape ``p`` under rotation ``R`` (the landmark fitter's dynamic
@@ -393,7 +398,6 @@ class PhotometricRefiner:
         import torch
         from scipy.ndimage import gaussian_filter
 
-        from fitting.fit import camera_vector
         from render.camera import camera_rotation
 
         opt = self.opt
@@ -423,11 +427,9 @@ class PhotometricRefiner:
             else:
                 st, e_ = self._level(st, img_np, blur, ctx)
             energies += e_
-        R = st.R0 @ torch.linalg.matrix_exp(skew(st.x[:3]))
-        cam_out = camera_vector((st.s0 * torch.exp(st.x[3]))[None], R[None], (st.t0 + st.x[4:6])[None])[0]
         with torch.no_grad():
-            _, _, uv_lm = self._geometry(st.x, st.R0, st.s0, st.t0,
-                                         self._contour_landmarks(st.x[6:], R) if contour == "dynamic" else None)
+            R, cam_out = st.camera()
+            _, _, uv_lm = self._geometry(st.x, st.R0, st.s0, st.t0, self._jaw(st.x, R, contour))
         xn = st.x.cpu().numpy()
         info = {"energy": (energies[0], energies[-1]) if energies else (np.nan, np.nan), "samples": st.nvis,
                 "lm_fitted": uv_lm.cpu().numpy().astype(np.float32)}
@@ -443,19 +445,16 @@ class PhotometricRefiner:
         """Visibility, IRLS weights, render offset, light and texture at state ``st`` (updates
         ``st.light``/``st.p_tex``/``st.nvis``) -> the step's constant arguments of
         :meth:`_residual`, or None when fewer than 50 samples are visible."""
-        import torch
-
-        from fitting.fit import camera_vector
         from render import visible_vertices
 
         opt, t, x = self.opt, self._t, st.x
         H, W = img_np.shape[:2]
-        R = st.R0 @ torch.linalg.matrix_exp(skew(x[:3]))
-        cam_now = camera_vector((st.s0 * torch.exp(x[3]))[None], R[None], (st.t0 + x[4:6])[None])[0].cpu().numpy()
+        R, cam_now = st.camera()
+        cam_now = cam_now.cpu().numpy()
         Vfull = self.model.instance(x[6:6 + self.k].cpu().numpy(), x[6 + self.k:].cpu().numpy())
         vis_full = visible_vertices(Vfull, self.model.trilist, cam_now, (H, W))
         uv, n, _ = self._geometry(x, st.R0, st.s0, st.t0)
-        lm_idx = self._contour_landmarks(x[6:], R) if ctx["contour"] == "dynamic" else None
+        lm_idx = self._jaw(x, R, ctx["contour"])
         obs = bilinear(img, uv).cpu().numpy()
         Y = sh_basis_torch(n).cpu().numpy()
         vis = (vis_full[self.samples] & (n[:, 2].cpu().numpy() > opt.min_normal_z)).astype(np.float64)
@@ -530,3 +529,12 @@ class _State:
 
     def copy(self) -> "_State":
         return replace(self)
+
+    def camera(self):
+        """``(R [3,3], camera [7])`` of the current state (weak perspective)."""
+        import torch
+
+        from fitting.fit import camera_vector
+
+        R = self.R0 @ torch.linalg.matrix_exp(skew(self.x[:3]))
+        return R, camera_vector((self.s0 * torch.exp(self.x[3]))[None], R[None], (self.t0 + self.x[4:6])[None])[0]
