@@ -5,7 +5,6 @@ reason recorded in :class:`Unavailable` (never an exception for the user).
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 

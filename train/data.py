@@ -210,4 +210,3 @@ class RowSubset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.ds, "set_epoch"):
             self.ds.set_epoch(epoch)
-
