@@ -84,7 +84,8 @@ class FitOptions:
 class FitResult:
     """Per-face results (numpy): ``p_id [B,K']``, ``p_exp [B,E']`` (normalised),
     ``camera [B,7]``, ``lm_fitted [B,68,2]`` (pixels), ``fit_error [B]`` (landmark RMSE /
-    inter-ocular distance of the target landmarks), ``converged [B]`` bool."""
+    inter-ocular distance of the target landmarks), ``converged [B]`` bool, ``residual [B]``
+    (median colour residual of a photometric refinement; NaN where none ran)."""
 
     p_id: np.ndarray
     p_exp: np.ndarray
@@ -92,6 +93,7 @@ class FitResult:
     lm_fitted: np.ndarray
     fit_error: np.ndarray
     converged: np.ndarray = field(default=None)
+    residual: np.ndarray = field(default=None)
 
 
 def rotation_to_angles(R):

@@ -74,8 +74,11 @@ class PhotometricOptions:
     prior_tex: float = 1.0
     min_normal_z: float = 0.15          # skip grazing samples (they mix with the background)
     robust: float = 0.03                # Cauchy scale of the image residual (IRLS); 0 = least squares
+    robust_landmarks: float = 0.0       # Cauchy scale of the landmark residual, fraction of the inter-ocular distance; 0 = least squares
     render_correction: bool = True      # add the renderer's discretisation to the model term
-    starts: int = 1                     # 2: also start the first level with the expression zeroed, keep the lower energy
+    search_yaw: tuple = (-30.0, -15.0, 0.0, 15.0, 30.0)  # pose search: yaw offsets (degrees) tried from the landmark fit
+    search_iterations: int = 5          # LM steps per pose hypothesis (0: no search)
+    search_blur: float = 4.0            # blur of the photo during the search, in pixels
 
     @classmethod
     def from_config(cls, cfg: dict, **over) -> "PhotometricOptions":
@@ -86,8 +89,9 @@ class PhotometricOptions:
                 kw[name] = cfg[key]
             elif name in ("prior_id", "prior_exp") and name in cfg:             # shared with the landmark fit
                 kw[name] = float(cfg[name])
-        if "blur" in kw:
-            kw["blur"] = tuple(float(b) for b in kw["blur"])
+        for name in ("blur", "search_yaw"):
+            if name in kw:
+                kw[name] = tuple(float(b) for b in kw[name])
         kw.update(over)
         return cls(**kw)
 
@@ -413,26 +417,24 @@ class PhotometricRefiner:
         x[6 + self.k:6 + self.k + len(p_exp)] = t(p_exp)
         iod = max(float(interocular(np.asarray(lm2d, np.float64))), 1e-6)
         w = np.ones(68) if weights is None else np.asarray(weights, np.float64)
-        ctx = dict(y=t(lm2d), wl=t(np.sqrt(w) / (opt.sigma_landmarks * iod)), contour=contour)
+        ctx = dict(y=t(lm2d), wl=t(np.sqrt(w) / (opt.sigma_landmarks * iod)), contour=contour, iod=iod)
         st = _State(x, t(camera_rotation(cam)), t(cam[5]), t(cam[3:5]), np.zeros(self._tex_basis.shape[-1]))
+        blurred = lambda b: img0 if b <= 0 else np.stack([gaussian_filter(img0[..., c], b) for c in range(3)], -1)  # noqa: E731
         energies: list = []
-        for level, blur in enumerate(opt.blur):
-            img_np = img0 if blur <= 0 else np.stack([gaussian_filter(img0[..., c], blur) for c in range(3)], -1)
-            if level == 0 and opt.starts > 1:
-                # a second start with the expression zeroed; keep the lower final energy
-                x2 = st.x.clone()
-                x2[6 + self.k:] = 0
-                runs = [self._level(s_, img_np, blur, ctx) for s_ in (st, _State(x2, st.R0, st.s0, st.t0, st.p_tex))]
-                st, e_ = min(runs, key=lambda r: r[1][-1] if r[1] else np.inf)
-            else:
-                st, e_ = self._level(st, img_np, blur, ctx)
+        yaw_pick = 0.0
+        if opt.search_iterations > 0 and len(opt.search_yaw) > 0:
+            st, yaw_pick, energies = self._search(st, blurred(opt.search_blur), opt.search_blur, ctx)
+        for blur in opt.blur:
+            img_np = blurred(blur)
+            st, e_ = self._level(st, img_np, blur, ctx)
             energies += e_
         with torch.no_grad():
             R, cam_out = st.camera()
             _, _, uv_lm = self._geometry(st.x, st.R0, st.s0, st.t0, self._jaw(st.x, R, contour))
+            final = self._final(st, img_np, opt.blur[-1] if len(opt.blur) else 0.0, ctx)
         xn = st.x.cpu().numpy()
         info = {"energy": (energies[0], energies[-1]) if energies else (np.nan, np.nan), "samples": st.nvis,
-                "lm_fitted": uv_lm.cpu().numpy().astype(np.float32)}
+                "lm_fitted": uv_lm.cpu().numpy().astype(np.float32), "search_yaw": yaw_pick, **final}
         return (xn[6:6 + self.k].astype(np.float32), xn[6 + self.k:].astype(np.float32),
                 cam_out.cpu().numpy().astype(np.float32), info)
 
@@ -445,6 +447,8 @@ class PhotometricRefiner:
         """Visibility, IRLS weights, render offset, light and texture at state ``st`` (updates
         ``st.light``/``st.p_tex``/``st.nvis``) -> the step's constant arguments of
         :meth:`_residual`, or None when fewer than 50 samples are visible."""
+        import torch
+
         from render import visible_vertices
 
         opt, t, x = self.opt, self._t, st.x
@@ -472,17 +476,69 @@ class PhotometricRefiner:
             vis = vis / np.sqrt(1.0 + (res / opt.robust) ** 2)
             st.light, st.p_tex = self._solve_appearance(obs - offset, Y, vis, st.p_tex)
         albedo = t(self._tex_mean + self._tex_basis @ st.p_tex)
-        return (img, t(vis), albedo, t(st.light), ctx["y"], ctx["wl"], lm_idx, t(offset))
+        wl = ctx["wl"]
+        if opt.robust_landmarks > 0:                                          # IRLS weights (Cauchy)
+            _, _, uv_lm = self._geometry(x, st.R0, st.s0, st.t0, lm_idx)
+            d = (uv_lm - ctx["y"]).norm(dim=-1) / (ctx["iod"] * opt.robust_landmarks)
+            wl = wl / torch.sqrt(1.0 + d ** 2)
+        return (img, t(vis), albedo, t(st.light), ctx["y"], wl, lm_idx, t(offset))
 
-    def _level(self, st, img_np, blur, ctx):
-        """``opt.iterations`` Levenberg-Marquardt steps on one blur level -> ``(state,
-        energies)`` (a new state; ``st`` is not modified)."""
+    def _final(self, st, img_np, blur, ctx) -> dict:
+        """Quality of the final state ``st`` on the last level's image: ``final_energy`` (the
+        objective with the appearance re-solved at ``st``) and ``residual``, the median over
+        the visible samples of the largest colour residual ``|photo - offset - albedo *
+        shading|`` (colours in [0, 1]; NaN when too few samples are visible)."""
+        st = st.copy()
+        step = self._appearance(st, self._t(img_np), img_np, blur, ctx)
+        if step is None:
+            return {"final_energy": float("nan"), "residual": float("nan")}
+        img, vis, albedo, light, _, _, _, offset = step
+        r = self._residual(st.x, st.R0, st.s0, st.t0, *step)
+        uv, n, _ = self._geometry(st.x, st.R0, st.s0, st.t0)
+        res = (bilinear(img, uv) - offset - albedo * (sh_basis_torch(n) @ light)).abs().amax(1)
+        seen = res[vis > 0]
+        return {"final_energy": float((r ** 2).sum()), "residual": float(seen.median())}
+
+    def _search(self, st, img_np, blur, ctx):
+        """Pose search: from the landmark fit's state ``st``, each yaw offset of
+        ``opt.search_yaw`` (the face kept where its landmarks were) gets
+        ``opt.search_iterations`` steps on the photo blurred by ``blur``; the hypothesis of
+        lowest final energy wins -> ``(state, its yaw offset in degrees, its energies)``.
+        Detected landmarks of a turned face often come back squeezed towards a frontal shape,
+        and the landmark fit then starts the refinement tens of degrees off; no blur level
+        recovers from that on its own."""
+        import torch
+
+        from fitting.fit import rotation_to_angles
+        from render.camera import rotation_matrix
+
+        R, _ = st.camera()
+        pitch, yaw, roll = (float(a) for a in rotation_to_angles(R))
+        _, _, uv0 = self._geometry(st.x, st.R0, st.s0, st.t0)
+        best = None
+        for dy in self.opt.search_yaw:
+            R_h = self._t(rotation_matrix(pitch, yaw + np.radians(float(dy)), roll))
+            x_h = torch.cat([torch.zeros_like(st.x[:6]), st.x[6:]])
+            s_h = st.s0 * torch.exp(st.x[3])
+            _, _, uv_h = self._geometry(x_h, R_h, s_h, st.t0 + st.x[4:6])
+            t_h = st.t0 + st.x[4:6] + (uv0 - uv_h).mean(0)                 # same landmark centroid
+            run, e_ = self._level(_State(x_h, R_h, s_h, t_h, st.p_tex), img_np, blur, ctx,
+                                  self.opt.search_iterations)
+            with torch.no_grad():
+                E = self._final(run, img_np, blur, ctx)["final_energy"]
+            if best is None or E < best[0]:
+                best = (E, run, float(dy), e_)
+        return best[1], best[2], best[3]
+
+    def _level(self, st, img_np, blur, ctx, iterations=None):
+        """``iterations`` (default ``opt.iterations``) Levenberg-Marquardt steps on one blur
+        level -> ``(state, energies)`` (a new state; ``st`` is not modified)."""
         import torch
 
         st = st.copy()
         img = self._t(img_np)
         energies = []
-        for _ in range(int(self.opt.iterations)):
+        for _ in range(int(self.opt.iterations if iterations is None else iterations)):
             with torch.no_grad():
                 step = self._appearance(st, img, img_np, blur, ctx)
             if step is None:

@@ -144,6 +144,15 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
+def _yaml11_float(text: str) -> Any:
+    """``text`` as a float when it is one that YAML 1.1 reads as a string (exponent without a
+    dot: ``1e-6``); otherwise unchanged, so the type check reports it."""
+    try:
+        return float(text) if text.strip().lower() not in ("nan", "inf", "-inf", "+inf", "infinity") else text
+    except ValueError:
+        return text
+
+
 def _type_ok(default: Any, value: Any) -> bool:
     if default is None:
         return True
@@ -175,6 +184,8 @@ def _assign(data: dict, schema: dict, key: str, value: Any, source: str = "--set
                 for k, v in _flatten(value):
                     _assign(node[part], default, k, v, source)
                 return
+            if isinstance(default, float) and isinstance(value, str):
+                value = _yaml11_float(value)                        # "1e-6": YAML 1.1 leaves it a string
             if not _type_ok(default, value):
                 raise ConfigError(
                     f"{source}: {key} expects {type(default).__name__}, got {value!r}")

@@ -40,6 +40,10 @@ def test_paper_preset_has_the_paper_hyperparameters():
 def test_overrides_are_validated():
     cfg = load_config(None, ["train.batch_size=4", "train.lr_g=1", "fit.landmarks=detect"])
     assert cfg.train.batch_size == 4 and cfg.train.lr_g == 1.0 and isinstance(cfg.train.lr_g, float)
+    # YAML 1.1 reads "1e-6" as a string; a float key takes it as the number
+    assert load_config(None, ["train.lr_g=1e-6", "fit.max_photometric_residual=2E-3"]).train.lr_g == 1e-6
+    with pytest.raises(ConfigError, match="expects float"):
+        load_config(None, ["train.lr_g=fast"])
     with pytest.raises(ConfigError, match="unknown config key 'train.bogus'"):
         load_config(None, ["train.bogus=1"])
     with pytest.raises(ConfigError, match="expects int"):

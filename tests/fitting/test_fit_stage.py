@@ -130,6 +130,7 @@ def test_demo_world_fits_match_truth(tiny_world, tiny_fits):
     np.testing.assert_allclose(ds.read("lm_detected"), lm_true, atol=1e-3)      # sidecars read exactly
     assert np.array_equal(ds.read("identity"), truth["identity"][rows])
     assert np.array_equal(ds.read("label"), truth["label"][rows])
+    assert np.all(np.isnan(ds.read("fit_residual")))                # sidecar rows are not refined (photometric: detected)
     # align maps the landmarks into the crop, eyes level-ish and inside
     from fitting.align import apply_affine
     A = ds.read("align")
@@ -145,7 +146,7 @@ def test_detected_landmarks_on_demo_photos(tiny_world, tmp_path):
     out = tmp_path / "fits-detect"
     slidergan("fit-emotionet", "--images", tiny_world / "emotionet", "--model", tiny_world / "model.h5",
               "--out", out, "--workers", "1", "--no-progress", "--landmarks", "detect",
-              "--set", "fit.photometric_iterations=3", timeout=600)
+              "--set", "fit.photometric_iterations=3", "--set", "fit.photometric_search_iterations=1", timeout=600)
     ds = ShardSet(out)
     rejects = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
     with h5py.File(tiny_world / "emotionet" / "truth.h5", "r") as f:
@@ -170,3 +171,16 @@ def test_detected_landmarks_on_demo_photos(tiny_world, tmp_path):
     a = ds.read("p_exp")[[list(ds.read("key")).index(k) for k in common]]
     b = lo.read("p_exp")[[list(lo.read("key")).index(k) for k in common]]
     assert np.abs(a - b).max(1).min() > 1e-3                  # every refined row moved
+    res = ds.read("fit_residual")
+    assert np.all(np.isfinite(res)) and np.median(res) < 0.05   # refined rows carry their colour residual
+    assert np.all(np.isnan(lo.read("fit_residual")))
+    # fit.max_photometric_residual rejects refined fits above it, with the reason and the figure
+    gated = tmp_path / "fits-detect-gated"
+    slidergan("fit-emotionet", "--images", tiny_world / "emotionet", "--model", tiny_world / "model.h5",
+              "--out", gated, "--workers", "1", "--no-progress", "--landmarks", "detect",
+              "--set", "fit.photometric_iterations=1", "--set", "fit.photometric_search_iterations=0",
+              "--set", "fit.max_photometric_residual=1e-6", timeout=600)
+    assert len(ShardSet(gated)) == 0
+    gone = [json.loads(x) for x in (gated / "rejects.jsonl").read_text().splitlines()]
+    photometric = [r for r in gone if "photometric residual" in r["detail"]]
+    assert len(photometric) == len(lo) and {r["reason"] for r in photometric} == {"fit diverged"}

@@ -72,7 +72,7 @@ def test_refinement_pulls_a_perturbed_fit_back_to_the_truth(model):
     cam0 = truth["camera"].copy()
     cam0[:3] += 0.03
     cam0[3:5] += 2.0
-    opts = PhotometricOptions(iterations=4, blur=(1.0, 0.0), n_samples=1500, sigma_landmarks=0.1)
+    opts = PhotometricOptions(iterations=4, blur=(1.0, 0.0), n_samples=1500, sigma_landmarks=0.1, search_iterations=0)
     # the landmarks are projections of the model's fixed landmark vertices
     p_id, p_exp, cam, info = PhotometricRefiner(model, opts).refine(img, truth["lm"], truth["p_id"], p_exp0, cam0,
                                                                     contour="fixed")
@@ -88,7 +88,8 @@ def test_refinement_pulls_a_perturbed_fit_back_to_the_truth(model):
 
 def test_refinement_is_deterministic_and_rejects_perspective_and_bad_contour(model):
     truth, img = _face(model, seed=5)
-    ref = PhotometricRefiner(model, PhotometricOptions(iterations=1, blur=(0.0,), n_samples=400))
+    ref = PhotometricRefiner(model, PhotometricOptions(iterations=1, blur=(0.0,), n_samples=400, search_yaw=(-10.0, 10.0),
+                                                       search_iterations=1))
     a = ref.refine(img, truth["lm"], truth["p_id"], truth["p_exp"], truth["camera"])
     b = ref.refine(img, truth["lm"], truth["p_id"], truth["p_exp"], truth["camera"])
     for u, v in zip(a[:3], b[:3]):
@@ -103,7 +104,8 @@ def test_refinement_is_deterministic_and_rejects_perspective_and_bad_contour(mod
 
 def test_options_from_config_take_prefixed_keys_and_shared_priors():
     o = PhotometricOptions.from_config({"photometric_iterations": 3, "photometric_blur": [2, 0],
-                                        "prior_exp": 7.0, "sigma": 0.1})
+                                        "photometric_search_yaw": [-20, 20], "prior_exp": 7.0, "sigma": 0.1})
+    assert o.search_yaw == (-20.0, 20.0)
     # "sigma" is the landmark fit's own noise level, not the refinement's: the default stays
     assert (o.iterations, o.blur, o.prior_exp, o.sigma_landmarks) == (3, (2.0, 0.0), 7.0, PhotometricOptions().sigma_landmarks)
     assert PhotometricOptions().iterations == 15
@@ -162,19 +164,44 @@ def test_dynamic_contour_moves_the_far_jaw_points_to_the_silhouette(model):
     assert PhotometricOptions.from_config({"prior_exp": 7.0, "photometric_prior_exp": 2.0}).prior_exp == 2.0
 
 
-def test_second_start_keeps_the_run_with_the_lower_energy(model):
-    """``starts=2`` on one level: the result is exactly the single-start run (from the given
-    expression, or from it zeroed) whose final energy is lower."""
+def test_pose_search_turns_a_start_that_is_off_in_yaw_and_keeps_the_lowest_energy(model, monkeypatch):
+    """A landmark fit 30 degrees off in yaw: the search hypothesis that undoes it has the
+    lowest energy, is the one kept, and the result is exactly the run from that hypothesis
+    alone; without it the refinement stays further off."""
     truth, img = _face(model, seed=7)
-    rng = np.random.default_rng(8)
-    p_exp0 = truth["p_exp"] + rng.normal(scale=0.5, size=model.n_exp)
-    kw = dict(iterations=3, blur=(0.0,), n_samples=500)
-    one = PhotometricRefiner(model, PhotometricOptions(**kw))
-    a = one.refine(img, truth["lm"], truth["p_id"], p_exp0, truth["camera"])
-    b = one.refine(img, truth["lm"], truth["p_id"], 0 * p_exp0, truth["camera"])
-    two = PhotometricRefiner(model, PhotometricOptions(starts=2, **kw)).refine(
-        img, truth["lm"], truth["p_id"], p_exp0, truth["camera"])
-    best = min((a, b), key=lambda r: r[3]["energy"][1])
-    assert a[3]["energy"][1] != b[3]["energy"][1]
-    for u, v in zip(two[:3], best[:3]):
+    cam0 = truth["camera"].copy()
+    cam0[1] -= np.radians(30.0)
+    kw = dict(iterations=3, blur=(1.0, 0.0), n_samples=600, search_iterations=3, search_blur=2.0)
+    seen = []
+    final = PhotometricRefiner._final
+
+    def spy(self, st, img_np, blur, ctx):
+        out = final(self, st, img_np, blur, ctx)
+        seen.append(out["final_energy"])
+        return out
+
+    monkeypatch.setattr(PhotometricRefiner, "_final", spy)
+    both = PhotometricRefiner(model, PhotometricOptions(search_yaw=(0.0, 30.0), **kw)).refine(
+        img, truth["lm"], truth["p_id"], 0 * truth["p_exp"], cam0)
+    assert len(seen) == 3                                      # two hypotheses, then the final state
+    assert both[3]["search_yaw"] == 30.0 and seen[1] < seen[0]
+    alone = PhotometricRefiner(model, PhotometricOptions(search_yaw=(30.0,), **kw)).refine(
+        img, truth["lm"], truth["p_id"], 0 * truth["p_exp"], cam0)
+    for u, v in zip(both[:3], alone[:3]):
         np.testing.assert_array_equal(u, v)
+    stay = PhotometricRefiner(model, PhotometricOptions(search_yaw=(0.0,), **kw)).refine(
+        img, truth["lm"], truth["p_id"], 0 * truth["p_exp"], cam0)
+    yaw_err = lambda c: abs(float(c[1]) - float(truth["camera"][1]))  # noqa: E731
+    assert yaw_err(both[2]) < np.radians(5.0) < yaw_err(stay[2]), (yaw_err(both[2]), yaw_err(stay[2]))
+    assert both[3]["residual"] < stay[3]["residual"]
+
+
+def test_residual_is_the_median_colour_error_of_the_fit(model):
+    """At the true state of a render the residual is the uint8 rounding (render
+    correction on); the same face fitted against another face's photo scores far worse."""
+    truth, img = _face(model, seed=9)
+    other, img2 = _face(model, seed=10)
+    ref = PhotometricRefiner(model, PhotometricOptions(iterations=0, search_iterations=0, n_samples=800))
+    good = ref.refine(img, truth["lm"], truth["p_id"], truth["p_exp"], truth["camera"])[3]["residual"]
+    bad = ref.refine(img2, truth["lm"], truth["p_id"], truth["p_exp"], truth["camera"])[3]["residual"]
+    assert good < 2.0 / 255 and bad > 5 * good, (good, bad)

@@ -2,7 +2,8 @@
 
 Glue only; the algorithms live in ``fitting/`` (images, inputs, landmarks, fit, align, itw).
 Datasets per row: key group identity label image p_exp p_id camera lm_detected lm_fitted
-align fit_error lm_source (0 sidecar, 1 detected) (+ au [60] for EmotioNet lists).
+align fit_error fit_residual (photometric refinement's median colour residual, NaN where none
+ran) lm_source (0 sidecar, 1 detected) (+ au [60] for EmotioNet lists).
 """
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ class FitStage(Stage):
     """Fit every input photo; picklable (paths, inputs and options only)."""
 
     name = "fit"
-    version = "3"            # 3: render-corrected photometric refinement, dynamic contour in it
+    version = "4"            # 4: pose search before the refinement, fit_residual and its gate
     compression = "lzf"
 
     def __init__(self, inputs, model_path: str, fit_cfg: dict, metadata: Optional[dict] = None,
@@ -174,8 +175,10 @@ class FitStage(Stage):
         fits = self._fit([it[2] for it in items], [it[1] for it in items], model,
                          np.array([it[3] for it in items], np.int64))
         max_err = float(cfg.get("max_fit_error", 0.25))
+        max_res = float(cfg.get("max_photometric_residual", 0.0))
+        resid = fits.residual if fits.residual is not None else np.full(len(items), np.nan, np.float32)
         cols = {k: [] for k in ("key", "group", "identity", "label", "image", "p_exp", "p_id", "camera",
-                                "lm_detected", "lm_fitted", "align", "fit_error", "lm_source")}
+                                "lm_detected", "lm_fitted", "align", "fit_error", "fit_residual", "lm_source")}
         if self.inputs.au is not None:
             cols["au"] = []
         for i, (key, _, lm, src, A, crop) in enumerate(items):
@@ -183,6 +186,10 @@ class FitStage(Stage):
             if not fits.converged[i] or not np.isfinite(err) or err > max_err:
                 rejects.append({"key": key, "reason": "fit diverged",
                                 "detail": f"landmark error {err:.3f} x inter-ocular > fit.max_fit_error={max_err:g}"})
+                continue
+            if max_res > 0 and resid[i] > max_res:                  # NaN (not refined) passes
+                rejects.append({"key": key, "reason": "fit diverged",
+                                "detail": f"photometric residual {resid[i]:.4f} > fit.max_photometric_residual={max_res:g}"})
                 continue
             ident, label = self.metadata.get(key, (-1, -1))
             au = None
@@ -203,13 +210,15 @@ class FitStage(Stage):
             cols["lm_fitted"].append(fits.lm_fitted[i])
             cols["align"].append(A.astype(np.float32))
             cols["fit_error"].append(np.float32(err))
+            cols["fit_residual"].append(np.float32(resid[i]))
             cols["lm_source"].append(src)
         n_id, n_exp = fits.p_id.shape[1], fits.p_exp.shape[1]
         shapes = {"group": ((), np.int64), "identity": ((), np.int64), "label": ((), np.int64),
                   "image": ((size, size, 3), np.uint8), "p_exp": ((n_exp,), np.float32),
                   "p_id": ((n_id,), np.float32), "camera": ((7,), np.float32),
                   "lm_detected": ((68, 2), np.float32), "lm_fitted": ((68, 2), np.float32),
-                  "align": ((2, 3), np.float32), "fit_error": ((), np.float32), "lm_source": ((), np.int8),
+                  "align": ((2, 3), np.float32), "fit_error": ((), np.float32), "fit_residual": ((), np.float32),
+                  "lm_source": ((), np.int8),
                   "au": ((N_AU,), np.float32)}
         rows = {}
         for name, vals in cols.items():
@@ -262,13 +271,14 @@ class FitStage(Stage):
             for idx, res in parts.values():
                 arr[idx] = getattr(res, name)
             out[name] = arr
-        res = FitResult(**out)
+        res = FitResult(**out, residual=np.full(len(lm), np.nan, np.float32))
         self._refine(res, lm, rgbs, model, sources)
         return res
 
     def _refine(self, res, lm, rgbs, model, sources) -> None:
         """``fit.photometric`` (none | detected | all): refine the chosen faces' landmark fits
-        against their photos (:mod:`fitting.photometric`), in place.  Jaw points follow
+        against their photos (:mod:`fitting.photometric`), in place (``res.residual``: the
+        refinement's median colour residual, NaN where none ran).  Jaw points follow
         ``fit.contour`` (auto: dynamic for detections).  A refinement that fails or ends
         non-finite keeps the landmark fit; a model without texture skips the step.
         (``fit.fitter=itw`` is photometric already and returns before this.)"""
@@ -295,6 +305,7 @@ class FitStage(Stage):
                 continue
             res.p_id[i], res.p_exp[i], res.camera[i] = p_id, p_exp, cam
             res.lm_fitted[i] = fitted
+            res.residual[i] = info["residual"]
             res.fit_error[i] = np.sqrt(((fitted - lm[i]) ** 2).sum(-1).mean()) / max(float(interocular(lm[i])), 1e-12)
 
 
