@@ -34,6 +34,17 @@ rounding only (tested).  This approximates render-and-compare (the offset's own
 derivative is left out) at the cost of one render per step, without a differentiable
 rasteriser.
 
+**Pose search** (``search_yaw``, ``search_scale``, ``search_iterations``).  Detected
+landmarks of a turned face often come back squeezed towards a frontal shape, and the
+landmark fit then starts tens of degrees off in yaw (and too large).  Before the levels,
+each yaw offset (x each scale factor) of the landmark fit's camera, the face kept where its
+landmarks were, gets a few steps on a strongly blurred photo; the hypothesis with the lowest
+energy goes on.
+
+**Residual.**  ``info["residual"]`` is the median, over the visible samples, of the largest
+colour residual at the final state; the fit stage stores it as ``fit_residual`` and can
+reject fits above ``fit.max_photometric_residual``.
+
 **Jaw contour.**  Detectors put the jaw points on the silhouette; with
 ``refine(..., contour="dynamic")`` each jaw point takes, at every step, the outermost
 vertex (in camera x) of its candidate line, as the landmark fitter does.
@@ -49,6 +60,7 @@ fit of a rendered face is pulled back to the truth.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -77,6 +89,7 @@ class PhotometricOptions:
     robust_landmarks: float = 0.0       # Cauchy scale of the landmark residual, fraction of the inter-ocular distance; 0 = least squares
     render_correction: bool = True      # add the renderer's discretisation to the model term
     search_yaw: tuple = (-30.0, -15.0, 0.0, 15.0, 30.0)  # pose search: yaw offsets (degrees) tried from the landmark fit
+    search_scale: tuple = (1.0,)        # ... times these factors of the landmark fit's scale
     search_iterations: int = 5          # LM steps per pose hypothesis (0: no search)
     search_blur: float = 4.0            # blur of the photo during the search, in pixels
 
@@ -89,7 +102,7 @@ class PhotometricOptions:
                 kw[name] = cfg[key]
             elif name in ("prior_id", "prior_exp") and name in cfg:             # shared with the landmark fit
                 kw[name] = float(cfg[name])
-        for name in ("blur", "search_yaw"):
+        for name in ("blur", "search_yaw", "search_scale"):
             if name in kw:
                 kw[name] = tuple(float(b) for b in kw[name])
         kw.update(over)
@@ -132,16 +145,6 @@ def bilinear(img, uv):
     i0, i1, j0, j1, fx, fy = _bilinear_taps(img, uv)
     return ((1 - fy) * ((1 - fx) * img[i0, j0] + fx * img[i0, j1])
             + fy * ((1 - fx) * img[i1, j0] + fx * img[i1, j1]))
-
-
-def _cross_field(u, v):
-    """``u [T,3,P] x v [T,3]`` over axis 1 -> ``[T,3,P]`` (written out: ``torch.linalg.cross``
-    on the strided axis is ~10x slower)."""
-    import torch
-
-    vx, vy, vz = v[:, 0, None], v[:, 1, None], v[:, 2, None]
-    ux, uy, uz = u[:, 0], u[:, 1], u[:, 2]
-    return torch.stack([uy * vz - uz * vy, uz * vx - ux * vz, ux * vy - uy * vx], 1)
 
 
 def sample_vertices(model, n: int) -> np.ndarray:
@@ -210,9 +213,22 @@ class PhotometricRefiner:
         self._tri = t(tri_local, torch.long)
         self._inc = t(inc_local, torch.long)
         self._s_local = t(np.searchsorted(used, S), torch.long)
-        Bt = self._basis[self._tri]                                            # [T,3(vert),3,P]
-        self._dE1 = Bt[:, 1] - Bt[:, 0]                                        # d(b - a)/dp [T,3,P]
-        self._dE2 = Bt[:, 2] - Bt[:, 0]                                        # d(c - a)/dp
+        # d(face normal)/dp of triangle (a, b, c) is dA x (b - c) + dB x (c - a) + dC x (a - b):
+        # each corner's basis rows crossed with the edge opposite it.  Summed over a sample's
+        # incident triangles, corners on the same vertex merge into one (sample, vertex) pair:
+        # dn_s = sum_v B_v x W_sv with W_sv = sum of those edges (about 7 pairs per sample
+        # against 18 corners).
+        corners = T[t_inc]                                                     # [I,3] global ids
+        v_all = corners.reshape(-1)
+        nxt, prv = np.roll(corners, -1, 1).reshape(-1), np.roll(corners, 1, 1).reshape(-1)
+        s_all = np.repeat(s_pos, 3)
+        keys, trip_pair = np.unique(s_all * model.n_vertices + v_all, return_inverse=True)
+        self._trip_pair = t(trip_pair.reshape(-1), torch.long)
+        self._trip_next = t(np.searchsorted(used, nxt), torch.long)
+        self._trip_prev = t(np.searchsorted(used, prv), torch.long)
+        self._pair_s = t(keys // model.n_vertices, torch.long)
+        pair_B = self._basis[t(np.searchsorted(used, keys % model.n_vertices), torch.long)]       # [Np,3,P]
+        self._pair_B = [pair_B[:, k].contiguous() for k in range(3)]          # x, y, z rows [Np,P]
         self._lm_local = t(np.searchsorted(used, lm), torch.long)
         self._cand_local = t(np.searchsorted(used, cand), torch.long)          # [17, C]
         self._side = t(np.where(np.arange(17) < CHIN, -1.0, 1.0))             # outward direction in x
@@ -299,9 +315,12 @@ class PhotometricRefiner:
         a, b, c = V[self._tri[:, 0]], V[self._tri[:, 1]], V[self._tri[:, 2]]
         e1, e2 = b - a, c - a
         fn = torch.linalg.cross(e1, e2, dim=-1)                                 # [T,3]
-        dfn = _cross_field(self._dE1, e2) - _cross_field(self._dE2, e1)          # [T,3,P]
         nr = fn[self._inc].sum(1)                                               # [S,3]
-        dnr = dfn[self._inc].sum(1)                                             # [S,3,P]
+        W = torch.zeros(len(self._pair_s), 3, dtype=x.dtype, device=x.device).index_add_(
+            0, self._trip_pair, V[self._trip_next] - V[self._trip_prev])       # [Np,3]
+        (bx, by, bz), (wx, wy, wz) = self._pair_B, W.T[:, :, None]
+        cross = torch.stack([by * wz - bz * wy, bz * wx - bx * wz, bx * wy - by * wx], 1)   # B_v x W_sv
+        dnr = torch.zeros(len(nr), 3, P, dtype=x.dtype, device=x.device).index_add_(0, self._pair_s, cross)
         norm = nr.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         nm = nr / norm
         dnm = (dnr - nm[..., None] * torch.einsum("sk,skp->sp", nm, dnr)[:, None]) / norm[..., None]
@@ -390,8 +409,10 @@ class PhotometricRefiner:
                 made as projections of fixed vertices).
         Returns:
             ``(p_id, p_exp, camera, info)`` numpy float32; ``info`` has ``energy`` (first,
-            last), ``samples`` (visible samples at the end) and ``lm_fitted`` ``[68, 2]`` (the
-            fit's landmarks in the image, jaw points on the silhouette when dynamic).
+            last), ``samples`` (visible samples at the end), ``lm_fitted`` ``[68, 2]`` (the
+            fit's landmarks in the image, jaw points on the silhouette when dynamic),
+            ``search_yaw`` / ``search_scale`` (the pose hypothesis kept), ``final_energy`` and
+            ``residual`` (see :meth:`_final`).
         """
         from pipeline.threads import one_blas_thread
 
@@ -421,9 +442,9 @@ class PhotometricRefiner:
         st = _State(x, t(camera_rotation(cam)), t(cam[5]), t(cam[3:5]), np.zeros(self._tex_basis.shape[-1]))
         blurred = lambda b: img0 if b <= 0 else np.stack([gaussian_filter(img0[..., c], b) for c in range(3)], -1)  # noqa: E731
         energies: list = []
-        yaw_pick = 0.0
+        pick = (0.0, 1.0)
         if opt.search_iterations > 0 and len(opt.search_yaw) > 0:
-            st, yaw_pick, energies = self._search(st, blurred(opt.search_blur), opt.search_blur, ctx)
+            st, pick, energies = self._search(st, blurred(opt.search_blur), opt.search_blur, ctx)
         for blur in opt.blur:
             img_np = blurred(blur)
             st, e_ = self._level(st, img_np, blur, ctx)
@@ -434,7 +455,7 @@ class PhotometricRefiner:
             final = self._final(st, img_np, opt.blur[-1] if len(opt.blur) else 0.0, ctx)
         xn = st.x.cpu().numpy()
         info = {"energy": (energies[0], energies[-1]) if energies else (np.nan, np.nan), "samples": st.nvis,
-                "lm_fitted": uv_lm.cpu().numpy().astype(np.float32), "search_yaw": yaw_pick, **final}
+                "lm_fitted": uv_lm.cpu().numpy().astype(np.float32), "search_yaw": pick[0], "search_scale": pick[1], **final}
         return (xn[6:6 + self.k].astype(np.float32), xn[6 + self.k:].astype(np.float32),
                 cam_out.cpu().numpy().astype(np.float32), info)
 
@@ -503,7 +524,8 @@ class PhotometricRefiner:
         """Pose search: from the landmark fit's state ``st``, each yaw offset of
         ``opt.search_yaw`` (the face kept where its landmarks were) gets
         ``opt.search_iterations`` steps on the photo blurred by ``blur``; the hypothesis of
-        lowest final energy wins -> ``(state, its yaw offset in degrees, its energies)``.
+        lowest final energy wins -> ``(state, (yaw offset in degrees, scale factor), its
+        energies)``; every yaw is tried with every factor of ``opt.search_scale``.
         Detected landmarks of a turned face often come back squeezed towards a frontal shape,
         and the landmark fit then starts the refinement tens of degrees off; no blur level
         recovers from that on its own."""
@@ -516,10 +538,10 @@ class PhotometricRefiner:
         pitch, yaw, roll = (float(a) for a in rotation_to_angles(R))
         _, _, uv0 = self._geometry(st.x, st.R0, st.s0, st.t0)
         best = None
-        for dy in self.opt.search_yaw:
+        for dy, fs in itertools.product(self.opt.search_yaw, self.opt.search_scale or (1.0,)):
             R_h = self._t(rotation_matrix(pitch, yaw + np.radians(float(dy)), roll))
             x_h = torch.cat([torch.zeros_like(st.x[:6]), st.x[6:]])
-            s_h = st.s0 * torch.exp(st.x[3])
+            s_h = st.s0 * torch.exp(st.x[3]) * float(fs)
             _, _, uv_h = self._geometry(x_h, R_h, s_h, st.t0 + st.x[4:6])
             t_h = st.t0 + st.x[4:6] + (uv0 - uv_h).mean(0)                 # same landmark centroid
             run, e_ = self._level(_State(x_h, R_h, s_h, t_h, st.p_tex), img_np, blur, ctx,
@@ -527,7 +549,7 @@ class PhotometricRefiner:
             with torch.no_grad():
                 E = self._final(run, img_np, blur, ctx)["final_energy"]
             if best is None or E < best[0]:
-                best = (E, run, float(dy), e_)
+                best = (E, run, (float(dy), float(fs)), e_)
         return best[1], best[2], best[3]
 
     def _level(self, st, img_np, blur, ctx, iterations=None):

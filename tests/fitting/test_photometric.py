@@ -104,8 +104,9 @@ def test_refinement_is_deterministic_and_rejects_perspective_and_bad_contour(mod
 
 def test_options_from_config_take_prefixed_keys_and_shared_priors():
     o = PhotometricOptions.from_config({"photometric_iterations": 3, "photometric_blur": [2, 0],
-                                        "photometric_search_yaw": [-20, 20], "prior_exp": 7.0, "sigma": 0.1})
-    assert o.search_yaw == (-20.0, 20.0)
+                                        "photometric_search_yaw": [-20, 20], "photometric_search_scale": [1, 0.8],
+                                        "prior_exp": 7.0, "sigma": 0.1})
+    assert o.search_yaw == (-20.0, 20.0) and o.search_scale == (1.0, 0.8)
     # "sigma" is the landmark fit's own noise level, not the refinement's: the default stays
     assert (o.iterations, o.blur, o.prior_exp, o.sigma_landmarks) == (3, (2.0, 0.0), 7.0, PhotometricOptions().sigma_landmarks)
     assert PhotometricOptions().iterations == 15

@@ -10,7 +10,11 @@ Keys (all measured in this one run on ``ctx.world``'s EmotioNet-style photos):
 - ``fit_exp_rel_error_detected_photometric`` (and ``_median``) the detected-landmark fits refined
                                  against the photo (fitting/photometric.py), all of them (4 if quick);
                                  ``fit_exp_rel_error_detected_same_faces`` landmarks only, same faces;
-                                 ``fit_photometric_s_per_face`` its cost (one thread)
+                                 ``fit_photometric_s_per_face`` its cost (one thread);
+                                 ``..._accepted`` over the rows the stage keeps (``fit.max_fit_error``
+                                 on the refined landmarks, ``fit.max_photometric_residual``),
+                                 ``fit_photometric_rejected`` how many it drops,
+                                 ``fit_photometric_residual_median`` the median colour residual
 - ``fit_detect_rate``, ``fit_detect_nme``  share of photos with a detection; detected-landmark
                                  error (RMSE / inter-ocular) against the truth
 - ``fit_stage_faces_per_s``      the stage's per-chunk work end to end (read JPEG + sidecar, fit,
@@ -99,13 +103,22 @@ def run(ctx) -> dict:
         n_ph = min(len(idx), 4) if ctx.quick else len(idx)
         ref = PhotometricRefiner(model, PhotometricOptions.from_config(cfg))
         t0 = time.perf_counter()
-        pe = np.stack([ref.refine(rgbs[i], D[j], rd.p_id[j], rd.p_exp[j], rd.camera[j])[1]
-                       for j, i in enumerate(idx[:n_ph])])
+        runs = [ref.refine(rgbs[i], D[j], rd.p_id[j], rd.p_exp[j], rd.camera[j]) for j, i in enumerate(idx[:n_ph])]
         out["fit_photometric_s_per_face"] = float((time.perf_counter() - t0) / n_ph)
         out["fit_photometric_faces"] = float(n_ph)
-        e_ph = _rel(pe, p_true[idx[:n_ph]])
+        e_ph = _rel(np.stack([r[1] for r in runs]), p_true[idx[:n_ph]])
         out["fit_exp_rel_error_detected_photometric"] = float(np.mean(e_ph))
         out["fit_exp_rel_error_detected_photometric_median"] = float(np.median(e_ph))
+        # the stage's gates: refined landmark error (fit.max_fit_error), colour residual
+        # (fit.max_photometric_residual); rejected rows leave the shards
+        lm_err = np.array([np.sqrt(((r[3]["lm_fitted"] - D[j]) ** 2).sum(-1).mean()) / interocular(D[j])
+                           for j, r in enumerate(runs)])
+        res = np.array([r[3]["residual"] for r in runs])
+        max_res = float(cfg.get("max_photometric_residual", 0.0))
+        keep = (lm_err <= float(cfg.get("max_fit_error", 0.25))) & ((res <= max_res) if max_res > 0 else True)
+        out["fit_photometric_rejected"] = float((~keep).sum())
+        out["fit_photometric_residual_median"] = float(np.median(res))
+        out["fit_exp_rel_error_detected_photometric_accepted"] = float(np.mean(e_ph[keep])) if keep.any() else None
         out["fit_exp_rel_error_detected_same_faces"] = float(np.mean(_rel(rd.p_exp[:n_ph], p_true[idx[:n_ph]])))
     else:
         out["fit_exp_rel_error_detected"] = None
