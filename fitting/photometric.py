@@ -86,11 +86,11 @@ class PhotometricOptions:
     prior_tex: float = 1.0
     min_normal_z: float = 0.15          # skip grazing samples (they mix with the background)
     robust: float = 0.03                # Cauchy scale of the image residual (IRLS); 0 = least squares
-    robust_landmarks: float = 0.0       # Cauchy scale of the landmark residual, fraction of the inter-ocular distance; 0 = least squares
     render_correction: bool = True      # add the renderer's discretisation to the model term
     search_yaw: tuple = (-30.0, -15.0, 0.0, 15.0, 30.0)  # pose search: yaw offsets (degrees) tried from the landmark fit
     search_scale: tuple = (1.0,)        # ... times these factors of the landmark fit's scale
-    search_iterations: int = 5          # LM steps per pose hypothesis (0: no search)
+    search_iterations: int = 8          # LM steps per pose hypothesis (0: no search)
+    search_samples: int = 800           # sample vertices during the search (0: n_samples)
     search_blur: float = 4.0            # blur of the photo during the search, in pixels
 
     @classmethod
@@ -180,6 +180,7 @@ class PhotometricRefiner:
 
         self.model = model
         self.opt = opt = options or PhotometricOptions()
+        self._coarse = None                                                    # the search's refiner (search_samples)
         if model.U_tex is None or model.texture_mean is None:
             raise ValueError("photometric refinement needs a texture model (model.h5 /texture)")
         self.device = torch.device(device or "cpu")
@@ -438,13 +439,13 @@ class PhotometricRefiner:
         x[6 + self.k:6 + self.k + len(p_exp)] = t(p_exp)
         iod = max(float(interocular(np.asarray(lm2d, np.float64))), 1e-6)
         w = np.ones(68) if weights is None else np.asarray(weights, np.float64)
-        ctx = dict(y=t(lm2d), wl=t(np.sqrt(w) / (opt.sigma_landmarks * iod)), contour=contour, iod=iod)
+        ctx = dict(y=t(lm2d), wl=t(np.sqrt(w) / (opt.sigma_landmarks * iod)), contour=contour)
         st = _State(x, t(camera_rotation(cam)), t(cam[5]), t(cam[3:5]), np.zeros(self._tex_basis.shape[-1]))
         blurred = lambda b: img0 if b <= 0 else np.stack([gaussian_filter(img0[..., c], b) for c in range(3)], -1)  # noqa: E731
         energies: list = []
         pick = (0.0, 1.0)
         if opt.search_iterations > 0 and len(opt.search_yaw) > 0:
-            st, pick, energies = self._search(st, blurred(opt.search_blur), opt.search_blur, ctx)
+            st, pick = self._search(st, blurred(opt.search_blur), opt.search_blur, ctx)
         for blur in opt.blur:
             img_np = blurred(blur)
             st, e_ = self._level(st, img_np, blur, ctx)
@@ -468,8 +469,6 @@ class PhotometricRefiner:
         """Visibility, IRLS weights, render offset, light and texture at state ``st`` (updates
         ``st.light``/``st.p_tex``/``st.nvis``) -> the step's constant arguments of
         :meth:`_residual`, or None when fewer than 50 samples are visible."""
-        import torch
-
         from render import visible_vertices
 
         opt, t, x = self.opt, self._t, st.x
@@ -497,12 +496,7 @@ class PhotometricRefiner:
             vis = vis / np.sqrt(1.0 + (res / opt.robust) ** 2)
             st.light, st.p_tex = self._solve_appearance(obs - offset, Y, vis, st.p_tex)
         albedo = t(self._tex_mean + self._tex_basis @ st.p_tex)
-        wl = ctx["wl"]
-        if opt.robust_landmarks > 0:                                          # IRLS weights (Cauchy)
-            _, _, uv_lm = self._geometry(x, st.R0, st.s0, st.t0, lm_idx)
-            d = (uv_lm - ctx["y"]).norm(dim=-1) / (ctx["iod"] * opt.robust_landmarks)
-            wl = wl / torch.sqrt(1.0 + d ** 2)
-        return (img, t(vis), albedo, t(st.light), ctx["y"], wl, lm_idx, t(offset))
+        return (img, t(vis), albedo, t(st.light), ctx["y"], ctx["wl"], lm_idx, t(offset))
 
     def _final(self, st, img_np, blur, ctx) -> dict:
         """Quality of the final state ``st`` on the last level's image: ``final_energy`` (the
@@ -524,8 +518,9 @@ class PhotometricRefiner:
         """Pose search: from the landmark fit's state ``st``, each yaw offset of
         ``opt.search_yaw`` (the face kept where its landmarks were) gets
         ``opt.search_iterations`` steps on the photo blurred by ``blur``; the hypothesis of
-        lowest final energy wins -> ``(state, (yaw offset in degrees, scale factor), its
-        energies)``; every yaw is tried with every factor of ``opt.search_scale``.
+        lowest final energy wins -> ``(state, (yaw offset in degrees, scale factor))``; every
+        yaw is tried with every factor of ``opt.search_scale``.  The search samples
+        ``opt.search_samples`` vertices (a refiner of its own, built once).
         Detected landmarks of a turned face often come back squeezed towards a frontal shape,
         and the landmark fit then starts the refinement tens of degrees off; no blur level
         recovers from that on its own."""
@@ -534,6 +529,11 @@ class PhotometricRefiner:
         from fitting.fit import rotation_to_angles
         from render.camera import rotation_matrix
 
+        if self._coarse is None:
+            n = int(self.opt.search_samples) or int(self.opt.n_samples)
+            self._coarse = self if n == int(self.opt.n_samples) else PhotometricRefiner(
+                self.model, replace(self.opt, n_samples=n, search_iterations=0), self.device)
+        coarse = self._coarse
         R, _ = st.camera()
         pitch, yaw, roll = (float(a) for a in rotation_to_angles(R))
         _, _, uv0 = self._geometry(st.x, st.R0, st.s0, st.t0)
@@ -544,13 +544,13 @@ class PhotometricRefiner:
             s_h = st.s0 * torch.exp(st.x[3]) * float(fs)
             _, _, uv_h = self._geometry(x_h, R_h, s_h, st.t0 + st.x[4:6])
             t_h = st.t0 + st.x[4:6] + (uv0 - uv_h).mean(0)                 # same landmark centroid
-            run, e_ = self._level(_State(x_h, R_h, s_h, t_h, st.p_tex), img_np, blur, ctx,
-                                  self.opt.search_iterations)
+            run, _ = coarse._level(_State(x_h, R_h, s_h, t_h, st.p_tex), img_np, blur, ctx,
+                                    self.opt.search_iterations)
             with torch.no_grad():
-                E = self._final(run, img_np, blur, ctx)["final_energy"]
+                E = coarse._final(run, img_np, blur, ctx)["final_energy"]
             if best is None or E < best[0]:
-                best = (E, run, (float(dy), float(fs)), e_)
-        return best[1], best[2], best[3]
+                best = (E, run, (float(dy), float(fs)))
+        return best[1], best[2]
 
     def _level(self, st, img_np, blur, ctx, iterations=None):
         """``iterations`` (default ``opt.iterations``) Levenberg-Marquardt steps on one blur
