@@ -453,7 +453,8 @@ class PhotometricRefiner:
         with torch.no_grad():
             R, cam_out = st.camera()
             _, _, uv_lm = self._geometry(st.x, st.R0, st.s0, st.t0, self._jaw(st.x, R, contour))
-            final = self._final(st, img_np, opt.blur[-1] if len(opt.blur) else 0.0, ctx)
+            last = float(opt.blur[-1]) if len(opt.blur) else 0.0
+            final = self._final(st, blurred(last), last, ctx)
         xn = st.x.cpu().numpy()
         info = {"energy": (energies[0], energies[-1]) if energies else (np.nan, np.nan), "samples": st.nvis,
                 "lm_fitted": uv_lm.cpu().numpy().astype(np.float32), "search_yaw": pick[0], "search_scale": pick[1], **final}
@@ -548,6 +549,7 @@ class PhotometricRefiner:
                                     self.opt.search_iterations)
             with torch.no_grad():
                 E = coarse._final(run, img_np, blur, ctx)["final_energy"]
+            E = E if np.isfinite(E) else np.inf                             # face left the photo
             if best is None or E < best[0]:
                 best = (E, run, (float(dy), float(fs)))
         return best[1], best[2]

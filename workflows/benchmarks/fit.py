@@ -113,11 +113,11 @@ def run(ctx) -> dict:
         # (fit.max_photometric_residual); rejected rows leave the shards
         lm_err = np.array([np.sqrt(((r[3]["lm_fitted"] - D[j]) ** 2).sum(-1).mean()) / interocular(D[j])
                            for j, r in enumerate(runs)])
-        res = np.array([r[3]["residual"] for r in runs])
+        resid = np.array([r[3]["residual"] for r in runs])
         max_res = float(cfg.get("max_photometric_residual", 0.0))
-        keep = (lm_err <= float(cfg.get("max_fit_error", 0.25))) & ((res <= max_res) if max_res > 0 else True)
+        keep = (lm_err <= float(cfg.get("max_fit_error", 0.25))) & ((resid <= max_res) if max_res > 0 else True)
         out["fit_photometric_rejected"] = float((~keep).sum())
-        out["fit_photometric_residual_median"] = float(np.median(res))
+        out["fit_photometric_residual_median"] = float(np.median(resid))
         out["fit_exp_rel_error_detected_photometric_accepted"] = float(np.mean(e_ph[keep])) if keep.any() else None
         out["fit_exp_rel_error_detected_same_faces"] = float(np.mean(_rel(rd.p_exp[:n_ph], p_true[idx[:n_ph]])))
     else:
