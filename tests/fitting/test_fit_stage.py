@@ -174,13 +174,25 @@ def test_detected_landmarks_on_demo_photos(tiny_world, tmp_path):
     res = ds.read("fit_residual")
     assert np.all(np.isfinite(res)) and np.median(res) < 0.05   # refined rows carry their colour residual
     assert np.all(np.isnan(lo.read("fit_residual")))
+
+    def gated(name, *sets):
+        """A cheap refined run with the given gate settings -> (rows kept, rejects)."""
+        out = tmp_path / name
+        slidergan("fit-emotionet", "--images", tiny_world / "emotionet", "--model", tiny_world / "model.h5",
+                  "--out", out, "--workers", "1", "--no-progress", "--landmarks", "detect",
+                  "--set", "fit.photometric_iterations=1", "--set", "fit.photometric_search_iterations=0",
+                  *[a for kv in sets for a in ("--set", kv)], timeout=600)
+        return len(ShardSet(out)), [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
+
     # fit.max_photometric_residual rejects refined fits above it, with the reason and the figure
-    gated = tmp_path / "fits-detect-gated"
-    slidergan("fit-emotionet", "--images", tiny_world / "emotionet", "--model", tiny_world / "model.h5",
-              "--out", gated, "--workers", "1", "--no-progress", "--landmarks", "detect",
-              "--set", "fit.photometric_iterations=1", "--set", "fit.photometric_search_iterations=0",
-              "--set", "fit.max_photometric_residual=1e-6", timeout=600)
-    assert len(ShardSet(gated)) == 0
-    gone = [json.loads(x) for x in (gated / "rejects.jsonl").read_text().splitlines()]
+    kept, gone = gated("gate-residual", "fit.max_photometric_residual=1e-6")
     photometric = [r for r in gone if "photometric residual" in r["detail"]]
-    assert len(photometric) == len(lo) and {r["reason"] for r in photometric} == {"fit diverged"}
+    assert kept == 0 and len(photometric) == len(lo) and {r["reason"] for r in photometric} == {"fit diverged"}
+    # with it on, refined fits answer to fit.max_fit_error_refined, not fit.max_fit_error ...
+    kept, gone = gated("gate-landmarks", "fit.max_photometric_residual=1.0", "fit.max_fit_error=1e-6")
+    assert kept == len(lo) and not [r for r in gone if r["reason"] == "fit diverged"]
+    kept, gone = gated("gate-refined", "fit.max_photometric_residual=1.0", "fit.max_fit_error_refined=1e-6")
+    assert kept == 0 and sum("fit.max_fit_error_refined" in r["detail"] for r in gone) == len(lo)
+    # ... and with it off (0), by fit.max_fit_error as landmark-only fits are
+    kept, gone = gated("gate-off", "fit.max_photometric_residual=0", "fit.max_fit_error=1e-6")
+    assert kept == 0 and sum("fit.max_fit_error=" in r["detail"] for r in gone) == len(lo)

@@ -11,8 +11,8 @@ Keys (all measured in this one run on ``ctx.world``'s EmotioNet-style photos):
                                  against the photo (fitting/photometric.py), all of them (4 if quick);
                                  ``fit_exp_rel_error_detected_same_faces`` landmarks only, same faces;
                                  ``fit_photometric_s_per_face`` its cost (one thread);
-                                 ``..._accepted`` over the rows the stage keeps (``fit.max_fit_error``
-                                 on the refined landmarks, ``fit.max_photometric_residual``),
+                                 ``..._accepted`` over the rows the stage keeps (its gate:
+                                 ``fit.max_photometric_residual``, ``fit.max_fit_error_refined``),
                                  ``fit_photometric_rejected`` how many it drops,
                                  ``fit_photometric_residual_median`` the median colour residual
 - ``fit_detect_rate``, ``fit_detect_nme``  share of photos with a detection; detected-landmark
@@ -45,7 +45,7 @@ def run(ctx) -> dict:
     from fitting.landmarks import get_detector
     from fitting.model import MorphableModel
     from pipeline.config import load_config
-    from workflows.stages.fit import build_stage
+    from workflows.stages.fit import build_stage, fit_gate
 
     world = Path(ctx.world)
     model = MorphableModel.load(world / "model.h5")
@@ -109,13 +109,11 @@ def run(ctx) -> dict:
         e_ph = _rel(np.stack([r[1] for r in runs]), p_true[idx[:n_ph]])
         out["fit_exp_rel_error_detected_photometric"] = float(np.mean(e_ph))
         out["fit_exp_rel_error_detected_photometric_median"] = float(np.median(e_ph))
-        # the stage's gates: refined landmark error (fit.max_fit_error), colour residual
-        # (fit.max_photometric_residual); rejected rows leave the shards
+        # the stage's gate (workflows.stages.fit.fit_gate): rows it rejects leave the shards
         lm_err = np.array([np.sqrt(((r[3]["lm_fitted"] - D[j]) ** 2).sum(-1).mean()) / interocular(D[j])
                            for j, r in enumerate(runs)])
         resid = np.array([r[3]["residual"] for r in runs])
-        max_res = float(cfg.get("max_photometric_residual", 0.0))
-        keep = (lm_err <= float(cfg.get("max_fit_error", 0.25))) & ((resid <= max_res) if max_res > 0 else True)
+        keep = np.array([fit_gate(e, r, cfg) is None for e, r in zip(lm_err, resid)])
         out["fit_photometric_rejected"] = float((~keep).sum())
         out["fit_photometric_residual_median"] = float(np.median(resid))
         out["fit_exp_rel_error_detected_photometric_accepted"] = float(np.mean(e_ph[keep])) if keep.any() else None
