@@ -56,6 +56,13 @@ def interocular(lm) -> np.ndarray:
     return np.linalg.norm(lm[..., LEFT_EYE, :].mean(-2) - lm[..., RIGHT_EYE, :].mean(-2), axis=-1)
 
 
+def landmark_error(fitted, target) -> float:
+    """Landmark RMSE of ``fitted [68, 2]`` against ``target [68, 2]`` over the target's
+    inter-ocular distance (the shards' ``fit_error``)."""
+    d = np.asarray(fitted, np.float64) - np.asarray(target, np.float64)
+    return float(np.sqrt((d ** 2).sum(-1).mean()) / max(float(interocular(target)), 1e-12))
+
+
 @dataclass
 class FitOptions:
     """Options of :class:`LandmarkFitter` (config section ``fit``)."""

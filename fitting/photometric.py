@@ -147,6 +147,13 @@ def bilinear(img, uv):
             + fy * ((1 - fx) * img[i1, j0] + fx * img[i1, j1]))
 
 
+def _colour_residual(img, uv, n, albedo, light, offset=None):
+    """Photo minus model colour at the samples ``[S,3]``: ``img`` sampled at ``uv [S,2]``,
+    less the step's render ``offset``, less ``albedo * (Y(n) light)``."""
+    obs = bilinear(img, uv) if offset is None else bilinear(img, uv) - offset
+    return obs - albedo * (sh_basis_torch(n) @ light)
+
+
 def sample_vertices(model, n: int) -> np.ndarray:
     """An evenly spread, deterministic subset of the face's front vertices ``[<=n]``: inside
     the landmarks' x range and between the chin and a band above the brows, facing the
@@ -279,9 +286,7 @@ class PhotometricRefiner:
         import torch
 
         uv, n, uv_lm = self._geometry(x, R0, s0, t0, lm_idx)
-        model_c = albedo * (sh_basis_torch(n) @ light)                       # [S,3]
-        obs = bilinear(img, uv) if offset is None else bilinear(img, uv) - offset
-        r_img = ((obs - model_c) * vis[:, None]).reshape(-1) / self.opt.sigma_image
+        r_img = (_colour_residual(img, uv, n, albedo, light, offset) * vis[:, None]).reshape(-1) / self.opt.sigma_image
         r_lm = (wl[:, None] * (uv_lm - y)).reshape(-1)
         r_p = self._prior_sqrt * x[6:]
         return torch.cat([r_img, r_lm, r_p])
@@ -453,8 +458,8 @@ class PhotometricRefiner:
         with torch.no_grad():
             R, cam_out = st.camera()
             _, _, uv_lm = self._geometry(st.x, st.R0, st.s0, st.t0, self._jaw(st.x, R, contour))
-            last = float(opt.blur[-1]) if len(opt.blur) else 0.0
-            final = self._final(st, blurred(last), last, ctx)
+            last = (img_np, float(opt.blur[-1])) if len(opt.blur) else (img0, 0.0)   # the last level's image
+            final = self._final(st, last[0], last[1], ctx)
         xn = st.x.cpu().numpy()
         info = {"energy": (energies[0], energies[-1]) if energies else (np.nan, np.nan), "samples": st.nvis,
                 "lm_fitted": uv_lm.cpu().numpy().astype(np.float32), "search_yaw": pick[0], "search_scale": pick[1], **final}
@@ -511,8 +516,7 @@ class PhotometricRefiner:
         img, vis, albedo, light, _, _, _, offset = step
         r = self._residual(st.x, st.R0, st.s0, st.t0, *step)
         uv, n, _ = self._geometry(st.x, st.R0, st.s0, st.t0)
-        res = (bilinear(img, uv) - offset - albedo * (sh_basis_torch(n) @ light)).abs().amax(1)
-        seen = res[vis > 0]
+        seen = _colour_residual(img, uv, n, albedo, light, offset).abs().amax(1)[vis > 0]
         return {"final_energy": float((r ** 2).sum()), "residual": float(seen.median())}
 
     def _search(self, st, img_np, blur, ctx):

@@ -41,7 +41,7 @@ def run(ctx) -> dict:
     import torch
     from PIL import Image
 
-    from fitting.fit import FitOptions, LandmarkFitter, interocular
+    from fitting.fit import FitOptions, LandmarkFitter, interocular, landmark_error
     from fitting.landmarks import get_detector
     from fitting.model import MorphableModel
     from pipeline.config import load_config
@@ -110,8 +110,7 @@ def run(ctx) -> dict:
         out["fit_exp_rel_error_detected_photometric"] = float(np.mean(e_ph))
         out["fit_exp_rel_error_detected_photometric_median"] = float(np.median(e_ph))
         # the stage's gate (workflows.stages.fit.fit_gate): rows it rejects leave the shards
-        lm_err = np.array([np.sqrt(((r[3]["lm_fitted"] - D[j]) ** 2).sum(-1).mean()) / interocular(D[j])
-                           for j, r in enumerate(runs)])
+        lm_err = np.array([landmark_error(r[3]["lm_fitted"], D[j]) for j, r in enumerate(runs)])
         resid = np.array([r[3]["residual"] for r in runs])
         keep = np.array([fit_gate(e, r, cfg) is None for e, r in zip(lm_err, resid)])
         out["fit_photometric_rejected"] = float((~keep).sum())

@@ -276,7 +276,7 @@ class FitStage(Stage):
         ``fit.contour`` (auto: dynamic for detections).  A refinement that fails or ends
         non-finite keeps the landmark fit; a model without texture skips the step.
         (``fit.fitter=itw`` is photometric already and returns before this.)"""
-        from fitting.fit import interocular
+        from fitting.fit import landmark_error
         from fitting.photometric import PhotometricOptions, PhotometricRefiner
 
         mode = str(self.cfg.get("photometric", "none"))
@@ -300,7 +300,7 @@ class FitStage(Stage):
             res.p_id[i], res.p_exp[i], res.camera[i] = p_id, p_exp, cam
             res.lm_fitted[i] = fitted
             res.residual[i] = info["residual"]
-            res.fit_error[i] = np.sqrt(((fitted - lm[i]) ** 2).sum(-1).mean()) / max(float(interocular(lm[i])), 1e-12)
+            res.fit_error[i] = landmark_error(fitted, lm[i])
 
 
 def fit_gate(fit_error: float, residual: float, cfg: dict) -> Optional[str]:
