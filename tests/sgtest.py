@@ -14,6 +14,7 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
 TINY_WORLD = [
     "demo.faces=24", "demo.identities=8", "demo.identities_4dfab=4", "demo.sessions_4dfab=2",
     "demo.frames_4dfab=3", "demo.lrw_sequences=2", "demo.lrw_frames=6", "demo.chunk_size=12",
+    "demo.calibration_faces=60",
 ]
 
 

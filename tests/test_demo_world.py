@@ -232,3 +232,45 @@ def test_flags_override_config():
     from pipeline.config import load_config
 
     assert chunk == load_config().demo.chunk_size
+
+
+def test_landmark_calibration_of_the_demo_model(tiny_world, model):
+    """make-demo learns model.lmcal.npz from renders that are not demo photos; on its held-out
+    renders the calibrated detections are nearer the model's landmarks than dlib's own."""
+    from fitting.demo_model import expression_prototypes
+    from fitting.landmarks import LandmarkCalibration
+    from workflows.stages import demo_world as dw
+
+    cal = LandmarkCalibration.load(tiny_world / "model.lmcal.npz")
+    m = cal.meta
+    assert m["renders"] == 60 and 40 <= m["detected"] <= 60 and m["held_out"] >= 1
+    assert m["fitted_on"] + m["held_out"] == m["detected"] and m["model_hash"] == model.hash
+    assert m["nme_calibrated"] < m["nme_raw"]
+    params = json.loads((tiny_world / "_demo.json").read_text())["params"]
+    P = dw.WorldParams(**{k: v for k, v in params.items() if k != "generator"})
+    truth = _truth(tiny_world / "emotionet/truth.h5")
+    protos = expression_prototypes(model)
+    for i in range(3):
+        row, _ = dw.render_photo(model, protos, P, i, domain="calib")
+        assert not np.allclose(row["p_exp"], truth["p_exp"][i]) and not np.allclose(row["p_id"], truth["p_id"][i])
+
+
+def test_calibrate_landmarks_command(tiny_world, tmp_path):
+    """slidergan calibrate-landmarks: a re-run with the same inputs does nothing; bad input is
+    one line and exit 2."""
+    from fitting.landmarks import LandmarkCalibration
+
+    out = tmp_path / "c.lmcal.npz"
+    first = slidergan("calibrate-landmarks", "--model", tiny_world / "model.h5", "--out", out, "--faces", "30",
+                      "--workers", "1", "--no-progress")
+    assert "written" in first.stdout and LandmarkCalibration.load(out).meta["renders"] == 30
+    mtime = out.stat().st_mtime_ns
+    again = slidergan("calibrate-landmarks", "--model", tiny_world / "model.h5", "--out", out, "--faces", "30",
+                      "--workers", "1", "--no-progress")
+    assert "up to date" in again.stdout and out.stat().st_mtime_ns == mtime
+    for args, msg in ((["--model", tmp_path / "none.h5"], "model file not found"),
+                      (["--model", tiny_world / "model.h5", "--faces", "5"], "at least 20")):
+        proc = slidergan("calibrate-landmarks", *args, "--out", tmp_path / "x.npz", "--no-progress", check=False)
+        assert proc.returncode == 2 and msg in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x.npz").exists()

@@ -80,6 +80,22 @@ def test_emotionet_list_with_root_keeps_aus(tmp_path, tiny_model_file):
     assert reasons == {"text.jpg": "not an image", "gone.jpg": "unreadable"}
 
 
+def test_landmark_calibration_file_errors_exit_2(tmp_path, tiny_world, tiny_model_file):
+    """A missing, unreadable or other model's calibration file is a one-line usage error."""
+    _, other_model = tiny_model_file
+    (tmp_path / "imgs").mkdir()
+    bad = tmp_path / "bad.lmcal.npz"
+    bad.write_text("not a calibration")
+    cases = [(tiny_world / "model.h5", "/nonexistent/x.lmcal.npz", "file not found"),
+             (tiny_world / "model.h5", bad, "not a landmark calibration"),
+             (other_model, tiny_world / "model.lmcal.npz", "learned for another model")]
+    for model, cal, message in cases:
+        proc = slidergan("fit-emotionet", "--images", tmp_path / "imgs", "--model", model, "--out", tmp_path / "o",
+                         "--no-progress", "--set", f"fit.landmark_calibration={cal}", check=False)
+        assert proc.returncode == 2, proc.stderr
+        assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
 @pytest.mark.parametrize("args, message", [
     (["--images", "/nonexistent/dir"], "images not found"),
     (["--set", "fit.landmarks=magic"], "fit.landmarks"),
@@ -155,10 +171,14 @@ def test_detected_landmarks_on_demo_photos(tiny_world, tmp_path):
     assert len(ds) + len(rejects) == len(tkeys)
     assert len(ds) >= len(tkeys) // 2                         # dlib finds most synthetic faces
     assert {r["reason"] for r in rejects} <= {"no face", "fit diverged", "too small"}
-    assert np.all(ds.read("lm_source") == 1)
+    assert np.all(ds.read("lm_source") == 2)                  # detected, then calibrated (the world's model.lmcal.npz)
     rows = np.array([tkeys.index(k) for k in ds.read("key")])
-    nme = np.sqrt(((ds.read("lm_detected") - lm_true[rows]) ** 2).sum(-1).mean(-1)) / interocular(lm_true[rows])
-    assert np.median(nme) < 0.3                               # the detections are on the faces
+
+    def nme(a):
+        return np.sqrt(((a - lm_true[rows]) ** 2).sum(-1).mean(-1)) / interocular(lm_true[rows])
+
+    assert np.median(nme(ds.read("lm_raw"))) < 0.3            # the detections are on the faces
+    assert np.mean(nme(ds.read("lm_detected"))) < 0.85 * np.mean(nme(ds.read("lm_raw")))  # and calibrated nearer the truth
     assert np.all(np.isfinite(ds.read("p_exp")))
     # fit.photometric=detected (default) refined these rows: a landmark-only run differs
     plain = tmp_path / "fits-detect-plain"
@@ -166,6 +186,21 @@ def test_detected_landmarks_on_demo_photos(tiny_world, tmp_path):
               "--out", plain, "--workers", "1", "--no-progress", "--landmarks", "detect",
               "--set", "fit.photometric=none", timeout=600)
     lo = ShardSet(plain)
+    # fit.landmark_calibration=none: dlib's points as they are (source 1)
+    raw = tmp_path / "fits-detect-raw"
+    slidergan("fit-emotionet", "--images", tiny_world / "emotionet", "--model", tiny_world / "model.h5",
+              "--out", raw, "--workers", "1", "--no-progress", "--landmarks", "detect",
+              "--set", "fit.photometric=none", "--set", "fit.landmark_calibration=none", timeout=600)
+    rw = ShardSet(raw)
+    assert np.all(rw.read("lm_source") == 1)
+    np.testing.assert_array_equal(rw.read("lm_raw"), rw.read("lm_detected"))
+    common_raw = sorted(set(rw.read("key")) & set(ds.read("key")))
+    assert common_raw
+    pick = [list(rw.read("key")).index(k) for k in common_raw]
+    np.testing.assert_array_equal(rw.read("lm_raw")[pick], ds.read("lm_raw")[[list(ds.read("key")).index(k)
+                                                                               for k in common_raw]])
+    assert json.loads((raw / "_stage.json").read_text())["params_hash"] != \
+        json.loads((plain / "_stage.json").read_text())["params_hash"]
     common = sorted(set(ds.read("key")) & set(lo.read("key")))
     assert len(common) >= len(ds) // 2
     a = ds.read("p_exp")[[list(ds.read("key")).index(k) for k in common]]

@@ -6,17 +6,23 @@ Keys (all measured in this one run on ``ctx.world``'s EmotioNet-style photos):
                                  all photos tiled to a batch of 2048 (4096 unless quick), one
                                  torch thread (as in a stage worker); ``..._2_threads`` with two
 - ``fit_exp_rel_error``          mean ||p_fit - p_true|| / ||p_true|| with the true landmarks (sidecars)
-- ``fit_exp_rel_error_detected`` the same with dlib-detected landmarks (photos where a face was found)
-- ``fit_exp_rel_error_detected_photometric`` (and ``_median``) the detected-landmark fits refined
-                                 against the photo (fitting/photometric.py), all of them (4 if quick);
+- ``fit_exp_rel_error_detected`` the same with dlib-detected landmarks (photos where a face was
+                                 found), as the stage uses them: through the world's landmark
+                                 calibration (``model.lmcal.npz``, fixed contour) when it has one
+                                 (``fit_landmark_calibration`` 1), else raw (dynamic contour);
+                                 ``..._uncalibrated``: raw dlib points, dynamic contour, always
+- ``fit_exp_rel_error_detected_photometric`` (and ``_median``) those fits refined against the
+                                 photo (fitting/photometric.py), all of them (4 if quick);
                                  ``fit_exp_rel_error_detected_same_faces`` landmarks only, same faces;
                                  ``fit_photometric_s_per_face`` its cost (one thread);
                                  ``..._accepted`` over the rows the stage keeps (its gate:
                                  ``fit.max_photometric_residual``, ``fit.max_fit_error_refined``),
                                  ``fit_photometric_rejected`` how many it drops,
-                                 ``fit_photometric_residual_median`` the median colour residual
+                                 ``fit_photometric_residual_median`` the median colour residual;
+                                 every one of these again with ``_uncalibrated`` (raw dlib points)
 - ``fit_detect_rate``, ``fit_detect_nme``  share of photos with a detection; detected-landmark
-                                 error (RMSE / inter-ocular) against the truth
+                                 error (RMSE / inter-ocular) against the truth;
+                                 ``fit_detect_nme_calibrated`` after the calibration
 - ``fit_stage_faces_per_s``      the stage's per-chunk work end to end (read JPEG + sidecar, fit,
                                  align, crop), one process
 - ``fit_lm_error``               mean landmark RMSE / inter-ocular of the fit (true landmarks)
@@ -36,16 +42,23 @@ def _rel(a, b):
     return np.linalg.norm(a - b, axis=1) / np.maximum(np.linalg.norm(b, axis=1), 1e-12)
 
 
+def _nme(a, b):
+    """Landmark RMSE of ``a`` against ``b`` over ``b``'s inter-ocular distance, per face."""
+    from fitting.fit import interocular
+
+    return np.sqrt(((a - b) ** 2).sum(-1).mean(-1)) / interocular(b)
+
+
 def run(ctx) -> dict:
     import h5py
     import torch
     from PIL import Image
 
-    from fitting.fit import FitOptions, LandmarkFitter, interocular, landmark_error
-    from fitting.landmarks import get_detector
+    from fitting.fit import FitOptions, LandmarkFitter, landmark_error
+    from fitting.landmarks import LandmarkCalibration, get_detector
     from fitting.model import MorphableModel
     from pipeline.config import load_config
-    from workflows.stages.fit import build_stage, fit_gate
+    from workflows.stages.fit import build_stage, fit_gate, resolve_calibration
 
     world = Path(ctx.world)
     model = MorphableModel.load(world / "model.h5")
@@ -76,7 +89,8 @@ def run(ctx) -> dict:
         out[key] = float(n_big / (time.perf_counter() - t0))
     torch.set_num_threads(1)
 
-    # detected landmarks
+    # detected landmarks: dlib's points as they are, and through the landmark calibration the
+    # stage uses (fit.landmark_calibration: auto finds the world's model.lmcal.npz)
     det = get_detector()
     rgbs = [np.asarray(Image.open(world / "emotionet" / k).convert("RGB")) for k in keys]
     found, dets = [], []
@@ -88,35 +102,48 @@ def run(ctx) -> dict:
             dets.append(d)
     out["fit_detect_s_per_face"] = float((time.perf_counter() - t0) / len(rgbs))
     out["fit_detect_rate"] = float(len(found) / len(rgbs))
+    cal_path = resolve_calibration(cfg.get("landmark_calibration", "auto"), str(world / "model.h5"))
+    cal = LandmarkCalibration.load(cal_path) if cal_path else None
+    out["fit_landmark_calibration"] = 1.0 if cal is not None else 0.0
     if found:
         idx = np.array(found)
         D = np.stack(dets)
-        out["fit_detect_nme"] = float(np.mean(np.sqrt(((D - lm[idx]) ** 2).sum(-1).mean(-1)) / interocular(lm[idx])))
-        rd = dynamic.fit(D)
-        out["fit_exp_rel_error_detected"] = float(np.mean(_rel(rd.p_exp, p_true[idx])))
-        rf = fixed_det.fit(D)
-        out["fit_exp_rel_error_detected_fixed_contour"] = float(np.mean(_rel(rf.p_exp, p_true[idx])))
+        out["fit_detect_nme"] = float(np.mean(_nme(D, lm[idx])))
+        rd_raw = dynamic.fit(D)
+        out["fit_exp_rel_error_detected_fixed_contour_uncalibrated"] = float(
+            np.mean(_rel(fixed_det.fit(D).p_exp, p_true[idx])))
         out["fit_exp_rel_error_zero_prediction"] = 1.0          # reference: predicting p = 0
-        # photometric refinement of the detected-landmark fits (fit.photometric), first few faces
+        variants = [("_uncalibrated", D, rd_raw, "dynamic")]
+        if cal is not None:
+            Dc = cal.apply(D)
+            out["fit_detect_nme_calibrated"] = float(np.mean(_nme(Dc, lm[idx])))
+            variants.insert(0, ("", Dc, fixed_det.fit(Dc), "fixed"))     # the stage's choice first
+        else:
+            variants.insert(0, ("", D, rd_raw, "dynamic"))
+        # photometric refinement of the detected-landmark fits (fit.photometric), 4 faces if quick
         from fitting.photometric import PhotometricOptions, PhotometricRefiner
 
         n_ph = min(len(idx), 4) if ctx.quick else len(idx)
         ref = PhotometricRefiner(model, PhotometricOptions.from_config(cfg))
-        t0 = time.perf_counter()
-        runs = [ref.refine(rgbs[i], D[j], rd.p_id[j], rd.p_exp[j], rd.camera[j]) for j, i in enumerate(idx[:n_ph])]
-        out["fit_photometric_s_per_face"] = float((time.perf_counter() - t0) / n_ph)
         out["fit_photometric_faces"] = float(n_ph)
-        e_ph = _rel(np.stack([r[1] for r in runs]), p_true[idx[:n_ph]])
-        out["fit_exp_rel_error_detected_photometric"] = float(np.mean(e_ph))
-        out["fit_exp_rel_error_detected_photometric_median"] = float(np.median(e_ph))
-        # the stage's gate (workflows.stages.fit.fit_gate): rows it rejects leave the shards
-        lm_err = np.array([landmark_error(r[3]["lm_fitted"], D[j]) for j, r in enumerate(runs)])
-        resid = np.array([r[3]["residual"] for r in runs])
-        keep = np.array([fit_gate(e, r, cfg) is None for e, r in zip(lm_err, resid)])
-        out["fit_photometric_rejected"] = float((~keep).sum())
-        out["fit_photometric_residual_median"] = float(np.median(resid))
-        out["fit_exp_rel_error_detected_photometric_accepted"] = float(np.mean(e_ph[keep])) if keep.any() else None
-        out["fit_exp_rel_error_detected_same_faces"] = float(np.mean(_rel(rd.p_exp[:n_ph], p_true[idx[:n_ph]])))
+        for suffix, L, rd, contour in variants[: 1 if cal is None else 2]:
+            out[f"fit_exp_rel_error_detected{suffix}"] = float(np.mean(_rel(rd.p_exp, p_true[idx])))
+            t0 = time.perf_counter()
+            runs = [ref.refine(rgbs[i], L[j], rd.p_id[j], rd.p_exp[j], rd.camera[j], contour=contour)
+                    for j, i in enumerate(idx[:n_ph])]
+            e_ph = _rel(np.stack([r[1] for r in runs]), p_true[idx[:n_ph]])
+            # the stage's gate (workflows.stages.fit.fit_gate): rows it rejects leave the shards
+            lm_err = np.array([landmark_error(r[3]["lm_fitted"], L[j]) for j, r in enumerate(runs)])
+            resid = np.array([r[3]["residual"] for r in runs])
+            keep = np.array([fit_gate(e, r, cfg) is None for e, r in zip(lm_err, resid)])
+            out[f"fit_photometric_s_per_face{suffix}"] = float((time.perf_counter() - t0) / n_ph)
+            out[f"fit_exp_rel_error_detected_photometric{suffix}"] = float(np.mean(e_ph))
+            out[f"fit_exp_rel_error_detected_photometric{suffix}_median"] = float(np.median(e_ph))
+            out[f"fit_photometric_rejected{suffix}"] = float((~keep).sum())
+            out[f"fit_photometric_residual_median{suffix}"] = float(np.median(resid))
+            out[f"fit_exp_rel_error_detected_photometric{suffix}_accepted"] = (
+                float(np.mean(e_ph[keep])) if keep.any() else None)
+            out[f"fit_exp_rel_error_detected{suffix}_same_faces"] = float(np.mean(_rel(rd.p_exp[:n_ph], p_true[idx[:n_ph]])))
     else:
         out["fit_exp_rel_error_detected"] = None
 

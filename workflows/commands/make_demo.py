@@ -2,7 +2,9 @@
 
 Sizes come from the config's ``demo:`` section (``--config``/``--set demo.faces=...``);
 the explicit flags below override it.  Deterministic for ``seed``; re-running on a
-finished folder with the same parameters is a no-op (``D/_demo.json``).
+finished folder with the same parameters is a no-op (``D/_demo.json``).  Then the landmark
+calibration of the demo model, ``D/model.lmcal.npz`` (``demo.calibration_faces`` renders;
+0 = none; see ``slidergan calibrate-landmarks``).
 """
 from __future__ import annotations
 
@@ -71,9 +73,17 @@ def params_from_args(args):
 
 
 def run(args) -> int:
+    from pathlib import Path
+
+    from workflows.common import config_from_args
+    from workflows.stages.calibrate import build_calibration
     from workflows.stages.demo_world import build_world
 
     P, chunk = params_from_args(args)
     build_world(args.out, P, chunk_size=chunk, force=args.force, cluster=args.cluster,
                 workers=args.workers, progress=not args.no_progress)
+    demo = config_from_args(args).section("demo")
+    build_calibration(Path(args.out) / "model.h5", P, faces=int(demo.get("calibration_faces", 1000)),
+                      ridge=float(demo.get("calibration_ridge", 1.0)), force=args.force, cluster=args.cluster,
+                      workers=args.workers, progress=not args.no_progress)
     return 0

@@ -37,7 +37,7 @@ MARKER = "_demo.json"
 CHUNKS = "_demo_chunks"
 KINDS = ("emotionet", "4dfab", "lrw")
 DOMAIN = {"photo": 1, "photo_id": 2, "mesh_id": 3, "mesh_session": 4, "mesh_frame": 5,
-          "lrw": 6, "lrw_id": 7, "preview": 8}
+          "lrw": 6, "lrw_id": 7, "preview": 8, "calib": 9, "calib_id": 10}
 #: identity labels are unique across the three datasets
 IDENTITY_OFFSET = {"emotionet": 0, "4dfab": 100000, "lrw": 200000}
 
@@ -311,13 +311,14 @@ def obj_text(vertices: np.ndarray, triangles: np.ndarray, colours: np.ndarray) -
 
 
 # ---------------------------------------------------------------------------- items
-def render_photo(model, protos, P: WorldParams, i: int) -> tuple[dict, np.ndarray]:
-    """EmotioNet-style photo ``i`` -> (truth row, uint8 image)."""
+def render_photo(model, protos, P: WorldParams, i: int, domain: str = "photo") -> tuple[dict, np.ndarray]:
+    """EmotioNet-style photo ``i`` -> (truth row, uint8 image).  ``domain`` names the seed
+    streams (``photo``: the demo photos; ``calib``: the landmark calibration's renders)."""
     import render
 
-    rng = rng_for(P.seed, "photo", i)
+    rng = rng_for(P.seed, domain, i)
     ident = i % P.identities
-    p_id, p_tex = identity_params(P.seed, "photo_id", ident, model)
+    p_id, p_tex = identity_params(P.seed, f"{domain}_id", ident, model)
     p_tex = (p_tex + rng.normal(scale=0.3, size=p_tex.shape)).astype(np.float32)
     p_exp, label = sample_expression(rng, protos, P.prototype_fraction)
     H = int(rng.integers(P.min_size, P.max_size + 1))
@@ -648,28 +649,32 @@ def _records_match(out: Path, phash: str) -> bool:
 
 def _run_tasks(out: str, tasks: list, params: dict, phash: str, cluster: str, workers: int | None,
                progress: bool) -> None:
-    if not tasks:
-        return
+    run_tasks(run_chunk, [(out, kind, chunk, items, params, phash) for kind, chunk, items in tasks],
+              cluster, workers, progress)
+
+
+def run_tasks(fn, arg_tuples: list, cluster: str, workers: int | None, progress: bool) -> list:
+    """``[fn(*args) for args in arg_tuples]`` as Dask tasks: threads in this process for
+    ``cluster="local"``, else the pipeline's Dask client (SLURM profile or a scheduler)."""
+    if not arg_tuples:
+        return []
     import dask
 
-    delayed = [dask.delayed(run_chunk, pure=False)(out, kind, chunk, items, params, phash)
-               for kind, chunk, items in tasks]
-    nw = workers or min(len(tasks), os.cpu_count() or 1)
+    delayed = [dask.delayed(fn, pure=False)(*args) for args in arg_tuples]
+    nw = workers or min(len(arg_tuples), os.cpu_count() or 1)
     if cluster == "local":
         if progress:
             from dask.diagnostics import ProgressBar
 
             with ProgressBar(minimum=1.0):
-                dask.compute(*delayed, scheduler="threads", num_workers=nw)
-        else:
-            dask.compute(*delayed, scheduler="threads", num_workers=nw)
-    else:  # slurm, a profile YAML or tcp://HOST:PORT: the pipeline's Dask client
-        from distributed import progress as dprogress
+                return list(dask.compute(*delayed, scheduler="threads", num_workers=nw))
+        return list(dask.compute(*delayed, scheduler="threads", num_workers=nw))
+    from distributed import progress as dprogress      # slurm, a profile YAML or tcp://HOST:PORT
 
-        from pipeline.cluster import open_client
+    from pipeline.cluster import open_client
 
-        with open_client(cluster, workers, max_workers=len(tasks)) as client:
-            futures = client.compute(delayed)
-            if progress:
-                dprogress(futures)
-            client.gather(futures)
+    with open_client(cluster, workers, max_workers=len(arg_tuples)) as client:
+        futures = client.compute(delayed)
+        if progress:
+            dprogress(futures)
+        return list(client.gather(futures))

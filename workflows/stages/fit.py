@@ -1,9 +1,10 @@
 """The ``fit`` shard stage (slidergan fit-emotionet): load, landmark, fit, align each photo.
 
 Glue only; the algorithms live in ``fitting/`` (images, inputs, landmarks, fit, align, itw).
-Datasets per row: key group identity label image p_exp p_id camera lm_detected lm_fitted
-align fit_error fit_residual (photometric refinement's median colour residual, NaN where none
-ran) lm_source (0 sidecar, 1 detected) (+ au [60] for EmotioNet lists).
+Datasets per row: key group identity label image p_exp p_id camera lm_detected (the landmarks
+the fit used) lm_raw (as read or detected, before the landmark calibration) lm_fitted align
+fit_error fit_residual (photometric refinement's median colour residual, NaN where none ran)
+lm_source (0 sidecar, 1 detected, 2 detected and calibrated) (+ au [60] for EmotioNet lists).
 """
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ class FitStage(Stage):
     """Fit every input photo; picklable (paths, inputs and options only)."""
 
     name = "fit"
-    version = "4"            # 4: pose search before the refinement, fit_residual and its gate
+    version = "5"            # 5: landmark calibration of detections, lm_raw (4: pose search, fit_residual)
     compression = "lzf"
 
     def __init__(self, inputs, model_path: str, fit_cfg: dict, metadata: Optional[dict] = None,
@@ -72,6 +73,12 @@ class FitStage(Stage):
         self.metadata_source = metadata_source
         self.seed = int(seed)
         self._model_hash = _model_hash(self.model_path)
+        self.calibration = resolve_calibration(self.cfg.get("landmark_calibration", "auto"), self.model_path)
+        self._calibration_hash = None
+        if self.calibration is not None:
+            from workflows.stages.calibrate import file_sha256
+
+            self._calibration_hash = file_sha256(self.calibration)
 
     # ------------------------------------------------------------------ Stage API
     def input_keys(self) -> list[str]:
@@ -81,7 +88,7 @@ class FitStage(Stage):
         cfg = {k: v for k, v in self.cfg.items() if k not in ("chunk_size",)}
         meta = hashlib.sha256(repr(sorted(self.metadata.items())).encode()).hexdigest()[:16]
         return {"fit": cfg, "root": os.path.abspath(self.inputs.root), "metadata": meta,
-                "has_au": self.inputs.au is not None}
+                "has_au": self.inputs.au is not None, "landmark_calibration": self._calibration_hash}
 
     def model_hash(self) -> str | None:
         return self._model_hash
@@ -96,10 +103,19 @@ class FitStage(Stage):
 
         return _cached(("model", self.model_path, self._model_hash), lambda: MorphableModel.load(self.model_path))
 
+    def _calibration(self):
+        """The per-process cached :class:`fitting.landmarks.LandmarkCalibration`, or None."""
+        from fitting.landmarks import LandmarkCalibration
+
+        if self.calibration is None:
+            return None
+        return _cached(("calibration", self._calibration_hash), lambda: LandmarkCalibration.load(self.calibration))
+
     def _fitter(self, model, source: int = 0):
         """The per-process cached landmark fitter for landmarks from ``source`` (0 sidecar,
-        1 detected): ``fit.contour=auto`` is fixed for sidecars and dynamic for detections;
-        detections use the noise level ``fit.sigma_detected`` instead of ``fit.sigma``."""
+        1 detected, 2 detected and calibrated): ``fit.contour=auto`` is fixed for sidecars and
+        calibrated detections (both are the model's landmark vertices) and dynamic for raw
+        detections; detections use the noise level ``fit.sigma_detected`` instead of ``fit.sigma``."""
         from fitting.fit import FitOptions, LandmarkFitter
 
         c = self._contour(source)
@@ -109,12 +125,14 @@ class FitStage(Stage):
 
     def _contour(self, source: int) -> str:
         """``fit.contour`` for landmarks from ``source``: ``auto`` is fixed for sidecars (0)
-        and dynamic for detections (1)."""
+        and calibrated detections (2), dynamic for raw detections (1)."""
         c = self.cfg.get("contour", "auto")
-        return ("fixed" if source == 0 else "dynamic") if c == "auto" else c
+        return ("dynamic" if source == 1 else "fixed") if c == "auto" else c
 
     def _landmarks(self, key: str, path: str, rgb: np.ndarray):
-        """-> (lm [68,2], source 0 sidecar / 1 detected); raises Reject."""
+        """-> (lm [68,2], source, raw [68,2]): source 0 sidecar, 1 detected, 2 detected and
+        calibrated (``lm`` corrected by the landmark calibration, ``raw`` dlib's points);
+        raises Reject."""
         from fitting.landmarks import LandmarkFileError, get_detector, read_sidecar, sidecar_path
         from pipeline.stage import Reject
 
@@ -122,7 +140,8 @@ class FitStage(Stage):
         side = sidecar_path(path) if mode in ("sidecar", "auto") else None
         if side is not None:
             try:
-                return read_sidecar(side), 0
+                lm = read_sidecar(side)
+                return lm, 0, lm
             except LandmarkFileError as e:
                 if mode == "sidecar":
                     raise Reject("bad landmarks", str(e)) from None
@@ -131,7 +150,10 @@ class FitStage(Stage):
         lm = get_detector().detect(rgb)
         if lm is None:
             raise Reject("no face", "no face detected")
-        return lm, 1
+        cal = self._calibration()
+        if cal is None:
+            return lm, 1, lm
+        return cal.apply(lm), 2, lm
 
     # ------------------------------------------------------------------ chunk
     def process_chunk(self, keys: list[str], chunk: int) -> ChunkResult:
@@ -157,7 +179,7 @@ class FitStage(Stage):
                     rgb = load_image(path, max_pixels=max_pixels, min_side=16)
                 except ImageReject as e:
                     raise Reject(e.reason, e.detail) from None
-                lm, src = self._landmarks(key, path, rgb)
+                lm, src, raw = self._landmarks(key, path, rgb)
                 if not np.all(np.isfinite(lm)):
                     raise Reject("bad landmarks", "non-finite coordinates")
                 face = 2.5 * float(interocular(lm))
@@ -165,8 +187,8 @@ class FitStage(Stage):
                     raise Reject("too small", f"face {face:.0f} px < fit.min_face_px={min_face:g}")
                 A = similarity_transform(lm, ref)                   # crop now: keep no full photo
                 crop = warp_crop(rgb, A, size)
-                keep = itw or photo == "all" or (photo == "detected" and src == 1)
-                items.append((key, rgb if keep else None, lm, src, A, crop))
+                keep = itw or photo == "all" or (photo == "detected" and src >= 1)
+                items.append((key, rgb if keep else None, lm, src, A, crop, raw))
             except Reject as e:
                 rejects.append({"key": key, "reason": e.reason, "detail": e.detail})
             except Exception as e:  # noqa: BLE001 — a bad input is a reject, never a crash
@@ -176,10 +198,11 @@ class FitStage(Stage):
                          np.array([it[3] for it in items], np.int64))
         resid = fits.residual if fits.residual is not None else np.full(len(items), np.nan, np.float32)
         cols = {k: [] for k in ("key", "group", "identity", "label", "image", "p_exp", "p_id", "camera",
-                                "lm_detected", "lm_fitted", "align", "fit_error", "fit_residual", "lm_source")}
+                                "lm_detected", "lm_raw", "lm_fitted", "align", "fit_error", "fit_residual",
+                                "lm_source")}
         if self.inputs.au is not None:
             cols["au"] = []
-        for i, (key, _, lm, src, A, crop) in enumerate(items):
+        for i, (key, _, lm, src, A, crop, raw) in enumerate(items):
             err = float(fits.fit_error[i])
             why = fit_gate(err, float(resid[i]), cfg) if fits.converged[i] else "did not converge"
             if why:
@@ -201,6 +224,7 @@ class FitStage(Stage):
             cols["p_id"].append(fits.p_id[i])
             cols["camera"].append(fits.camera[i])
             cols["lm_detected"].append(lm.astype(np.float32))
+            cols["lm_raw"].append(raw.astype(np.float32))
             cols["lm_fitted"].append(fits.lm_fitted[i])
             cols["align"].append(A.astype(np.float32))
             cols["fit_error"].append(np.float32(err))
@@ -210,7 +234,8 @@ class FitStage(Stage):
         shapes = {"group": ((), np.int64), "identity": ((), np.int64), "label": ((), np.int64),
                   "image": ((size, size, 3), np.uint8), "p_exp": ((n_exp,), np.float32),
                   "p_id": ((n_id,), np.float32), "camera": ((7,), np.float32),
-                  "lm_detected": ((68, 2), np.float32), "lm_fitted": ((68, 2), np.float32),
+                  "lm_detected": ((68, 2), np.float32), "lm_raw": ((68, 2), np.float32),
+                  "lm_fitted": ((68, 2), np.float32),
                   "align": ((2, 3), np.float32), "fit_error": ((), np.float32), "fit_residual": ((), np.float32),
                   "lm_source": ((), np.int8),
                   "au": ((N_AU,), np.float32)}
@@ -253,7 +278,7 @@ class FitStage(Stage):
         if len(lm) == 0:
             return self._fitter(model).fit(lm)
         parts = {}
-        for src in (0, 1):
+        for src in (0, 1, 2):
             idx = np.flatnonzero(sources == src)
             if len(idx):
                 parts[src] = (idx, self._fitter(model, src).fit(lm[idx]))
@@ -273,7 +298,7 @@ class FitStage(Stage):
         """``fit.photometric`` (none | detected | all): refine the chosen faces' landmark fits
         against their photos (:mod:`fitting.photometric`), in place (``res.residual``: the
         refinement's median colour residual, NaN where none ran).  Jaw points follow
-        ``fit.contour`` (auto: dynamic for detections).  A refinement that fails or ends
+        ``fit.contour`` (auto: dynamic for raw detections).  A refinement that fails or ends
         non-finite keeps the landmark fit; a model without texture skips the step.
         (``fit.fitter=itw`` is photometric already and returns before this.)"""
         from fitting.fit import landmark_error
@@ -284,7 +309,7 @@ class FitStage(Stage):
         if mode == "none" or int(opts.iterations) <= 0 or model.U_tex is None or model.texture_mean is None:
             return                                                  # no texture model: landmark fits only
         todo = [i for i in range(len(lm)) if rgbs[i] is not None and res.converged[i]
-                and (mode == "all" or sources[i] == 1)]
+                and (mode == "all" or sources[i] >= 1)]
         if not todo:
             return
         ref = _cached(("photometric", self._model_hash, repr(opts)), lambda: PhotometricRefiner(model, opts))
@@ -321,6 +346,24 @@ def fit_gate(fit_error: float, residual: float, cfg: dict) -> Optional[str]:
     return None
 
 
+def resolve_calibration(value, model_path: str) -> Optional[str]:
+    """``fit.landmark_calibration`` -> the calibration file to use, or None: ``auto`` is the
+    model's ``<stem>.lmcal.npz`` when it exists, ``none`` is none, anything else a path that
+    must exist (ConfigError)."""
+    from pipeline.config import ConfigError
+    from workflows.stages.calibrate import calibration_path
+
+    v = str(value if value is not None else "none").strip()
+    if v in ("none", ""):
+        return None
+    if v == "auto":
+        p = calibration_path(model_path)
+        return str(p) if p.is_file() else None
+    if not Path(v).is_file():
+        raise ConfigError(f"fit.landmark_calibration file not found: {v}")
+    return v
+
+
 def build_stage(images: str, model: str, fit_cfg: dict, root: Optional[str] = None,
                 metadata: Optional[str] = None, seed: int = 0) -> FitStage:
     """Validate the inputs and options and build the stage (raises ConfigError)."""
@@ -355,6 +398,17 @@ def build_stage(images: str, model: str, fit_cfg: dict, root: Optional[str] = No
         except (OSError, KeyError, ValueError) as e:
             raise ConfigError(f"cannot read metadata {mpath}: {e}") from None
         source = os.path.abspath(mpath)
+    cal = resolve_calibration(fit_cfg.get("landmark_calibration", "auto"), model)
+    if cal is not None:
+        from fitting.landmarks import CalibrationError, LandmarkCalibration
+
+        try:
+            learned_for = LandmarkCalibration.load(cal).meta.get("model_hash")
+        except CalibrationError as e:
+            raise ConfigError(f"fit.landmark_calibration: {e}") from None
+        if learned_for and Path(model).is_file() and learned_for != _model_hash(model):
+            raise ConfigError(f"fit.landmark_calibration: {cal} was learned for another model "
+                              f"(re-run slidergan calibrate-landmarks --model {model})")
     try:
         return FitStage(inputs, model, fit_cfg, meta, source, seed)
     except (OSError, ValueError) as e:
