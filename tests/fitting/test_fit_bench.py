@@ -18,3 +18,9 @@ def test_fit_benchmark_keys(tiny_world, tmp_path):
     # the refinement improves on the landmark-only fit of the same detections
     assert out["fit_exp_rel_error_detected_photometric"] < out["fit_exp_rel_error_detected_same_faces"]
     assert out["fit_photometric_residual_median"] < 0.05
+    # the world's landmark calibration is used, and reported beside the raw detections
+    assert out["fit_landmark_calibration"] == 1.0
+    assert out["fit_detect_nme_calibrated"] < out["fit_detect_nme"]
+    for key in ("fit_exp_rel_error_detected_uncalibrated", "fit_exp_rel_error_detected_photometric_uncalibrated",
+                "fit_photometric_s_per_face_uncalibrated"):
+        assert isinstance(out[key], float) and out[key] > 0, key

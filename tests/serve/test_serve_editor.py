@@ -258,7 +258,8 @@ def test_api_upload_detects_the_face(live_server, tiny_world):
     st, body = srv.post_form("/api/photo", {"sid": sid, "slot": "main"},
                              {"file": ('my "odd"\tname.jpg', data, "image/jpeg")})
     assert st == 200, body
-    assert body["landmarks"] == "detected" and body["fit_error"] < 0.25  # dlib, not the sidecar
+    # dlib, not the sidecar, through the world's landmark calibration (model.lmcal.npz), as the fit stage does
+    assert body["landmarks"] == "calibrated" and body["fit_error"] < 0.25
     status, _, _ = srv.request(f"/api/download?sid={sid}&kind=crop")
     assert status == 200
     req = urllib.request.Request(srv.url + f"/api/download?sid={sid}&kind=full")
@@ -279,3 +280,28 @@ def test_speech_checkpoint_has_40_named_sliders(tmp_path, tiny_world, make_check
     p[35] = 1.0
     assert ed.edit(face, p).shape == (64, 64, 3)
     assert not np.array_equal(ed.render_face(face, p), ed.render_face(face, np.zeros(40)))  # speech basis moves the mesh
+
+
+def test_editor_calibrates_detections_like_the_fit_stage(serve_editor, tiny_world):
+    """The editor loads the model's landmark calibration and corrects dlib's points with it
+    (the crops G was trained on were aligned on corrected points); without it, raw points."""
+    from PIL import Image
+
+    from fitting.landmarks import LandmarkCalibration, get_detector
+    from workflows.editor import fitbridge
+
+    cal = serve_editor.calibration
+    assert isinstance(cal, LandmarkCalibration)
+    np.testing.assert_array_equal(cal.weights, LandmarkCalibration.load(tiny_world / "model.lmcal.npz").weights)
+    for path in sorted((tiny_world / "emotionet").glob("*.jpg")):      # the first photo dlib finds a face in
+        image = np.asarray(Image.open(path).convert("RGB"))
+        raw = get_detector().detect(image)
+        if raw is not None:
+            break
+    assert raw is not None
+    a = fitbridge.fit_photo(image, serve_editor.model, calibration=cal)
+    b = fitbridge.fit_photo(image, serve_editor.model)
+    assert a["landmark_source"] == "calibrated" and b["landmark_source"] == "detected"
+    np.testing.assert_allclose(a["landmarks"], cal.apply(raw), atol=1e-4)
+    np.testing.assert_allclose(b["landmarks"], raw, atol=1e-4)
+    assert not np.allclose(a["align"], b["align"])

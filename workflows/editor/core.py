@@ -188,8 +188,9 @@ class Editor:
     """
 
     def __init__(self, G, D, morphable_model, n_params: int, *, image_size: int = 128, device: str = "cpu",
-                 variant: str = "", step: int | None = None, render_size: int = 160):
+                 variant: str = "", step: int | None = None, render_size: int = 160, calibration=None):
         self.G, self.D, self.model = G, D, morphable_model
+        self.calibration = calibration          # fitting.landmarks.LandmarkCalibration for detections, or None
         self.n_params = int(n_params)
         self.image_size = int(image_size)
         self.device = device
@@ -224,7 +225,7 @@ class Editor:
             raise ConfigError(f"checkpoint expects {n} expression parameters; {mpath} has {mm.n_exp + mm.n_speech}")
         size = int(ckpt["model_config"].get("image_size", 128))
         return cls(G, D, mm, n, image_size=size, device=device, variant=str(ckpt.get("variant", "")),
-                   step=ckpt.get("step"))
+                   step=ckpt.get("step"), calibration=fitbridge.load_calibration(mpath))
 
     # ------------------------------------------------------------------ parameters
     def check_params(self, p) -> np.ndarray:
@@ -259,7 +260,7 @@ class Editor:
         """Detect (unless ``landmarks`` [68, 2] are given), fit the 3DMM and align the photo.
         image uint8 [H, W, 3].  No face -> :class:`ImageInputError`."""
         t0 = time.perf_counter()
-        fit = fitbridge.fit_photo(image, self.model, landmarks=landmarks)
+        fit = fitbridge.fit_photo(image, self.model, landmarks=landmarks, calibration=self.calibration)
         p = np.zeros(self.n_params, np.float32)
         w = min(self.n_params, len(fit["p_exp"]))
         p[:w] = fit["p_exp"][:w]

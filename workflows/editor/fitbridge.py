@@ -25,15 +25,16 @@ def fit_config() -> dict:
 
 
 def fit_options(source: str):
-    """FitOptions for landmarks from a ``sidecar`` or ``detected``; ``fit.contour=auto``
-    means fixed jaw vertices for sidecars, the dynamic silhouette for detections (as the
-    fit stage does)."""
+    """FitOptions for landmarks from a ``sidecar``, ``detected`` or ``calibrated`` (detected,
+    then corrected by the model's landmark calibration); ``fit.contour=auto`` means fixed jaw
+    vertices for sidecars and calibrated detections, the dynamic silhouette for raw
+    detections (as the fit stage does)."""
     from fitting.fit import FitOptions
 
     cfg = fit_config()
     contour = cfg.get("contour", "dynamic")
     if contour == "auto":
-        contour = "fixed" if source == "sidecar" else "dynamic"
+        contour = "dynamic" if source == "detected" else "fixed"
     return FitOptions.from_config(cfg, contour=contour, device="cpu")
 
 
@@ -62,6 +63,23 @@ def read_landmarks_sidecar(image_path) -> np.ndarray | None:
         raise ImageInputError(str(e)) from None
 
 
+def load_calibration(model_path):
+    """The landmark calibration ``fit.landmark_calibration`` names for ``model_path`` (auto:
+    ``<stem>.lmcal.npz`` beside it), as the fit stage resolves it; None when there is none.
+    An unreadable file is a one-line :class:`pipeline.config.ConfigError`."""
+    from fitting.landmarks import CalibrationError, LandmarkCalibration
+    from pipeline.config import ConfigError
+    from workflows.stages.fit import resolve_calibration
+
+    path = resolve_calibration(fit_config().get("landmark_calibration", "auto"), str(model_path))
+    if path is None:
+        return None
+    try:
+        return LandmarkCalibration.load(path)
+    except CalibrationError as e:
+        raise ConfigError(f"fit.landmark_calibration: {e}") from None
+
+
 def detect_landmarks(image: np.ndarray) -> np.ndarray:
     """68 iBUG landmarks [68, 2] (project pixels) of the largest face, by dlib; no face ->
     :class:`ImageInputError`."""
@@ -82,13 +100,15 @@ def align_matrix(model, landmarks: np.ndarray, crop_size: int) -> np.ndarray:
     return similarity_transform(landmarks, ref)
 
 
-def fit_photo(image: np.ndarray, model, landmarks: np.ndarray | None = None, crop_size: int | None = None) -> dict:
-    """Detect (unless given), fit and align one photo.
+def fit_photo(image: np.ndarray, model, landmarks: np.ndarray | None = None, crop_size: int | None = None,
+              calibration=None) -> dict:
+    """Detect (unless given), fit and align one photo; detections go through ``calibration``
+    (a :class:`fitting.landmarks.LandmarkCalibration`) when given.
 
     image uint8 [H, W, 3]; landmarks float [68, 2] or None.  Returns a dict with
     ``crop`` uint8 [S, S, 3], ``align`` float32 [2, 3], ``p_exp`` float32 [E'],
     ``p_id`` float32 [K'], ``camera`` float32 [7], ``landmarks`` float32 [68, 2],
-    ``fit_error`` float, ``landmark_source`` ("sidecar" | "detected").  ``crop_size``
+    ``fit_error`` float, ``landmark_source`` ("sidecar" | "detected" | "calibrated").  ``crop_size``
     defaults to ``fit.crop_size`` (the size of the crops in the shards G was trained on).
     """
     from fitting.align import warp_crop
@@ -100,6 +120,9 @@ def fit_photo(image: np.ndarray, model, landmarks: np.ndarray | None = None, cro
     if landmarks is None:
         landmarks = detect_landmarks(image)
         source = "detected"
+        if calibration is not None:
+            landmarks = calibration.apply(landmarks)
+            source = "calibrated"
     lm = np.asarray(landmarks, np.float64)
     if lm.shape != (68, 2) or not np.all(np.isfinite(lm)):
         raise ImageInputError(f"landmarks must be [68, 2] finite numbers, got shape {lm.shape}")

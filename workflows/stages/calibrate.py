@@ -105,7 +105,8 @@ def build_calibration(model_path: str | os.PathLike, P, faces: int = 1000, ridge
             pass                                              # unreadable: redo it
     log(f"landmark calibration: {faces} renders of {Path(model_path).name}, dlib vs the model's landmarks")
     tasks = [(model_path, P.to_dict(), a, min(a + CHUNK, faces)) for a in range(0, faces, CHUNK)]
-    parts = run_tasks(render_pairs, tasks, cluster, workers, progress)
+    # processes locally: rendering and dlib hold the GIL for much of their time
+    parts = run_tasks(render_pairs, tasks, cluster, workers, progress, local_scheduler="processes")
     D = np.concatenate([d for d, _ in parts])
     L = np.concatenate([t for _, t in parts])
     n_test = max(1, int(round(HOLDOUT * len(D))))

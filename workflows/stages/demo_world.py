@@ -653,9 +653,11 @@ def _run_tasks(out: str, tasks: list, params: dict, phash: str, cluster: str, wo
               cluster, workers, progress)
 
 
-def run_tasks(fn, arg_tuples: list, cluster: str, workers: int | None, progress: bool) -> list:
-    """``[fn(*args) for args in arg_tuples]`` as Dask tasks: threads in this process for
-    ``cluster="local"``, else the pipeline's Dask client (SLURM profile or a scheduler)."""
+def run_tasks(fn, arg_tuples: list, cluster: str, workers: int | None, progress: bool,
+              local_scheduler: str = "threads") -> list:
+    """``[fn(*args) for args in arg_tuples]`` as Dask tasks: Dask's ``local_scheduler``
+    (``threads`` or ``processes``) for ``cluster="local"``, else the pipeline's Dask client
+    (SLURM profile or a scheduler)."""
     if not arg_tuples:
         return []
     import dask
@@ -663,12 +665,13 @@ def run_tasks(fn, arg_tuples: list, cluster: str, workers: int | None, progress:
     delayed = [dask.delayed(fn, pure=False)(*args) for args in arg_tuples]
     nw = workers or min(len(arg_tuples), os.cpu_count() or 1)
     if cluster == "local":
+        sched = "sync" if nw == 1 else local_scheduler
         if progress:
             from dask.diagnostics import ProgressBar
 
             with ProgressBar(minimum=1.0):
-                return list(dask.compute(*delayed, scheduler="threads", num_workers=nw))
-        return list(dask.compute(*delayed, scheduler="threads", num_workers=nw))
+                return list(dask.compute(*delayed, scheduler=sched, num_workers=nw))
+        return list(dask.compute(*delayed, scheduler=sched, num_workers=nw))
     from distributed import progress as dprogress      # slurm, a profile YAML or tcp://HOST:PORT
 
     from pipeline.cluster import open_client
