@@ -244,7 +244,7 @@ def test_landmark_calibration_of_the_demo_model(tiny_world, model):
     cal = LandmarkCalibration.load(tiny_world / "model.lmcal.npz")
     m = cal.meta
     assert m["renders"] == 60 and 40 <= m["detected"] <= 60 and m["held_out"] >= 1
-    assert m["fitted_on"] + m["held_out"] == m["detected"] and m["model_hash"] == model.hash
+    assert m["fitted_on"] == m["detected"] > m["held_out"] and m["model_hash"] == model.hash
     assert m["nme_calibrated"] < m["nme_raw"]
     params = json.loads((tiny_world / "_demo.json").read_text())["params"]
     P = dw.WorldParams(**{k: v for k, v in params.items() if k != "generator"})

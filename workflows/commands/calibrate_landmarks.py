@@ -36,7 +36,7 @@ def run(args) -> int:
 
     model_path = require_file(args.model, "model file")
     demo = config_from_args(args).section("demo")
-    faces = int(demo.get("calibration_faces", 1000)) if args.faces is None else int(args.faces)
+    faces = int(demo.get("calibration_faces", 2000)) if args.faces is None else int(args.faces)
     if faces < 1:
         raise ConfigError(f"--faces must be >= 1, got {faces}")
     ridge = float(demo.get("calibration_ridge", 1.0)) if args.ridge is None else float(args.ridge)

@@ -83,7 +83,7 @@ def run(args) -> int:
     build_world(args.out, P, chunk_size=chunk, force=args.force, cluster=args.cluster,
                 workers=args.workers, progress=not args.no_progress)
     demo = config_from_args(args).section("demo")
-    build_calibration(Path(args.out) / "model.h5", P, faces=int(demo.get("calibration_faces", 1000)),
+    build_calibration(Path(args.out) / "model.h5", P, faces=int(demo.get("calibration_faces", 2000)),
                       ridge=float(demo.get("calibration_ridge", 1.0)), force=args.force, cluster=args.cluster,
                       workers=args.workers, progress=not args.no_progress)
     return 0

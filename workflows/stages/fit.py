@@ -333,8 +333,9 @@ def fit_gate(fit_error: float, residual: float, cfg: dict) -> Optional[str]:
     (``residual`` NaN) is judged by its landmark error (``fit.max_fit_error``).  A fit refined
     against the photo, with ``fit.max_photometric_residual`` on, is judged by how well it
     explains the photo; its landmark error only has to stay under the looser
-    ``fit.max_fit_error_refined``, since detected landmarks are themselves biased (0.17 of the
-    inter-ocular distance on the demo renders) and the refinement rightly moves off them."""
+    ``fit.max_fit_error_refined``, since detected landmarks are themselves off (0.17 of the
+    inter-ocular distance on the demo renders, 0.09 after the landmark calibration) and the
+    refinement rightly moves off them."""
     max_res = float(cfg.get("max_photometric_residual", 0.0))
     refined = max_res > 0 and np.isfinite(residual)
     key = "max_fit_error_refined" if refined else "max_fit_error"
@@ -358,10 +359,10 @@ def resolve_calibration(value, model_path: str) -> Optional[str]:
         return None
     if v == "auto":
         p = calibration_path(model_path)
-        return str(p) if p.is_file() else None
+        return os.path.abspath(p) if p.is_file() else None
     if not Path(v).is_file():
         raise ConfigError(f"fit.landmark_calibration file not found: {v}")
-    return v
+    return os.path.abspath(v)
 
 
 def build_stage(images: str, model: str, fit_cfg: dict, root: Optional[str] = None,
