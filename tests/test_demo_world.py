@@ -2,6 +2,7 @@
 import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -268,8 +269,15 @@ def test_calibrate_landmarks_command(tiny_world, tmp_path):
     again = slidergan("calibrate-landmarks", "--model", tiny_world / "model.h5", "--out", out, "--faces", "30",
                       "--workers", "1", "--no-progress")
     assert "up to date" in again.stdout and out.stat().st_mtime_ns == mtime
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent / "fitting"))
+    from fit_helpers import tiny_model                    # a model without a texture model
+
+    tiny_model().save(tmp_path / "plain.h5")
     for args, msg in ((["--model", tmp_path / "none.h5"], "model file not found"),
-                      (["--model", tiny_world / "model.h5", "--faces", "5"], "at least 20")):
+                      (["--model", tiny_world / "model.h5", "--faces", "5"], "at least 20"),
+                      (["--model", tmp_path / "plain.h5"], "no texture model")):
         proc = slidergan("calibrate-landmarks", *args, "--out", tmp_path / "x.npz", "--no-progress", check=False)
         assert proc.returncode == 2 and msg in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1

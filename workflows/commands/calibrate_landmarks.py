@@ -21,7 +21,8 @@ def add_arguments(p):
     p.add_argument("--ridge", type=float, default=None, help="ridge weight (default demo.calibration_ridge)")
     p.add_argument("--force", action="store_true", help="recompute even if the file is up to date")
     p.add_argument("--cluster", default="local", metavar="local|slurm|PROFILE.yaml|tcp://HOST:PORT",
-                   help="local: Dask threads in this process (default); otherwise a Dask cluster")
+                   help="local: Dask worker processes on this machine (default); otherwise a Dask cluster "
+                        "from pipeline.cluster (SLURM profile or a running scheduler)")
     p.add_argument("--workers", type=int, default=None, metavar="N", help="parallel tasks (default: CPU count)")
     p.add_argument("--no-progress", action="store_true", help="do not draw a progress bar")
 
@@ -32,7 +33,7 @@ def run(args) -> int:
     from workflows.common import config_from_args, require_file
     from workflows.stages.calibrate import build_calibration
 
-    from fitting.model import MorphableModel
+    from fitting.model import ModelError, MorphableModel
 
     model_path = require_file(args.model, "model file")
     demo = config_from_args(args).section("demo")
@@ -42,8 +43,8 @@ def run(args) -> int:
     ridge = float(demo.get("calibration_ridge", 1.0)) if args.ridge is None else float(args.ridge)
     try:
         model = MorphableModel.load(model_path)
-    except (OSError, KeyError, ValueError) as e:
-        raise ConfigError(f"cannot read model {model_path}: {e}") from None
+    except (ModelError, OSError, KeyError, ValueError) as e:
+        raise ConfigError(f"cannot read model {model_path}: {str(e).splitlines()[0]}") from None
     if model.U_tex is None or model.texture_mean is None:
         raise ConfigError(f"{model_path} has no texture model: the calibration renders need one")
     args.seed, args.chunk_size = None, None
