@@ -56,11 +56,16 @@ def interocular(lm) -> np.ndarray:
     return np.linalg.norm(lm[..., LEFT_EYE, :].mean(-2) - lm[..., RIGHT_EYE, :].mean(-2), axis=-1)
 
 
-def landmark_error(fitted, target) -> float:
-    """Landmark RMSE of ``fitted [68, 2]`` against ``target [68, 2]`` over the target's
-    inter-ocular distance (the shards' ``fit_error``)."""
+def landmark_errors(fitted, target) -> np.ndarray:
+    """Landmark RMSE of ``fitted [..., 68, 2]`` against ``target [..., 68, 2]`` over each
+    target's inter-ocular distance -> ``[...]``."""
     d = np.asarray(fitted, np.float64) - np.asarray(target, np.float64)
-    return float(np.sqrt((d ** 2).sum(-1).mean()) / max(float(interocular(target)), 1e-12))
+    return np.sqrt((d ** 2).sum(-1).mean(-1)) / np.maximum(interocular(target), 1e-12)
+
+
+def landmark_error(fitted, target) -> float:
+    """:func:`landmark_errors` of one face ``[68, 2]`` (the shards' ``fit_error``)."""
+    return float(landmark_errors(fitted, target))
 
 
 @dataclass

@@ -42,19 +42,12 @@ def _rel(a, b):
     return np.linalg.norm(a - b, axis=1) / np.maximum(np.linalg.norm(b, axis=1), 1e-12)
 
 
-def _nme(a, b):
-    """Landmark RMSE of ``a`` against ``b`` over ``b``'s inter-ocular distance, per face."""
-    from fitting.fit import interocular
-
-    return np.sqrt(((a - b) ** 2).sum(-1).mean(-1)) / interocular(b)
-
-
 def run(ctx) -> dict:
     import h5py
     import torch
     from PIL import Image
 
-    from fitting.fit import FitOptions, LandmarkFitter, landmark_error
+    from fitting.fit import FitOptions, LandmarkFitter, landmark_error, landmark_errors
     from fitting.landmarks import LandmarkCalibration, get_detector
     from fitting.model import MorphableModel
     from pipeline.config import load_config
@@ -108,7 +101,7 @@ def run(ctx) -> dict:
     if found:
         idx = np.array(found)
         D = np.stack(dets)
-        out["fit_detect_nme"] = float(np.mean(_nme(D, lm[idx])))
+        out["fit_detect_nme"] = float(np.mean(landmark_errors(D, lm[idx])))
         rd_raw = dynamic.fit(D)
         out["fit_exp_rel_error_detected_fixed_contour_uncalibrated"] = float(
             np.mean(_rel(fixed_det.fit(D).p_exp, p_true[idx])))
@@ -116,7 +109,7 @@ def run(ctx) -> dict:
         variants = [("_uncalibrated", D, rd_raw, "dynamic")]
         if cal is not None:
             Dc = cal.apply(D)
-            out["fit_detect_nme_calibrated"] = float(np.mean(_nme(Dc, lm[idx])))
+            out["fit_detect_nme_calibrated"] = float(np.mean(landmark_errors(Dc, lm[idx])))
             variants.insert(0, ("", Dc, fixed_det.fit(Dc), "fixed"))     # the stage's choice first
         else:
             variants.insert(0, ("", D, rd_raw, "dynamic"))

@@ -65,19 +65,11 @@ def read_landmarks_sidecar(image_path) -> np.ndarray | None:
 
 def load_calibration(model_path):
     """The landmark calibration ``fit.landmark_calibration`` names for ``model_path`` (auto:
-    ``<stem>.lmcal.npz`` beside it), as the fit stage resolves it; None when there is none.
-    An unreadable file is a one-line :class:`pipeline.config.ConfigError`."""
-    from fitting.landmarks import CalibrationError, LandmarkCalibration
-    from pipeline.config import ConfigError
-    from workflows.stages.fit import resolve_calibration
+    ``<stem>.lmcal.npz`` beside it), as the fit stage loads it: None when there is none, a
+    one-line :class:`pipeline.config.ConfigError` for a bad one."""
+    from workflows.stages.fit import load_calibration as load
 
-    path = resolve_calibration(fit_config().get("landmark_calibration", "auto"), str(model_path))
-    if path is None:
-        return None
-    try:
-        return LandmarkCalibration.load(path)
-    except CalibrationError as e:
-        raise ConfigError(f"fit.landmark_calibration: {e}") from None
+    return load(fit_config().get("landmark_calibration", "auto"), str(model_path))
 
 
 def detect_landmarks(image: np.ndarray) -> np.ndarray:

@@ -75,7 +75,7 @@ def build_calibration(model_path: str | os.PathLike, P, faces: int = 2000, ridge
     photo settings of ``P`` (a :class:`WorldParams`; its seed and sizes) and write it to
     ``out`` (default :func:`calibration_path`) atomically.  Up to date -> nothing is done.
     Returns the path, or None when ``faces`` is 0."""
-    from fitting.fit import interocular
+    from fitting.fit import landmark_errors
     from fitting.landmarks import CalibrationError, LandmarkCalibration
     from fitting.model import read_model_hash
     from pipeline.atomic import atomic_write_bytes
@@ -118,7 +118,7 @@ def build_calibration(model_path: str | os.PathLike, P, faces: int = 2000, ridge
         raise ConfigError(f"landmark calibration: dlib found only {len(D)} of {faces} faces; render more")
 
     def nme(a, b):
-        return float(np.mean(np.sqrt(((a - b) ** 2).sum(-1).mean(-1)) / interocular(b)))
+        return float(np.mean(landmark_errors(a, b)))
 
     check = LandmarkCalibration.fit(D[:-n_test], L[:-n_test], ridge)          # for the held-out figures
     cal = LandmarkCalibration.fit(D, L, ridge)                                # the map kept: every pair

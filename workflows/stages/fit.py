@@ -365,6 +365,27 @@ def resolve_calibration(value, model_path: str) -> Optional[str]:
     return os.path.abspath(v)
 
 
+def load_calibration(value, model_path: str):
+    """The :class:`fitting.landmarks.LandmarkCalibration` that ``fit.landmark_calibration``
+    names for ``model_path`` (see :func:`resolve_calibration`), or None.  An unreadable file,
+    or one learned for another model (its ``meta.model_hash``), is a one-line ConfigError."""
+    from fitting.landmarks import CalibrationError, LandmarkCalibration
+    from pipeline.config import ConfigError
+
+    path = resolve_calibration(value, model_path)
+    if path is None:
+        return None
+    try:
+        cal = LandmarkCalibration.load(path)
+    except CalibrationError as e:
+        raise ConfigError(f"fit.landmark_calibration: {e}") from None
+    learned_for = cal.meta.get("model_hash")
+    if learned_for and Path(model_path).is_file() and learned_for != _model_hash(model_path):
+        raise ConfigError(f"fit.landmark_calibration: {path} was learned for another model "
+                          f"(re-run slidergan calibrate-landmarks --model {model_path})")
+    return cal
+
+
 def build_stage(images: str, model: str, fit_cfg: dict, root: Optional[str] = None,
                 metadata: Optional[str] = None, seed: int = 0) -> FitStage:
     """Validate the inputs and options and build the stage (raises ConfigError)."""
@@ -399,17 +420,7 @@ def build_stage(images: str, model: str, fit_cfg: dict, root: Optional[str] = No
         except (OSError, KeyError, ValueError) as e:
             raise ConfigError(f"cannot read metadata {mpath}: {e}") from None
         source = os.path.abspath(mpath)
-    cal = resolve_calibration(fit_cfg.get("landmark_calibration", "auto"), model)
-    if cal is not None:
-        from fitting.landmarks import CalibrationError, LandmarkCalibration
-
-        try:
-            learned_for = LandmarkCalibration.load(cal).meta.get("model_hash")
-        except CalibrationError as e:
-            raise ConfigError(f"fit.landmark_calibration: {e}") from None
-        if learned_for and Path(model).is_file() and learned_for != _model_hash(model):
-            raise ConfigError(f"fit.landmark_calibration: {cal} was learned for another model "
-                              f"(re-run slidergan calibrate-landmarks --model {model})")
+    load_calibration(fit_cfg.get("landmark_calibration", "auto"), model)      # refuse a bad file now
     try:
         return FitStage(inputs, model, fit_cfg, meta, source, seed)
     except (OSError, ValueError) as e:
