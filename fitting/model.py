@@ -285,6 +285,26 @@ class MorphableModel:
         p = p.astype(np.float32)
         return p if batched else p[0]
 
+    def vertex_rel_errors(self, p_ref, p_est, min_norm: float = 1e-6) -> np.ndarray:
+        """Per-row 3D expression error ``||U (p_est - p_ref)|| / ||U p_ref||`` in vertex space.
+
+        ``U p`` is the motion ``S_exp(p)`` that normalised parameters draw on the mesh
+        (``U_exp sqrt(ev_exp)``, plus the speech basis for columns past E).  The bases have
+        orthonormal columns, so ``||U d|| = ||sqrt(ev) * d||`` and no mesh is built.
+        p_ref, p_est [N, E'] (compared on the first min(E', E'') columns, E' <= E + S).
+        Returns float64 [M], M <= N: rows whose reference motion is below ``min_norm`` times
+        the largest basis scale are dropped (the neutral face draws no motion)."""
+        a = np.asarray(p_ref, np.float64)
+        b = np.asarray(p_est, np.float64)
+        if a.ndim != 2 or b.ndim != 2 or len(a) != len(b):
+            raise ValueError(f"vertex_rel_errors: need [N, E] arrays of equal N, got {a.shape} and {b.shape}")
+        e = min(a.shape[1], b.shape[1])
+        _, ev = self._exp_basis_np(e)
+        w = np.sqrt(np.asarray(ev, np.float64))
+        ref = np.linalg.norm(a[:, :e] * w, axis=1)
+        keep = ref >= min_norm * float(w.max())
+        return np.linalg.norm((b[keep, :e] - a[keep, :e]) * w, axis=1) / ref[keep]
+
     # ------------------------------------------------------------------ I/O
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``model.h5`` (DESIGN.md layout) atomically."""

@@ -174,3 +174,31 @@ def test_loader_errors_are_clear(tmp_path):
 def _ok_lsfm(tmp_path):
     scipy.io.savemat(tmp_path / "ok.mat", _lsfm_dict())
     return load_lsfm(tmp_path / "ok.mat")
+
+
+def test_vertex_rel_errors_match_meshes_built_by_instance():
+    """||S_exp(p_est) - S_exp(p_ref)|| / ||S_exp(p_ref)|| on meshes from instance() (the slow,
+    obviously-correct path) equals the closed form, with and without speech columns."""
+    m = small_model()
+    rng = np.random.default_rng(3)
+    for width in (m.n_exp, m.n_exp + m.n_speech):
+        p_ref = rng.uniform(-1, 1, (6, width)).astype(np.float32)
+        p_est = p_ref + rng.normal(0, 0.5, p_ref.shape).astype(np.float32)
+        p_ref[2] = 0.0                       # the neutral face draws no motion: dropped
+        want = []
+        for a, b in zip(p_ref, p_est):
+            s0 = m.instance(p_exp=np.zeros(width, np.float32)).astype(np.float64)
+            ra = m.instance(p_exp=a).astype(np.float64) - s0
+            rb = m.instance(p_exp=b).astype(np.float64) - s0
+            if np.linalg.norm(ra) > 1e-9:
+                want.append(np.linalg.norm(rb - ra) / np.linalg.norm(ra))
+        got = m.vertex_rel_errors(p_ref, p_est)
+        assert len(got) == 5
+        np.testing.assert_allclose(got, want, rtol=1e-4)
+    # a parameter on a large-eigenvalue component weighs more than one on a small one
+    p_ref = np.ones((1, m.n_exp), np.float32)
+    big, small = int(np.argmax(m.ev_exp)), int(np.argmin(m.ev_exp))
+    e_big, e_small = p_ref.copy(), p_ref.copy()
+    e_big[0, big] += 0.5
+    e_small[0, small] += 0.5
+    assert m.vertex_rel_errors(p_ref, e_big)[0] > m.vertex_rel_errors(p_ref, e_small)[0]
