@@ -149,7 +149,10 @@ class Trainer:
             torch.backends.cudnn.benchmark = True     # fixed input sizes: let cuDNN pick kernels
         self.amp = bool(t["amp"]) and self.device.type == "cuda"
         self.E = 40 if t["speech"] else 30
-        self.lam = {k: float(t[f"lambda_{k}"]) for k in ("adv", "exp", "rec", "gen", "id", "att", "gp")}
+        self.lam = {k: float(t[f"lambda_{k}"]) for k in ("adv", "adv_d", "exp", "rec", "gen", "id", "att", "gp")}
+        for key in ("d_warmup_steps", "g_ramp_steps"):
+            if int(t[key]) < 0:
+                raise ConfigError(f"train.{key} must be >= 0, got {t[key]}")
         if not self.variant.use_gen:
             self.lam["gen"] = 0.0
         if not self.variant.use_id:
@@ -177,8 +180,19 @@ class Trainer:
         groups = fits.read("group").astype(np.int64)[test] if "group" in fits.datasets else None
         return np.nonzero(~test)[0], groups
 
+    def _val_rows(self, held: np.ndarray) -> np.ndarray:
+        """Rows (of the validation source) of the fixed validation pairs: up to ``train.val_pairs``
+        held-out warps (the warps of the photos evaluation holds out), or training warps when
+        nothing is held out (then the curve measures fitting, not generalisation)."""
+        n = int(held.sum()) if held.any() else len(held) - int(held.sum())
+        k = min(n, int(self.t["val_pairs"]))
+        return np.sort(np.random.default_rng([self.seed, 17]).permutation(n)[:k])
+
     def build_data(self) -> None:
         t, S = self.t, int(self.t["image_size"])
+        self.val_rows, self.val_source, self.val_kind = np.zeros(0, np.int64), None, ""
+        if int(t["val_pairs"]) < 0 or int(t["eval_every"]) < 0:
+            raise ConfigError("train.val_pairs and train.eval_every must be >= 0")
         fits = open_stage(self.data, "fits", required=True)
         fit_p = params_to_width(fits.read("p_exp"), self.E, str(fits.dir), bool(t["speech"]))
         self.fits = fits
@@ -195,10 +209,14 @@ class Trainer:
                 if ds.n_lonely:
                     self._say(f"note: {ds.n_lonely} warps have no other image of their face; "
                               "they are paired with themselves")
+                held = np.zeros(len(warps), bool)
                 if held_groups is not None:   # warps of held-out photos share their group
-                    keep = ~np.isin(warps.read("group").astype(np.int64), held_groups)
-                    ds = RowSubset(ds, np.nonzero(keep)[0])
+                    held = np.isin(warps.read("group").astype(np.int64), held_groups)
+                    ds = RowSubset(ds, np.nonzero(~held)[0])
                 phases.append(Phase("paired", int(t["epochs_paired"]), ds, 0))
+                self.val_rows, self.val_kind = self._val_rows(held), ("held-out" if held.any() else "training")
+                self.val_source = ds if not held.any() else RowSubset(ds.ds if isinstance(ds, RowSubset) else ds,
+                                                                       np.nonzero(held)[0])
         if t["epochs_unpaired"] > 0:
             real = UnpairedDataset(fits, fit_p, S)
             phases.append(Phase("unpaired", int(t["epochs_unpaired"]),
@@ -275,6 +293,59 @@ class Trainer:
             return 1.0
         return max(0.0, (self.total_steps - step) / max(1e-9, self.total_steps - start))
 
+    def g_ramp(self, step: int) -> float:
+        """Factor on G's adversarial and expression weights: 0 before ``d_warmup_steps`` (G does
+        not train), then linear up to 1 over ``g_ramp_steps`` (paper preset: no warm-up, no ramp)."""
+        ramp = int(self.t["g_ramp_steps"])
+        if ramp <= 0:
+            return 1.0
+        return float(min(1.0, max(0.0, (step - int(self.t["d_warmup_steps"])) / ramp)))
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Fixed validation pairs (:meth:`_val_rows`) -> ``val_l1`` (G(src, p_trg) vs the target
+        warp, mean |.| in [-1,1] units like ``g_gen``), ``val_l1_copy`` (the unedited source),
+        ``val_l1_wrong`` (G given another pair's target), ``val_d_exp`` (D's regression MSE on the
+        target warps), ``val_d_r2_k`` (its R^2 on components 0-2), ``val_mask``. Empty without pairs."""
+        if self.val_source is None or len(self.val_rows) < 2:
+            return {}
+        self.val_source.set_epoch(0)
+        items = [self.val_source[int(r)] for r in self.val_rows]
+        bs = max(2, self.batch_size)
+        sums = {"val_l1": 0.0, "val_l1_copy": 0.0, "val_l1_wrong": 0.0, "val_mask": 0.0}
+        preds, trues = [], []
+        for i in range(0, len(items), bs):
+            chunk = items[i:i + bs]
+            x = self.images(torch.stack([c["image"] for c in chunk]))
+            y = self.images(torch.stack([c["target"] for c in chunk]))
+            p_trg = torch.stack([c["p_trg"] for c in chunk]).to(self.device)
+            wrong = torch.stack([c["p_trg"] for c in self.val_items_shift(items, i, len(chunk))]).to(self.device)
+            with self._autocast():
+                out, _, mask = self.G(x, p_trg)
+                out_w = self.G(x, wrong)[0]
+                r = self.D(y)[1]
+            n = len(chunk)
+            sums["val_l1"] += float((out.float() - y).abs().mean()) * n
+            sums["val_l1_copy"] += float((x - y).abs().mean()) * n
+            sums["val_l1_wrong"] += float((out_w.float() - y).abs().mean()) * n
+            sums["val_mask"] += float(mask.float().mean()) * n
+            preds.append(r.float().cpu())
+            trues.append(p_trg.float().cpu())
+        out = {k: v / len(items) for k, v in sums.items()}
+        P, T = torch.cat(preds), torch.cat(trues)
+        out["val_d_exp"] = float(((P - T) ** 2).mean())
+        sst = ((T - T.mean(0, keepdim=True)) ** 2).sum(0).clamp_min(1e-12)
+        r2 = 1.0 - ((P - T) ** 2).sum(0) / sst
+        for k in range(min(3, r2.numel())):
+            out[f"val_d_r2_{k}"] = float(r2[k])
+        return out
+
+    @staticmethod
+    def val_items_shift(items: list, start: int, n: int) -> list:
+        """The wrong targets of items[start:start+n]: the target of the pair half the set away."""
+        half = max(1, len(items) // 2)
+        return [items[(start + j + half) % len(items)] for j in range(n)]
+
     # -- one step -------------------------------------------------------------------------
     def images(self, u8: torch.Tensor) -> torch.Tensor:
         """Loader images uint8 [B,3,h,w] -> float [B,3,S,S] in [-1,1] on the device.
@@ -338,8 +409,10 @@ class Trainer:
             fake_s, _ = self.D(fake.detach())
             d_adv = L.adv_d_loss(real_s, fake_s, kind)
             d_exp = L.exp_loss(real_r, p)
+            if paired and bool(self.t["d_exp_targets"]):      # the warps' exact parameters too
+                d_exp = 0.5 * (d_exp + L.exp_loss(self.D(x_trg)[1], p_trg))
         gp = L.gradient_penalty(lambda z: self.D(z.float())[0], L.interpolate(x, fake.float(), self.gen))
-        loss_d = lam["adv"] * (d_adv + lam["gp"] * gp) + lam["exp"] * d_exp
+        loss_d = lam["adv_d"] * (d_adv + lam["gp"] * gp) + lam["exp"] * d_exp
         self.opt_D.zero_grad(set_to_none=True)
         loss_d.backward()
         self._allreduce(self.D.parameters())
@@ -348,8 +421,9 @@ class Trainer:
                  d_real=real_s.detach().float().mean().item(), d_fake=fake_s.detach().float().mean().item())
         self.opt_D.step()
 
-        if (step + 1) % int(self.t["n_critic"]) != 0:
+        if (step + 1) % int(self.t["n_critic"]) != 0 or step < int(self.t["d_warmup_steps"]):
             return m
+        ramp = self.g_ramp(step)
         # generator
         for q in self.D.parameters():
             q.requires_grad_(False)
@@ -372,7 +446,7 @@ class Trainer:
                     g_id = torch.zeros((), device=dev)
                 tv = float(self.t["att_tv"])
                 g_att = L.attention_loss(mask, tv) + L.attention_loss(mask_rec, tv)
-            loss_g = (lam["adv"] * g_adv + lam["exp"] * g_exp + lam["rec"] * g_rec + lam["gen"] * g_gen
+            loss_g = (ramp * lam["adv"] * g_adv + ramp * lam["exp"] * g_exp + lam["rec"] * g_rec + lam["gen"] * g_gen
                       + lam["id"] * g_id + lam["att"] * g_att)
             self.opt_G.zero_grad(set_to_none=True)
             loss_g.backward()
@@ -595,6 +669,9 @@ class Trainer:
                     acc[k] = (s + v, n + 1)
                 if self.rank == 0:
                     if step % every_log == 0 or step == self.total_steps:
+                        ev = int(t["eval_every"])
+                        if ev > 0 and (step % ev == 0 or step == self.total_steps):
+                            acc.update({k: (v, 1) for k, v in self.validate().items()})
                         self._log(step, phase.name, epoch, acc, t0, done)
                         acc = {}
                     if step % every_img == 0:

@@ -40,6 +40,45 @@ def _step(name: str, argv: list[str]) -> None:
     print(f"==> {name}: done in {time.perf_counter() - t0:.1f}s", flush=True)
 
 
+def _parallel(jobs: dict[str, tuple[list[str], Path]], every: float = 30.0) -> None:
+    """Run ``slidergan`` jobs side by side (one torch thread each: on 2 cores two training runs
+    make twice the G updates per second of wall time that one run with two threads makes), each
+    logging to its file; print every job's latest progress line every ``every`` seconds."""
+    t0 = time.perf_counter()
+    procs = {}
+    for name, (argv, logf) in jobs.items():
+        logf.parent.mkdir(parents=True, exist_ok=True)
+        print(f"\n==> {name}: slidergan {' '.join(argv)}  (log: {logf})", flush=True)
+        fh = open(logf, "w", encoding="utf-8")
+        procs[name] = (subprocess.Popen([sys.executable, "-m", "workflows", *argv], stdout=fh,
+                                        stderr=subprocess.STDOUT), fh, logf)
+    last = time.perf_counter()
+    while any(p.poll() is None for p, _, _ in procs.values()):
+        time.sleep(1.0)
+        if time.perf_counter() - last >= every:
+            last = time.perf_counter()
+            print(f"  [{time.perf_counter() - t0:.0f}s] " + " | ".join(
+                f"{n}: {_last_line(f)}" for n, (p, _, f) in procs.items() if p.poll() is None), flush=True)
+    failed = []
+    for name, (p, fh, logf) in procs.items():
+        fh.close()
+        if p.returncode != 0:
+            failed.append(f"{name} (exit {p.returncode}, log {logf})")
+        else:
+            print(f"==> {name}: {_last_line(logf)}", flush=True)
+    if failed:
+        raise RuntimeError("failed: " + "; ".join(failed))
+    print(f"==> training jobs done in {time.perf_counter() - t0:.1f}s", flush=True)
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [ln for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "(no output yet)"
+    return lines[-1][:120] if lines else "(no output yet)"
+
+
 def _digest(paths: list[Path], extra: str) -> str:
     h = hashlib.sha256(extra.encode())
     for p in paths:
@@ -75,13 +114,17 @@ def run(args) -> int:
                            "--out", str(R / "warps"), *stage])
     _step("project-4dfab", ["project-4dfab", "--meshes", str(R / "4dfab"), "--model", model,
                             "--out", str(R / "4dfab-params"), *stage])
-    ckpts = []
+    ckpts, jobs = [], {}
     for v in variants:
         argv = ["train", "--data", str(R), "--variant", v, "--out", str(R / "train" / v), *common]
         if args.steps:
             argv += ["--steps", str(args.steps)]
-        _step(f"train {v}", argv)
+        jobs[f"train {v}"] = (argv, R / "train" / f"{v}.log")
         ckpts.append(R / "train" / v / "checkpoints" / "latest.pt")
+    import importlib.util
+    if importlib.util.find_spec("workflows.commands.train_reader") is not None:
+        jobs["train-reader"] = (["train-reader", "--data", str(R), *common], R / "reader.log")
+    _parallel(jobs)
     E = R / "eval"
     stamp = E / ".inputs"
     digest = _digest(ckpts, json.dumps(cfg.to_dict(), sort_keys=True))
