@@ -77,6 +77,12 @@ class RealSet:
     label: np.ndarray
     key: np.ndarray
     test: np.ndarray
+    # the 3D fit behind each crop (the warp oracle): None when the stage lacks the columns
+    p_id: np.ndarray | None = None        # [N, K]
+    camera: np.ndarray | None = None      # [N, 7] in photo pixels
+    align: np.ndarray | None = None       # [N, 2, 3] photo -> crop
+    photo_root: Path | None = None        # folder the keys are relative to (fit stage's params.root)
+    fit_missing: str | None = None        # why the fit is unusable for warps (None: usable)
 
 
 @dataclass
@@ -88,6 +94,8 @@ class FabSet:
     p_exp: np.ndarray
     group: np.ndarray
     key: np.ndarray
+    p_id: np.ndarray | None = None        # [N, K] joint fit of the rendered mesh (project-4dfab)
+    camera: np.ndarray | None = None      # [N, 7] the render's camera (in the crop's pixels)
 
 
 @dataclass
@@ -113,12 +121,34 @@ def load_real(run: Path, test_fraction: float, seed: int) -> RealSet:
     if "image" not in ds.datasets:
         raise Unavailable(f"{ds.dir} has no dataset 'image'")
     images = LazyImages(ds)
-    return RealSet(images, np.asarray(cols["p_exp"], np.float32), ident, label, key, test)
+    out = RealSet(images, np.asarray(cols["p_exp"], np.float32), ident, label, key, test)
+    have = set(ds.datasets)
+    lacking = [c for c in ("p_id", "camera", "align", "key") if c not in have]
+    if lacking:
+        out.fit_missing = f"{ds.dir} has no {', '.join(lacking)} (needed to warp the photos)"
+    else:
+        out.p_id, out.camera, out.align = (np.asarray(ds.read(c), np.float32) for c in ("p_id", "camera", "align"))
+        out.photo_root, out.fit_missing = _photo_root(run, ds)
+    return out
+
+
+def _photo_root(run: Path, ds) -> tuple[Path | None, str | None]:
+    """The folder of the fitted photos: the fit stage's recorded ``params.root``; when that
+    folder is gone (a copied run folder), ``RUN/<its name>``. Returns (root, why-not)."""
+    root = (ds.attrs.get("params") or {}).get("root")
+    if not root:
+        return None, f"{ds.dir}: the fit stage does not record its images folder"
+    root = Path(root)
+    if root.is_dir():
+        return root, None
+    if (run / root.name).is_dir():
+        return run / root.name, None
+    return None, f"the fitted photos' folder {root} is gone"
 
 
 def load_fab(run: Path) -> FabSet:
     ds = _shardset(run / "4dfab-params", "4dfab-params")
-    cols = _columns(ds, ["p_exp", "group"], optional=["split", "key"])
+    cols = _columns(ds, ["p_exp", "group"], optional=["split", "key", "p_id", "camera"])
     split = np.asarray(cols.get("split", np.ones(len(ds))), np.int64)
     rows = np.nonzero(split == 1)[0]
     if len(rows) == 0:
@@ -126,8 +156,9 @@ def load_fab(run: Path) -> FabSet:
     key = cols.get("key", np.array([str(i) for i in range(len(ds))], object))
     if "image" not in ds.datasets:
         raise Unavailable(f"{ds.dir} has no dataset 'image'")
+    fit = {c: np.asarray(cols[c][rows], np.float32) if c in cols else None for c in ("p_id", "camera")}
     return FabSet(LazyImages(ds, rows), np.asarray(cols["p_exp"][rows], np.float32),
-                  np.asarray(cols["group"][rows], np.int64), np.asarray(key)[rows])
+                  np.asarray(cols["group"][rows], np.int64), np.asarray(key)[rows], **fit)
 
 
 def load_data(run, test_fraction: float = 0.17, seed: int = 0) -> EvalData:

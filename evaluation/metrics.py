@@ -38,6 +38,21 @@ def mean_relative_error(p_ref, p_est, min_norm: float = MIN_REF_NORM) -> float |
     return float(r.mean()) if len(r) else None
 
 
+def mean_vertex_error(model, p_ref, p_est) -> float | None:
+    """Vertex-space twin of :func:`mean_relative_error`: mean ``||U (p_est - p_ref)|| / ||U p_ref||``
+    (``fitting.model.MorphableModel.vertex_rel_errors``, the 3D motion the parameters draw on
+    the mesh). None without a model or without a usable row (neutral references draw no
+    motion and are dropped)."""
+    if model is None:
+        return None
+    a = np.asarray(p_ref, np.float64)
+    b = np.asarray(p_est, np.float64)
+    if len(a) == 0:
+        return None
+    r = model.vertex_rel_errors(a, b)
+    return float(r.mean()) if len(r) else None
+
+
 def cosine_similarity(a, b, eps: float = 1e-12) -> np.ndarray:
     """Row-wise cosine: a, b [N, F] -> [N]."""
     a = np.asarray(a, np.float64)

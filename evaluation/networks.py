@@ -32,6 +32,32 @@ class Networks:
     device: str = "cpu"
 
 
+class PseudoNetwork:
+    """A baseline that stands in for a checkpoint in every protocol (``evaluation/baselines.py``):
+    :func:`generate` and :func:`regress` call its ``generate(images, p)`` / ``regress(images)``
+    instead of G and D, so baselines and checkpoints go through one code path.
+
+    Attributes as :class:`Networks` (``name``, ``variant``, ``n_params``, ``path``, ``step``,
+    ``model_config``, ``device``) plus ``kind = "baseline"`` and ``note`` (what it is)."""
+
+    kind = "baseline"
+    note = ""
+
+    def __init__(self, name: str, n_params: int, model_config: dict | None = None, device: str = "cpu"):
+        self.name = self.variant = name
+        self.n_params = int(n_params)
+        self.path = ""
+        self.step = -1
+        self.model_config = dict(model_config or {})
+        self.device = device
+
+    def generate(self, images, p) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def regress(self, images) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
 def load_checkpoint(path: str | os.PathLike, device: str = "cpu", name: str | None = None) -> Networks:
     """Load a ``slidergan-ckpt/1`` file and rebuild G and D in eval mode.
 
@@ -112,12 +138,17 @@ def generate(nets: Networks, images, p, batch_size: int = 16) -> np.ndarray:
     Images of another side than the checkpoint's ``image_size`` are resized for G and the
     result resized back, so outputs always match the inputs' size.
     """
-    import torch
-
     imgs = np.asarray(images)
     pp = fit_width(np.asarray(p, np.float32), nets.n_params)
     if len(imgs) != len(pp):
         raise ValueError(f"generate: {len(imgs)} images but {len(pp)} parameter vectors")
+    if isinstance(nets, PseudoNetwork):
+        out = np.asarray(nets.generate(imgs, pp), np.float32)
+        if out.shape != imgs.shape[:3] + (3,):
+            raise ValueError(f"{nets.name}.generate returned {out.shape} for images {imgs.shape}")
+        return out
+    import torch
+
     outs = []
     with torch.no_grad():
         for s in range(0, len(imgs), batch_size):
@@ -139,9 +170,11 @@ def generate(nets: Networks, images, p, batch_size: int = 16) -> np.ndarray:
 def regress(nets: Networks, images, batch_size: int = 32) -> np.ndarray:
     """D's regressed parameters: images uint8/float [B,H,W,3] -> float32 [B,E] (images resized
     to the checkpoint's ``image_size`` when they differ)."""
+    imgs = np.asarray(images)
+    if isinstance(nets, PseudoNetwork):
+        return fit_width(nets.regress(imgs), nets.n_params)
     import torch
 
-    imgs = np.asarray(images)
     outs = []
     with torch.no_grad():
         for s in range(0, len(imgs), batch_size):

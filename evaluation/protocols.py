@@ -46,10 +46,12 @@ def same_group_pairs(group, n_pairs: int, seed: int = 0) -> np.ndarray:
 
 
 def table1_ied(nets: Networks, images, p_exp, group, n_pairs: int, seed: int = 0) -> dict:
-    """IED of G(source, p_target) against the target: {"ied", "n_pairs", "ied_identity"}.
+    """IED of G(source, p_target) against the target: {"ied", "n_pairs", "ied_identity"}
+    (+ arrays "per_pair" [P], "outputs" [P,H,W,3] and "p_trg" [P,E], which are not metrics).
 
     images uint8 [N,H,W,3], p_exp [N,E], group [N]. ``ied_identity`` is the IED of the
-    untouched source against the target (the do-nothing baseline).
+    untouched source against the target (the do-nothing baseline; also the ``copy-input``
+    row's ``ied``).
     """
     from evaluation import ied
 
@@ -62,7 +64,7 @@ def table1_ied(nets: Networks, images, p_exp, group, n_pairs: int, seed: int = 0
     d = ied(out, target)
     base = ied(images[src].astype(np.float64) / 255.0, target)
     return {"ied": float(np.mean(d)), "n_pairs": int(len(pairs)), "ied_identity": float(np.mean(base)),
-            "per_pair": d}
+            "per_pair": d, "outputs": out, "p_trg": np.asarray(p_exp, np.float32)[trg]}
 
 
 @dataclass
@@ -96,10 +98,24 @@ def real_edits(nets: Networks, images, p_fit, seed: int = 0) -> RealEdits:
     return RealEdits(images, p_fit, p_trg, outputs, regress(nets, images), regress(nets, outputs))
 
 
-def d_errors(ed: RealEdits) -> dict:
-    """Table 4: {"d_rel_error_fit", "d_rel_error_trg"} (each None when no usable row)."""
+def d_errors(ed: RealEdits, model=None) -> dict:
+    """Table 4: {"d_rel_error_fit", "d_rel_error_trg"} and their vertex-space twins
+    {"d_rel_error_fit_vertex", "d_rel_error_trg_vertex"} (:func:`metrics.mean_vertex_error`
+    with the run's 3DMM ``model``; None without one). Each None when no usable row."""
     return {"d_rel_error_fit": metrics.mean_relative_error(ed.p_fit, ed.d_fit),
-            "d_rel_error_trg": metrics.mean_relative_error(ed.p_trg, ed.d_out)}
+            "d_rel_error_trg": metrics.mean_relative_error(ed.p_trg, ed.d_out),
+            "d_rel_error_fit_vertex": metrics.mean_vertex_error(model, ed.p_fit, ed.d_fit),
+            "d_rel_error_trg_vertex": metrics.mean_vertex_error(model, ed.p_trg, ed.d_out)}
+
+
+def reader_errors(reader, images, p_ref, model=None, suffix: str = "trg") -> dict:
+    """The independent reader's reading of ``images`` [N,H,W,3] (edits) against the parameters
+    they should show, ``p_ref`` [N,E]: {"reader_rel_error_<suffix>", "reader_vertex_error_<suffix>"}
+    (mean relative error in parameters, and its vertex-space twin; compared on the first
+    min(E, E_reader) columns). ``reader.predict(uint8 [N,H,W,3]) -> [N,E_reader]``."""
+    p_hat = np.asarray(reader.predict(metrics.to_uint8(images)), np.float32)
+    return {f"reader_rel_error_{suffix}": metrics.mean_relative_error(p_ref, p_hat),
+            f"reader_vertex_error_{suffix}": metrics.mean_vertex_error(model, p_ref, p_hat)}
 
 
 _DETECTORS: dict = {}
@@ -145,21 +161,31 @@ def refit_error(model, ed: RealEdits, fit_options: dict | None = None, upsample:
     """Fit the 3DMM to each generated image and compare with p_trg (:func:`refit_params`).
 
     Images without a detected face are counted (``refit_no_face``) and left out.
-    Returns {"exp_rel_error_refit", "refit_no_face", "refit_n"}.
+    Returns {"exp_rel_error_refit", "exp_rel_error_refit_vertex", "refit_no_face", "refit_n"}.
     """
     rows, p = refit_params(model, ed.outputs, ed.p_trg.shape[1], fit_options, upsample)
     if len(rows) == 0:
         raise Unavailable(f"no face detected in any of the {len(ed.outputs)} generated images")
     err = metrics.mean_relative_error(ed.p_trg[rows], p)
-    return {"exp_rel_error_refit": err, "refit_no_face": int(len(ed.outputs) - len(rows)), "refit_n": int(len(rows))}
+    return {"exp_rel_error_refit": err, "exp_rel_error_refit_vertex": metrics.mean_vertex_error(model, ed.p_trg[rows], p),
+            "refit_no_face": int(len(ed.outputs) - len(rows)), "refit_n": int(len(rows))}
+
+
+def refit_floor_errors(model, images, p_fit, fit_options: dict | None = None, upsample: int = 2) -> dict:
+    """The refit measurement applied to unedited photos against their stage fits: the error
+    :func:`refit_error` reports for a perfect generator (its floor).
+    {"refit_real_floor", "refit_real_floor_vertex"}, None without detections."""
+    p_fit = np.asarray(p_fit, np.float32)
+    rows, p = refit_params(model, images, p_fit.shape[1], fit_options, upsample)
+    if not len(rows):
+        return {"refit_real_floor": None, "refit_real_floor_vertex": None}
+    return {"refit_real_floor": metrics.mean_relative_error(p_fit[rows], p),
+            "refit_real_floor_vertex": metrics.mean_vertex_error(model, p_fit[rows], p)}
 
 
 def refit_floor(model, images, p_fit, fit_options: dict | None = None, upsample: int = 2) -> float | None:
-    """The refit measurement applied to unedited photos against their stage fits: the error
-    :func:`refit_error` reports for a perfect generator (its floor). None without detections."""
-    p_fit = np.asarray(p_fit, np.float32)
-    rows, p = refit_params(model, images, p_fit.shape[1], fit_options, upsample)
-    return metrics.mean_relative_error(p_fit[rows], p) if len(rows) else None
+    """:func:`refit_floor_errors`' ``refit_real_floor`` (None without detections)."""
+    return refit_floor_errors(model, images, p_fit, fit_options, upsample)["refit_real_floor"]
 
 
 def expression_presets(nets: Networks, images, labels, n_classes: int = 7) -> tuple[np.ndarray, np.ndarray]:

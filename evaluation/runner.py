@@ -16,11 +16,19 @@ from typing import Callable, Sequence
 import numpy as np
 
 from evaluation import metrics
+from evaluation.baselines import COPY, IDENTITY_ALIGN, ORACLE, CopyInput, WarpFit, WarpOracle, make_warper, warps_options
 from evaluation.data import EvalData, Unavailable, balanced_rows, load_data
-from evaluation.networks import Networks, load_checkpoint
+from evaluation.networks import Networks, PseudoNetwork, load_checkpoint
 from pipeline.config import ConfigError
 
 N_CLASSES = 7
+#: names a checkpoint cannot take (the metrics.json top-level keys and the baselines)
+RESERVED_NAMES = ("models", "baselines", "reader", "curves", "schema", COPY, ORACLE)
+#: vertex-space twins (need RUN/model.h5)
+VERTEX_KEYS = ("d_rel_error_fit_vertex", "d_rel_error_trg_vertex", "exp_rel_error_refit_vertex",
+               "reader_vertex_error_trg", "reader_vertex_error_t1")
+READER_T1 = ["reader_rel_error_t1", "reader_vertex_error_t1"]
+READER_TRG = ["reader_rel_error_trg", "reader_vertex_error_trg"]
 
 
 @dataclass
@@ -39,8 +47,10 @@ class EvalOptions:
     max_per_class: int = 200          # labelled photos per expression class (classifier, presets)
     figure_photos: int = 4
     device: str = "auto"
+    reader: str = "auto"              # auto (RUN/reader/reader.pt when present) | none | PATH
     seed: int = 0
     fit: dict = field(default_factory=dict)   # the fit: section (refit options)
+    warps: dict = field(default_factory=dict)  # the warps: section (oracle, when RUN/warps records none)
 
     @classmethod
     def from_config(cls, cfg) -> "EvalOptions":
@@ -51,6 +61,8 @@ class EvalOptions:
             kw["seed"] = int(cfg.seed)
         if "fit" in cfg:
             kw["fit"] = cfg.section("fit")
+        if "warps" in cfg:
+            kw["warps"] = cfg.section("warps")
         opt = cls(**kw)
         if opt.grid_step <= 0 or opt.grid_step > 2:
             raise ConfigError(f"evaluate.grid_step must be in (0, 2], got {opt.grid_step}")
@@ -59,6 +71,8 @@ class EvalOptions:
                 raise ConfigError(f"evaluate.{k} must be >= 0, got {getattr(opt, k)}")
         if not 0 < opt.test_fraction < 1:
             raise ConfigError(f"evaluate.test_fraction must be in (0, 1), got {opt.test_fraction}")
+        if not isinstance(opt.reader, str) or not opt.reader:
+            raise ConfigError(f"evaluate.reader must be auto, none or a reader file path, got {opt.reader!r}")
         return opt
 
 
@@ -72,6 +86,29 @@ def _device(name: str) -> str:
     if not (name == "cpu" or name.startswith("cuda")):
         raise ConfigError(f"unknown device {name!r} (auto, cpu, cuda, cuda:N)")
     return name
+
+
+def load_reader_option(opt: EvalOptions, run: Path, device: str = "cpu"):
+    """The independent expression reader of ``evaluate.reader``: (reader | None, reason | None).
+
+    ``auto``: ``RUN/reader/reader.pt`` when present, else none with the reason; ``none``: off;
+    anything else is a path that must load (ConfigError otherwise: the user named it)."""
+    choice = str(opt.reader)
+    if choice == "none":
+        return None, "disabled (evaluate.reader=none)"
+    try:
+        from train.reader import default_reader_path, load_reader
+    except ImportError as e:
+        if choice == "auto":
+            return None, f"no reader: train.reader cannot be imported ({e})"
+        raise ConfigError(f"evaluate.reader={choice}: train.reader cannot be imported ({e})") from None
+    if choice == "auto":
+        path = default_reader_path(run)
+        if not path.is_file():
+            return None, "no reader: run slidergan train-reader"
+    else:
+        path = Path(choice)
+    return load_reader(path, device=device), None   # ConfigError (one line) when unusable
 
 
 def identity_candidates(run: Path, checkpoints: Sequence[str | Path] = ()) -> list[Path]:
@@ -131,8 +168,9 @@ def make_identity_embedder(opt: EvalOptions, run: Path, checkpoints: Sequence[st
 
 
 def unique_names(nets: Sequence[Networks]) -> None:
-    """Name each checkpoint by its variant; repeated variants get -2, -3, ... (in order)."""
-    seen: dict[str, int] = {}
+    """Name each checkpoint by its variant; repeated variants get -2, -3, ... (in order), and
+    so do the names metrics.json reserves (:data:`RESERVED_NAMES`)."""
+    seen: dict[str, int] = {r: 1 for r in RESERVED_NAMES}
     for n in nets:
         base = re.sub(r"[^A-Za-z0-9._-]+", "-", str(n.variant or "")).strip(".-") or "model"  # a folder name
         seen[base] = seen.get(base, 0) + 1
@@ -140,28 +178,37 @@ def unique_names(nets: Sequence[Networks]) -> None:
 
 
 class _Result:
-    def __init__(self, nets: Networks):
+    def __init__(self, nets):
+        from evaluation.report import METRIC_KEYS
+
         self.nets = nets
-        self.metrics: dict = {k: None for k in ("ied", "d_rel_error_fit", "d_rel_error_trg", "identity_cos",
-                                                "exp_rel_error_refit", "expr_recognition_acc")}
+        self.metrics: dict = {k: None for k in METRIC_KEYS}
         self.reasons: dict = {}
         self.notes: dict = {}
+        self.presets = self.have = None     # Table 2 presets (for the figures)
 
     def fail(self, keys, reason: str):
         for k in keys:
             self.metrics.setdefault(k, None)
             if self.metrics.get(k) is None:
-                self.reasons[k] = reason
+                self.reasons.setdefault(k, reason)
 
     def as_dict(self) -> dict:
         n = self.nets
-        return {"metrics": self.metrics, "reasons": self.reasons, "notes": self.notes, "variant": n.variant,
-                "checkpoint": n.path, "step": n.step, "n_params": n.n_params}
+        out = {"metrics": self.metrics, "notes": self.notes, "variant": n.variant,
+               "reasons": {k: v for k, v in self.reasons.items() if self.metrics.get(k) is None},
+               "checkpoint": n.path, "step": n.step, "n_params": n.n_params,
+               "kind": "baseline" if isinstance(n, PseudoNetwork) else "model"}
+        if isinstance(n, PseudoNetwork):
+            out["note"] = n.note
+            out["regressor"] = getattr(n, "regressor_name", None)
+        return out
 
 
 def _guard(res: _Result, keys, fn: Callable[[], dict], log) -> dict | None:
     """Run one protocol; Unavailable -> null with reason; other errors -> null with the error
-    (an evaluation must report what it could, not die on one protocol)."""
+    (an evaluation must report what it could, not die on one protocol). Array values of the
+    protocol's result (per-pair numbers, outputs) are returned but not stored as metrics."""
     try:
         out = fn()
     except Unavailable as e:
@@ -174,7 +221,7 @@ def _guard(res: _Result, keys, fn: Callable[[], dict], log) -> dict | None:
         log(f"  {res.nets.name}: {keys[0]} failed: {type(e).__name__}: {e}")
         return None
     for k, v in out.items():
-        if k in ("per_pair", "per_class"):
+        if k == "per_class" or isinstance(v, np.ndarray):
             continue
         res.metrics[k] = v
     if "per_class" in out:
@@ -185,13 +232,89 @@ def _guard(res: _Result, keys, fn: Callable[[], dict], log) -> dict | None:
     return out
 
 
+@dataclass
+class _Shared:
+    """Material every evaluated network (checkpoint or baseline) shares."""
+
+    data: EvalData
+    opt: EvalOptions
+    log: Callable
+    test_idx: np.ndarray
+    test_imgs: object
+    lab_all: np.ndarray
+    lab_imgs: object
+    classifier: object
+    clf_reason: str | None
+    clf_real_acc: float | None
+    clf_real_reason: str
+    embedder: object
+    second: object
+    fit_opts: dict
+    reader: object = None
+    reader_reason: str | None = None
+    oracle: WarpOracle | None = None
+    refit_cache: dict = field(default_factory=dict)
+    lrw_cache: dict = field(default_factory=dict)
+
+    def lrw_material(self, size: int):
+        """Table 3's frame pairs at one crop size (made once; registered with the oracle)."""
+        from evaluation.lrw import lrw_pairs
+
+        if size not in self.lrw_cache:
+            try:
+                self.lrw_cache[size] = lrw_pairs(self.data.model, self.data.lrw_dir, self.opt.lrw_pairs,
+                                                 self.opt.seed, size)
+            except Unavailable as e:
+                self.lrw_cache[size] = e
+            else:
+                if self.oracle is not None:
+                    self.oracle.register(self.lrw_cache[size].crops_a, self.lrw_cache[size].fits_a)
+        got = self.lrw_cache[size]
+        if isinstance(got, Unavailable):
+            raise got
+        return got
+
+
+def _make_baselines(nets: Sequence[Networks], data: EvalData, opt: EvalOptions, sh: _Shared, info: dict) -> list:
+    """copy-input and oracle-3d, regressing with the first checkpoint's D; the oracle knows the
+    3D fits of the real test photos and of Table 1's source renders."""
+    from evaluation.protocols import same_group_pairs
+
+    first = nets[0]
+    model = data.model
+    width = model.n_exp + model.n_speech if model is not None else max(n.n_params for n in nets)
+    copy = CopyInput(width, regressor=first)
+    wopts, where = warps_options(data.run, opt.warps)
+    oracle = WarpOracle(width, lambda size: make_warper(model, size, wopts), regressor=first)
+    info["baselines"] = (f"{COPY}: {copy.note}; {ORACLE}: {oracle.note} (warp options from {where}). "
+                         f"Their D-based numbers use {first.name}'s D.")
+    no_model = data.missing.get("model", "no 3DMM")
+    if data.real is not None and len(sh.test_idx):
+        real = data.real
+        if model is None or real.fit_missing:
+            oracle.unavailable(sh.test_imgs, f"{ORACLE}: {real.fit_missing or no_model}")
+        else:
+            oracle.register(sh.test_imgs, [WarpFit(real.photo_root / str(real.key[i]), real.p_id[i], real.p_exp[i],
+                                                   real.camera[i], real.align[i]) for i in sh.test_idx])
+    if data.fab is not None:
+        fab = data.fab
+        src = np.unique(same_group_pairs(fab.group, opt.pairs, opt.seed)[:, 0])
+        imgs = fab.images[src]
+        if model is None or fab.p_id is None or fab.camera is None:
+            why = no_model if model is None else "4dfab-params has no p_id/camera (the renders' fit)"
+            oracle.unavailable(imgs, f"{ORACLE}: {why}")
+        else:
+            oracle.register(imgs, [WarpFit(im, fab.p_id[i], fab.p_exp[i], fab.camera[i], IDENTITY_ALIGN)
+                                   for im, i in zip(imgs, src)])
+    return [copy, oracle]
+
+
 def evaluate(checkpoints: Sequence[str | Path], run: str | Path, out: str | Path, opt: EvalOptions,
              log: Callable[[str], None] = print) -> dict:
-    """Evaluate checkpoints on a run folder; write ``out/metrics.json``, ``out/index.html``
-    and the figures. Returns the metrics.json object."""
+    """Evaluate checkpoints on a run folder; write ``out/metrics.json``, ``out/index.html``,
+    ``out/curves.png`` and the figures. Returns the metrics.json object."""
     from evaluation import figures as F
-    from evaluation import protocols as P
-    from evaluation.report import metrics_json, save_png, write_report
+    from evaluation.report import _jsonable, metrics_json, save_png, write_report
 
     run, out = Path(run), Path(out)
     if not run.is_dir():
@@ -201,6 +324,7 @@ def evaluate(checkpoints: Sequence[str | Path], run: str | Path, out: str | Path
     if not nets:
         raise ConfigError("no checkpoint given")
     unique_names(nets)
+    reader, reader_reason = load_reader_option(opt, run, device)
     t0 = time.time()
     data: EvalData = load_data(run, opt.test_fraction, opt.seed)
     if data.real is None and data.fab is None:
@@ -254,6 +378,8 @@ def evaluate(checkpoints: Sequence[str | Path], run: str | Path, out: str | Path
     embedder = make_identity_embedder(opt, run, checkpoints)
     info["identity embedder"] = f"{embedder.name}: {embedder.note}"
     second = metrics.DlibEmbedder() if (isinstance(embedder, metrics.TorchEmbedder) and _dlib_available()) else None
+    reader_info = _reader_summary(reader, reader_reason)
+    info["expression reader"] = reader_info["summary"]
     renderer = None
     if data.model is not None and opt.figures:
         try:
@@ -269,86 +395,195 @@ def evaluate(checkpoints: Sequence[str | Path], run: str | Path, out: str | Path
 
     # the stage's fit options (a refit is only comparable with p_fit when fitted alike)
     fit_opts = {k: v for k, v in opt.fit.items() if k in ("iterations", "n_id", "prior_id", "prior_exp")}
-    refit_cache: dict = {}
+    sh = _Shared(data, opt, log, test_idx, test_imgs, lab_all, lab_imgs, classifier, clf_reason, clf_real_acc,
+                 clf_real_reason, embedder, second, fit_opts, reader, reader_reason)
+    baselines = _make_baselines(nets, data, opt, sh, info)
+    sh.oracle = baselines[1]
     results, figs = {}, {}
     for net in nets:
-        log(f"evaluating {net.name} ({net.path})")
-        res = _Result(net)
-        res.metrics["classifier_real_acc"] = clf_real_acc
-        if clf_real_acc is None:
-            res.reasons["classifier_real_acc"] = clf_reason or clf_real_reason
-        log("  Table 1: transfer on held-out 4DFAB renders")
-        if data.fab is None:
-            res.fail(["ied"], data.missing.get("fab", "no 4DFAB renders"))
-        else:
-            fab = data.fab
-            _guard(res, ["ied"], lambda: {("ied_pairs" if k == "n_pairs" else k): v for k, v in
-                                          P.table1_ied(net, fab.images, fab.p_exp, fab.group, opt.pairs,
-                                                       opt.seed).items()}, log)
-        log("  Table 4, identity, refit: edits of real test photos")
-        ed = None
-        edit_keys = ["d_rel_error_fit", "d_rel_error_trg", "identity_cos", "exp_rel_error_refit"]
-        if real is None:
-            res.fail(edit_keys, data.missing.get("real", "no real photos"))
-        elif len(test_idx) == 0:
-            res.fail(edit_keys, "no real photos of held-out identities")
-        else:
-            try:
-                ed = P.real_edits(net, test_imgs, real.p_exp[test_idx], opt.seed)
-                res.metrics["n_test"] = int(len(test_idx))
-            except Unavailable as e:
-                res.fail(edit_keys, str(e))
-        if ed is not None:
-            _guard(res, ["d_rel_error_fit", "d_rel_error_trg"], lambda: P.d_errors(ed), log)
-            _guard(res, ["identity_cos"], lambda: {"identity_cos": metrics.identity_cos(embedder, ed.inputs,
-                                                                                         ed.outputs)}, log)
-            res.notes["identity_cos"] = f"embedder: {embedder.name}"
-            if second is not None:
-                _guard(res, ["identity_cos_dlib"], lambda: {"identity_cos_dlib": metrics.identity_cos(
-                    second, ed.inputs, ed.outputs)}, log)
-            if not opt.refit:
-                res.fail(["exp_rel_error_refit"], "disabled (evaluate.refit=false)")
-            elif data.model is None:
-                res.fail(["exp_rel_error_refit"], data.missing.get("model", "no 3DMM"))
-            else:
-                _guard(res, ["exp_rel_error_refit"], lambda: P.refit_error(data.model, ed, fit_opts), log)
-                if "floor" not in refit_cache:   # same photos for every checkpoint: once
-                    try:
-                        refit_cache["floor"] = P.refit_floor(data.model, ed.inputs, ed.p_fit, fit_opts)
-                    except Exception as e:  # noqa: BLE001 — the floor is context, not a metric
-                        refit_cache["floor"] = None
-                        log(f"  refit floor failed: {type(e).__name__}: {e}")
-                res.metrics["refit_real_floor"] = refit_cache["floor"]
-        log("  Table 2: discrete expressions")
-        presets = have = None
-        if classifier is None:
-            res.fail(["expr_recognition_acc"], clf_reason or "no classifier")
-        elif len(test_idx) == 0:
-            res.fail(["expr_recognition_acc"], "no real photos of held-out identities")
-        else:
-            presets, have = P.expression_presets(net, lab_imgs, real.label[lab_all], N_CLASSES)
-            _guard(res, ["expr_recognition_acc"], lambda: P.expression_recognition(
-                net, classifier, test_imgs, presets, have), log)
-        log("  Table 3: LRW-style sequences")
-        if data.lrw_dir is None:
-            res.fail(["lrw_ied"], data.missing.get("lrw", "no LRW sequences"))
-        else:
-            from evaluation.lrw import table3_ied
-
-            _guard(res, ["lrw_ied"], lambda: table3_ied(net, data.model, data.lrw_dir, opt.lrw_pairs, opt.seed,
-                                         size=int(net.model_config.get("image_size", 128))), log)
-        results[net.name] = res.as_dict()
+        res = _evaluate_one(net, sh)
+        _training_numbers(res, net)
+        results[net.name] = res
         # figures
         figs[net.name] = []
         if opt.figures:
             log("  figures")
-            figs[net.name] = _figures(net, data, opt, out, renderer, names, presets, have, EXPRESSION_NAMES,
+            figs[net.name] = _figures(net, data, opt, out, renderer, names, res.presets, res.have, EXPRESSION_NAMES,
                                       test_idx, res, log, save_png)
-        log(f"  {net.name}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                          for k, v in res.metrics.items() if k in metrics_keys()))
+    base_results = {}
+    for b in baselines:
+        base_results[b.name] = _evaluate_one(b, sh)
+    _ratios_to_copy(results, base_results)
+    for name, res in list(results.items()) + list(base_results.items()):
+        log(f"  {name}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                      for k, v in res.metrics.items() if k in metrics_keys()))
+    curves = _curves(nets, out, log)
+    info["training curves"] = curves["note"]
     info["elapsed"] = f"{time.time() - t0:.1f} s on {device}"
-    write_report(out, results, figs, info)
-    return metrics_json(results)
+    results = {k: r.as_dict() for k, r in results.items()}
+    base_results = {k: r.as_dict() for k, r in base_results.items()}
+    write_report(out, results, figs, info, baselines=base_results, reader=reader_info, curves=curves)
+    return _jsonable(metrics_json(results, base_results, reader_info, curves))
+
+
+def _reader_summary(reader, reason: str | None) -> dict:
+    """metrics.json's ``reader`` block: the reader's own held-out figures (from its meta)."""
+    if reader is None:
+        return {"path": None, "reason": reason, "summary": f"none ({reason})"}
+    meta = dict(getattr(reader, "meta", {}) or {})
+    keep = ("heldout_rel_error", "heldout_vertex_error", "heldout_zero_vertex_error", "heldout_r2", "n_params",
+            "image_size", "n_heldout", "heldout_split", "n_train")
+    out = {"path": str(getattr(reader, "path", "")), "reason": None, **{k: meta.get(k) for k in keep}}
+    rel, vert = meta.get("heldout_rel_error"), meta.get("heldout_vertex_error")
+    out["summary"] = (f"{out['path']}: held-out warps rel error "
+                      f"{'n/a' if rel is None else f'{rel:.3f}'}, vertex error {'n/a' if vert is None else f'{vert:.3f}'}"
+                      f" ({meta.get('n_heldout', '?')} warps of held-out photos)")
+    return out
+
+
+def _evaluate_one(net, sh: _Shared) -> _Result:
+    """Every protocol for one checkpoint or baseline (one code path)."""
+    from evaluation import protocols as P
+
+    data, opt, log = sh.data, sh.opt, sh.log
+    real, model = data.real, data.model
+    baseline = isinstance(net, PseudoNetwork)
+    log(f"evaluating {net.name} ({net.path or getattr(net, 'note', '')})")
+    res = _Result(net)
+    res.metrics["classifier_real_acc"] = sh.clf_real_acc
+    if sh.clf_real_acc is None:
+        res.reasons["classifier_real_acc"] = sh.clf_reason or sh.clf_real_reason
+    if model is None:
+        res.fail(VERTEX_KEYS, f"no 3DMM for vertex-space errors ({data.missing.get('model', 'RUN/model.h5')})")
+    if sh.reader is None:
+        res.fail(READER_T1 + READER_TRG, sh.reader_reason or "no reader")
+    log("  Table 1: transfer on held-out 4DFAB renders")
+    t1 = None
+    if data.fab is None:
+        res.fail(["ied"] + READER_T1, data.missing.get("fab", "no 4DFAB renders"))
+    else:
+        fab = data.fab
+        t1 = _guard(res, ["ied"], lambda: {("ied_pairs" if k == "n_pairs" else k): v for k, v in
+                                           P.table1_ied(net, fab.images, fab.p_exp, fab.group, opt.pairs,
+                                                        opt.seed).items()}, log)
+        if t1 is None:
+            res.fail(READER_T1, res.reasons.get("ied", "Table 1 unavailable"))
+        elif sh.reader is not None:
+            _guard(res, READER_T1, lambda: P.reader_errors(sh.reader, t1["outputs"], t1["p_trg"], model, "t1"), log)
+    log("  Table 4, identity, refit: edits of real test photos")
+    ed = None
+    edit_keys = ["d_rel_error_fit", "d_rel_error_trg", "d_rel_error_fit_vertex", "d_rel_error_trg_vertex",
+                 "identity_cos", "exp_rel_error_refit", "exp_rel_error_refit_vertex"] + READER_TRG
+    if real is None:
+        res.fail(edit_keys, data.missing.get("real", "no real photos"))
+    elif len(sh.test_idx) == 0:
+        res.fail(edit_keys, "no real photos of held-out identities")
+    else:
+        try:
+            ed = P.real_edits(net, sh.test_imgs, real.p_exp[sh.test_idx], opt.seed)
+            res.metrics["n_test"] = int(len(sh.test_idx))
+        except Unavailable as e:
+            res.fail(edit_keys, str(e))
+    if ed is not None:
+        fit_keys = ["d_rel_error_fit", "d_rel_error_fit_vertex"]
+        if baseline:   # D's reading of the unedited photos does not depend on G
+            res.fail(fit_keys, f"independent of the generator: D's reading of the unedited photos "
+                               f"(= {net.regressor_name}'s)")
+            _guard(res, ["d_rel_error_trg", "d_rel_error_trg_vertex"],
+                   lambda: {k: v for k, v in P.d_errors(ed, model).items() if k not in fit_keys}, log)
+        else:
+            _guard(res, fit_keys + ["d_rel_error_trg", "d_rel_error_trg_vertex"], lambda: P.d_errors(ed, model), log)
+        _guard(res, ["identity_cos"], lambda: {"identity_cos": metrics.identity_cos(sh.embedder, ed.inputs,
+                                                                                     ed.outputs)}, log)
+        res.notes["identity_cos"] = f"embedder: {sh.embedder.name}"
+        if sh.second is not None:
+            _guard(res, ["identity_cos_dlib"], lambda: {"identity_cos_dlib": metrics.identity_cos(
+                sh.second, ed.inputs, ed.outputs)}, log)
+        if sh.reader is not None:
+            _guard(res, READER_TRG, lambda: P.reader_errors(sh.reader, ed.outputs, ed.p_trg, model, "trg"), log)
+        refit_keys = ["exp_rel_error_refit", "exp_rel_error_refit_vertex"]
+        if not opt.refit:
+            res.fail(refit_keys, "disabled (evaluate.refit=false)")
+        elif model is None:
+            res.fail(refit_keys, data.missing.get("model", "no 3DMM"))
+        else:
+            _guard(res, refit_keys, lambda: P.refit_error(model, ed, sh.fit_opts), log)
+            if "floor" not in sh.refit_cache:   # same photos for every checkpoint: once
+                try:
+                    sh.refit_cache["floor"] = P.refit_floor_errors(model, ed.inputs, ed.p_fit, sh.fit_opts)
+                except Exception as e:  # noqa: BLE001 — the floor is context, not a metric
+                    sh.refit_cache["floor"] = {"refit_real_floor": None, "refit_real_floor_vertex": None}
+                    log(f"  refit floor failed: {type(e).__name__}: {e}")
+            res.metrics.update(sh.refit_cache["floor"])
+    log("  Table 2: discrete expressions")
+    if sh.classifier is None:
+        res.fail(["expr_recognition_acc"], sh.clf_reason or "no classifier")
+    elif len(sh.test_idx) == 0:
+        res.fail(["expr_recognition_acc"], "no real photos of held-out identities")
+    else:
+        got = _guard(res, ["expr_recognition_acc"], lambda: dict(zip(("presets", "have"), P.expression_presets(
+            net, sh.lab_imgs, real.label[sh.lab_all], N_CLASSES))), log)
+        if got is not None:
+            res.presets, res.have = got["presets"], got["have"]
+            _guard(res, ["expr_recognition_acc"], lambda: P.expression_recognition(
+                net, sh.classifier, sh.test_imgs, res.presets, res.have), log)
+    log("  Table 3: LRW-style sequences")
+    if data.lrw_dir is None:
+        res.fail(["lrw_ied"], data.missing.get("lrw", "no LRW sequences"))
+    else:
+        from evaluation.lrw import table3_ied
+
+        size = int(net.model_config.get("image_size", 128))
+        _guard(res, ["lrw_ied"], lambda: table3_ied(net, model, data.lrw_dir, opt.lrw_pairs, opt.seed, size=size,
+                                                    pairs=sh.lrw_material(size) if model is not None else None), log)
+    return res
+
+
+def _ratios_to_copy(results: dict, base_results: dict) -> None:
+    """``ied_vs_copy`` = ied / copy-input's ied, for every model and baseline."""
+    copy = base_results.get(COPY)
+    c = copy.metrics.get("ied") if copy is not None else None
+    for res in list(results.values()) + list(base_results.values()):
+        v = res.metrics.get("ied")
+        if v is not None and c is not None and c > 0:
+            res.metrics["ied_vs_copy"] = float(v / c)
+        else:
+            res.fail(["ied_vs_copy"], "no IED" if v is None else f"no {COPY} IED to divide by")
+
+
+def _training_numbers(res: _Result, net: Networks) -> None:
+    """Final held-out validation numbers of the training run (T/metrics.jsonl) into the metrics."""
+    from evaluation.curves import FINAL_KEYS, final_values, read_metrics_jsonl, training_folder
+
+    keys = list(FINAL_KEYS) + ["train_val_step"]
+    path = training_folder(net.path) / "metrics.jsonl" if net.path else None
+    if path is None or not path.is_file():
+        res.fail(keys, f"no training log {path}")
+        return
+    recs, _ = read_metrics_jsonl(path)
+    res.metrics.update(final_values(recs, net.step))
+    res.fail(keys, f"{path} has no validation record (val_*) up to step {net.step}")
+
+
+def _curves(nets: Sequence[Networks], out: Path, log) -> dict:
+    """``out/curves.png`` from each checkpoint's T/metrics.jsonl: {"figure": relpath | None, "note"}."""
+    from evaluation.curves import plot_curves, read_metrics_jsonl, training_folder
+
+    runs, missing, skipped = {}, [], 0
+    for n in nets:
+        path = training_folder(n.path) / "metrics.jsonl"
+        if not path.is_file():
+            missing.append(f"{n.name}: no {path}")
+            continue
+        recs, bad = read_metrics_jsonl(path)
+        skipped += bad
+        runs[n.name] = recs
+    notes = missing + ([f"{skipped} unreadable metrics.jsonl lines skipped"] if skipped else [])
+    if not runs or not plot_curves(runs, out / "curves.png"):
+        why = "; ".join(missing) if missing else "no curve keys (val_l1, d_exp, mask_mean) in metrics.jsonl"
+        log(f"  training curves unavailable: {why}")
+        return {"figure": None, "note": f"unavailable: {why}", "runs": sorted(runs)}
+    return {"figure": "curves.png", "note": "; ".join(["curves.png"] + notes), "runs": sorted(runs)}
 
 
 def metrics_keys():

@@ -60,8 +60,10 @@ def save_checkpoint(path, c_dim, variant, seed=0):
 
 
 def build_eval_run(root: Path) -> Path:
-    """A run folder: model.h5, fits/ (24 photos, 8 identities, labels), 4dfab-params/
-    (4 identities x 2 sessions x 3 frames, identities 2-3 held out), lrw/ (2 x 4 frames)."""
+    """A run folder: model.h5, fits/ (24 photos, 8 identities, labels, the 3D fit: p_id,
+    camera, align = identity, the photos as files under photos/ so the warp oracle can warp
+    them), 4dfab-params/ (4 identities x 2 sessions x 3 frames, identities 2-3 held out, with
+    p_id and camera), lrw/ (2 x 4 frames)."""
     import h5py
     from PIL import Image
 
@@ -74,10 +76,19 @@ def build_eval_run(root: Path) -> Path:
     n = 24
     ident = np.repeat(np.arange(8), 3)
     label = np.array([(i % 8) - 1 for i in range(n)], np.int64)   # -1, 0..6 cycling
+    crops = smooth_images(rng, n)
+    keys = [f"img{i:03d}.png" for i in range(n)]
+    (root / "photos").mkdir(parents=True, exist_ok=True)
+    for k, im in zip(keys, crops):                # the photo is its own crop (align = identity)
+        Image.fromarray(im).save(root / "photos" / k)
+    cam32 = camera_fitting_view(model.mean.reshape(-1, 3), (SIZE, SIZE), fill=0.8).astype(np.float32)
     make_stage(root / "fits", "fit", {
-        "key": [f"img{i:03d}.jpg" for i in range(n)], "group": np.arange(n, dtype=np.int64),
-        "identity": ident.astype(np.int64), "image": smooth_images(rng, n),
-        "p_exp": rng.uniform(-1, 1, (n, 30)).astype(np.float32), "label": label}, chunk_size=10)
+        "key": keys, "group": np.arange(n, dtype=np.int64),
+        "identity": ident.astype(np.int64), "image": crops,
+        "p_exp": rng.uniform(-1, 1, (n, 30)).astype(np.float32), "label": label,
+        "p_id": (rng.normal(size=(n, 5)) * 0.3).astype(np.float32), "camera": np.repeat(cam32[None], n, 0),
+        "align": np.repeat(np.array([[[1, 0, 0], [0, 1, 0]]], np.float32), n, 0)},
+        chunk_size=10, params={"root": str(root / "photos")})
     ids, sess, frame = np.meshgrid(np.arange(4), np.arange(2), np.arange(3), indexing="ij")
     ids, sess = ids.ravel(), sess.ravel()
     m = len(ids)
@@ -85,7 +96,8 @@ def build_eval_run(root: Path) -> Path:
         "key": [f"{a}/{b}/{c}" for a, b, c in zip(ids, sess, frame.ravel())],
         "group": (ids * 2 + sess).astype(np.int64), "identity": ids.astype(np.int64),
         "session": sess.astype(np.int64), "image": smooth_images(rng, m),
-        "p_exp": rng.uniform(-1, 1, (m, 30)).astype(np.float32), "split": (ids >= 2).astype(np.int8)},
+        "p_exp": rng.uniform(-1, 1, (m, 30)).astype(np.float32), "split": (ids >= 2).astype(np.int8),
+        "p_id": (rng.normal(size=(m, 5)) * 0.3).astype(np.float32), "camera": np.repeat(cam32[None], m, 0)},
         chunk_size=8)
     lrw = root / "lrw"
     keys, seqs, frames = [], [], []
@@ -111,3 +123,47 @@ def build_checkpoints(root: Path) -> dict:
     return {"rad": save_checkpoint(root / "rad" / "latest.pt", 30, "rad", seed=1),
             "speech": save_checkpoint(root / "speech" / "latest.pt", 40, "rad", seed=2),
             "ganimation": save_checkpoint(root / "gan" / "latest.pt", 30, "ganimation", seed=3)}
+
+
+def save_tiny_reader(path: Path, n_params: int = 30, seed: int = 0) -> Path:
+    """A random tiny expression reader file in ``train.reader``'s format (its config built by
+    ``train.reader.reader_config`` from the preset's ``reader:`` section, made tiny)."""
+    import torch
+
+    from model.reader import build_reader
+    from pipeline.config import load_config
+    from train.reader import FORMAT, reader_config
+
+    cfg = load_config(None, ["reader.image_size=16", "reader.width=2", "reader.stages=1"])
+    conf = reader_config(dict(cfg.section("reader")), n_params)
+    torch.manual_seed(seed)
+    net = build_reader(conf)
+    meta = {"heldout_rel_error": 0.25, "heldout_vertex_error": 0.2, "heldout_zero_vertex_error": 1.0,
+            "heldout_r2": [0.5] * n_params, "n_params": n_params, "image_size": 16, "n_heldout": 12}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"format": FORMAT, "reader_config": conf, "state_dict": net.state_dict(), "meta": meta}, path)
+    return path
+
+
+#: a synthetic training log: log records every 2 steps, validation records at 4 and 8
+SYNTHETIC_LOG = [
+    {"step": 2, "phase": "paired", "d_exp": 0.9, "mask_mean": 0.2, "g_gen": 0.3, "loss_d": 5.0, "loss_g": 9.0},
+    {"step": 4, "phase": "paired", "d_exp": 0.7, "mask_mean": 0.25, "g_gen": 0.25, "loss_d": 4.0, "loss_g": 8.0,
+     "val_l1": 0.21, "val_l1_copy": 0.30, "val_l1_wrong": 0.33, "val_d_exp": 0.8, "val_mask": 0.24},
+    {"step": 6, "phase": "unpaired", "d_exp": 0.5, "mask_mean": 0.3, "g_gen": 0.0, "loss_d": 3.0, "loss_g": 7.0},
+    {"step": 8, "phase": "unpaired", "d_exp": 0.4, "mask_mean": 0.3, "g_gen": 0.0, "loss_d": 3.0, "loss_g": 6.0,
+     "val_l1": 0.15, "val_l1_copy": 0.30, "val_l1_wrong": 0.31, "val_d_exp": 0.6, "val_mask": 0.29},
+]
+
+
+def training_folder_with_log(root: Path, checkpoint: Path, records=SYNTHETIC_LOG, tail: str = "") -> Path:
+    """T/checkpoints/latest.pt (a copy of ``checkpoint``) and T/metrics.jsonl with ``records``
+    (+ ``tail``, e.g. a half-written line). Returns the checkpoint path."""
+    import json
+    import shutil
+
+    ck = root / "checkpoints" / "latest.pt"
+    ck.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(checkpoint, ck)
+    (root / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + tail)
+    return ck

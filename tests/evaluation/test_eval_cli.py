@@ -21,9 +21,14 @@ def test_cli_writes_report(eval_run, checkpoints, tmp_path):
             "--set", "evaluate.test_images=3", "--set", "evaluate.refit=false", "--set", "evaluate.lrw_pairs=2")
     assert p.returncode == 0, p.stderr
     data = json.loads((out / "metrics.json").read_text())
-    assert list(data) == ["ganimation", "rad"]          # sorted keys
-    assert data["rad"]["exp_rel_error_refit"] is None
-    assert "disabled" in data["rad"]["reasons"]["exp_rel_error_refit"]
+    assert list(data["models"]) == ["ganimation", "rad"]          # sorted keys
+    assert list(data["baselines"]) == ["copy-input", "oracle-3d"]
+    assert data["rad"] == data["models"]["rad"]                    # the old top-level layout, kept
+    for entry in list(data["models"].values()) + list(data["baselines"].values()):
+        assert entry["ied"] is not None, entry["reasons"]
+        assert entry["exp_rel_error_refit"] is None
+        assert "disabled" in entry["reasons"]["exp_rel_error_refit"]
+    assert "2 checkpoints + baselines copy-input, oracle-3d" in p.stdout
     assert (out / "index.html").is_file()
 
 

@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     result = evaluate(ckpts, run_dir, args.out, opt, log=log)
-    print(f"wrote {args.out}/metrics.json and {args.out}/index.html ({len(result)} checkpoint"
-          f"{'s' if len(result) != 1 else ''})")
+    n = len(result.get("models", result))
+    print(f"wrote {args.out}/metrics.json and {args.out}/index.html ({n} checkpoint"
+          f"{'s' if n != 1 else ''} + baselines {', '.join(result.get('baselines', {}))})")
     return 0
