@@ -119,7 +119,7 @@ def plot_curves(runs: dict, path: str | os.PathLike) -> bool:
         if drawn:
             ax.legend(fontsize=7)
         else:
-            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="#888")
+            ax.text(0.5, 0.5, f"not logged ({', '.join(k for k, _ in keys)})", ha="center", va="center", transform=ax.transAxes, color="#888")
         ax.grid(alpha=0.3)
     fig.tight_layout()
     try:

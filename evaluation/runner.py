@@ -200,8 +200,7 @@ class _Result:
                "checkpoint": n.path, "step": n.step, "n_params": n.n_params,
                "kind": "baseline" if isinstance(n, PseudoNetwork) else "model"}
         if isinstance(n, PseudoNetwork):
-            out["note"] = n.note
-            out["regressor"] = getattr(n, "regressor_name", None)
+            out.update(checkpoint=None, step=None, note=n.note, regressor=getattr(n, "regressor_name", None))
         return out
 
 

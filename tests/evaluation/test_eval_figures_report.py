@@ -75,6 +75,35 @@ def test_unique_names_are_safe_folder_names():
     from evaluation.networks import Networks
     from evaluation.runner import unique_names
 
-    nets = [Networks(name="", variant=v, G=None, D=None, n_params=30) for v in ("rad", "rad", "../x y", "", "rad")]
+    nets = [Networks(name="", variant=v, G=None, D=None, n_params=30)
+            for v in ("rad", "rad", "../x y", "", "rad", "models", "copy-input", "reader")]
     unique_names(nets)
-    assert [n.name for n in nets] == ["rad", "rad-2", "x-y", "model", "rad-3"]
+    assert [n.name for n in nets] == ["rad", "rad-2", "x-y", "model", "rad-3", "models-2", "copy-input-2", "reader-2"]
+
+
+def test_report_baseline_rows_and_copy_marking(tmp_path):
+    """Baselines are rows of every table; a model not better than copy-input is marked."""
+    def entry(ied, acc, cos, kind="model"):
+        return {"metrics": {"ied": ied, "expr_recognition_acc": acc, "identity_cos": cos, "ied_vs_copy": None},
+                "reasons": {"ied_vs_copy": "no copy"}, "notes": {}, "variant": "v", "checkpoint": "c.pt", "step": 1,
+                "n_params": 30, "kind": kind}
+    results = {"rad": entry(0.02, 0.5, 0.9), "wgp": entry(0.04, 0.1, 0.8)}
+    base = {"copy-input": dict(entry(0.03, 0.14, 1.0, "baseline"), note="G = identity", regressor="rad"),
+            "oracle-3d": dict(entry(0.01, 0.9, 0.95, "baseline"), note="warp", regressor="rad")}
+    mj, page = report.write_report(tmp_path, results, {}, {}, baselines=base, reader={"summary": "none (x)"},
+                                   curves={"figure": None, "note": "unavailable: no log"})
+    import json
+
+    data = json.loads(mj.read_text())
+    assert list(data["baselines"]) == ["copy-input", "oracle-3d"] and data["baselines"]["copy-input"]["kind"] == "baseline"
+    assert data["baselines"]["copy-input"]["regressor"] == "rad" and data["reader"] == {}
+    html = page.read_text()
+    t1 = html[html.index("Table 1 —"):html.index("Table 4 —")]
+    assert "<td class='best'>0.02</td>" in t1                                   # best among the models only
+    assert "<td class='worse' title='not better than copy-input (0.03)'>0.04</td>" in t1
+    assert "<tr class='baseline'><td class='name'>oracle-3d</td><td class=''>0.01</td>" in t1
+    t2 = html[html.index("Table 2 —"):html.index("Identity and refit")]
+    assert "title='not better than copy-input (0.14)'>0.1</td>" in t2
+    ident = html[html.index("Identity and refit"):]
+    assert "worse" not in ident.split("</table>")[0]                            # copying wins identity trivially
+    assert "curves.png" not in html and "unavailable: no log" in html

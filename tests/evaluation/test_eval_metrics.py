@@ -134,3 +134,53 @@ def test_hog_matches_pixel_loop():
             ref.append(h / (np.linalg.norm(h) + 1e-6))
     assert got.shape == (1, 2 * 3 * 6)
     assert got[0] == pytest.approx(np.concatenate(ref))
+
+
+def test_vertex_errors_match_meshes():
+    """The vertex-space twin against meshes built by model.instance (slow, obviously right)."""
+    from evalfixtures import tiny_model
+
+    from evaluation import protocols
+
+    model = tiny_model()
+    # vertex_rel_errors assumes jointly orthonormal expression + speech columns (true of the demo
+    # model; the fixture draws the two bases independently)
+    q, _ = np.linalg.qr(np.concatenate([model.U_exp, model.U_speech], 1).astype(np.float64))
+    model.U_exp, model.U_speech = q[:, :30], q[:, 30:]
+    rng = np.random.default_rng(9)
+    ref, est = rng.uniform(-1, 1, (6, 40)), rng.uniform(-1, 1, (6, 40))
+    ref[2] = 0.0                                            # the neutral face draws no motion: left out
+    neutral = model.instance(p_exp=np.zeros(40))
+
+    def slow(a, b):
+        out = []
+        for i in range(len(a)):
+            motion = model.instance(p_exp=a[i]) - neutral
+            if np.linalg.norm(motion) < 1e-9:
+                continue
+            out.append(np.linalg.norm(model.instance(p_exp=b[i]) - model.instance(p_exp=a[i])) / np.linalg.norm(motion))
+        return np.mean(out)
+
+    assert metrics.mean_vertex_error(model, ref, est) == pytest.approx(slow(ref, est), rel=1e-5)
+    # a 30-column reference is compared on the expression columns only (speech ignored)
+    assert metrics.mean_vertex_error(model, ref[:, :30], est) == pytest.approx(
+        slow(ref[:, :30], est[:, :30]), rel=1e-5)
+    assert metrics.mean_vertex_error(None, ref, est) is None
+    assert metrics.mean_vertex_error(model, np.zeros((2, 30)), est[:2, :30]) is None
+    # the protocols' twins: Table 4 and the reader
+    ed = protocols.RealEdits(inputs=None, p_fit=ref[:, :30], p_trg=est[:, :30], outputs=np.zeros((6, 4, 4, 3)),
+                             d_fit=est[:, :30], d_out=ref[:, :30])
+    got = protocols.d_errors(ed, model)
+    assert got["d_rel_error_fit_vertex"] == pytest.approx(slow(ref[:, :30], est[:, :30]), rel=1e-5)
+    assert got["d_rel_error_trg_vertex"] == pytest.approx(slow(est[:, :30], ref[:, :30]), rel=1e-5)
+    assert got["d_rel_error_fit"] == pytest.approx(metrics.mean_relative_error(ref[:, :30], est[:, :30]))
+    assert protocols.d_errors(ed)["d_rel_error_trg_vertex"] is None
+
+    class Reader:
+        def predict(self, ims):
+            assert ims.dtype == np.uint8
+            return est[: len(ims), :30].astype(np.float32)
+
+    r = protocols.reader_errors(Reader(), np.zeros((6, 4, 4, 3)), ref[:, :30], model, "t1")
+    assert r["reader_vertex_error_t1"] == pytest.approx(slow(ref[:, :30], est[:, :30]), rel=1e-5)
+    assert r["reader_rel_error_t1"] == pytest.approx(metrics.mean_relative_error(ref[:, :30], est[:, :30]), rel=1e-6)
