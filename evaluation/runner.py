@@ -579,10 +579,12 @@ def _curves(nets: Sequence[Networks], out: Path, log) -> dict:
         runs[n.name] = recs
     notes = missing + ([f"{skipped} unreadable metrics.jsonl lines skipped"] if skipped else [])
     if not runs or not plot_curves(runs, out / "curves.png"):
+        (out / "curves.png").unlink(missing_ok=True)       # not a stale figure of an earlier run
         why = "; ".join(missing) if missing else "no curve keys (val_l1, d_exp, mask_mean) in metrics.jsonl"
         log(f"  training curves unavailable: {why}")
         return {"figure": None, "note": f"unavailable: {why}", "runs": sorted(runs)}
-    return {"figure": "curves.png", "note": "; ".join(["curves.png"] + notes), "runs": sorted(runs)}
+    note = f"from T/metrics.jsonl of {', '.join(runs)}"
+    return {"figure": "curves.png", "note": "; ".join([note] + notes), "runs": sorted(runs)}
 
 
 def metrics_keys():
