@@ -8,7 +8,12 @@ import pytest
 from evaluation.report import METRIC_KEYS
 from evaluation.runner import EvalOptions, evaluate
 
-pytest.importorskip("train.reader", reason="train/reader.py (the expression reader) is not in this checkout")
+try:
+    import train.reader  # noqa: F401
+    HAVE_READER = True
+except ImportError:                # the reader's module is not in this checkout: everything else runs
+    HAVE_READER = False
+needs_reader = pytest.mark.skipif(not HAVE_READER, reason="train/reader.py is not in this checkout")
 
 OPT = dict(pairs=6, grid_params=2, grid_step=0.5, test_images=4, test_fraction=0.3, identity="pixels",
            lrw_pairs=4, figure_photos=2)
@@ -20,11 +25,11 @@ def report(eval_run, checkpoints, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("eval")
     out = root / "E"
-    reader = save_tiny_reader(root / "reader.pt")
+    reader = save_tiny_reader(root / "reader.pt") if HAVE_READER else None
     # the first checkpoint comes with a training log (validation at steps 4 and 8; it is at step 7)
     rad = training_folder_with_log(root / "T", checkpoints["rad"], tail='{"step": 10, "d_ex')
     logs = []
-    res = evaluate([rad, checkpoints["speech"]], eval_run, out, EvalOptions(reader=str(reader), **OPT),
+    res = evaluate([rad, checkpoints["speech"]], eval_run, out, EvalOptions(reader=str(reader or "none"), **OPT),
                    log=logs.append)
     return out, res, logs, reader
 
@@ -49,8 +54,6 @@ def test_metrics_json(report):
         # random images: dlib finds no face in the edits -> null with a reason
         assert m["exp_rel_error_refit"] is None and "face" in m["reasons"]["exp_rel_error_refit"]
         assert m["expr_recognition_acc"] is not None and 0 <= m["expr_recognition_acc"] <= 1
-        for k in ("reader_rel_error_trg", "reader_vertex_error_trg", "reader_rel_error_t1", "reader_vertex_error_t1"):
-            assert m[k] is not None and m[k] >= 0, (name, k, m["reasons"])
     for name in ("rad", "rad-2"):
         m = data["models"][name]
         assert m["kind"] == "model"
@@ -65,13 +68,11 @@ def test_copy_input_row_is_the_unedited_input(report, eval_run, checkpoints):
     """copy-input's numbers against independent computations on the unedited test photos."""
     import torch
 
-    from evaluation import metrics
     from evaluation.data import load_real
     from evaluation.networks import load_checkpoint, regress
     from evaluation.protocols import target_permutation
-    from train.reader import load_reader
 
-    _, data, _, reader_path = report
+    _, data, _, _ = report
     copy = data["baselines"]["copy-input"]
     assert copy["kind"] == "baseline" and copy["regressor"] == "rad"
     # Table 1: exactly the do-nothing IED the models report, and the ratio's unit
@@ -92,11 +93,27 @@ def test_copy_input_row_is_the_unedited_input(report, eval_run, checkpoints):
     d = regress(load_checkpoint(checkpoints["rad"]), imgs)
     ref = np.mean([np.linalg.norm(p_trg[i] - d[i]) / np.linalg.norm(p_trg[i]) for i in range(len(idx))])
     assert copy["d_rel_error_trg"] == pytest.approx(ref, rel=1e-5)
+
+
+@needs_reader
+def test_reader_rows(report, eval_run):
+    """Every row has the reader's numbers; copy-input's against the reader on the unedited photos."""
+    from evaluation.data import load_real
+    from evaluation.protocols import target_permutation
+    from train.reader import load_reader
+
+    _, data, _, reader_path = report
+    for name, m in list(data["models"].items()) + list(data["baselines"].items()):
+        for k in ("reader_rel_error_trg", "reader_vertex_error_trg", "reader_rel_error_t1", "reader_vertex_error_t1"):
+            assert m[k] is not None and m[k] >= 0, (name, k, m["reasons"])
+    real = load_real(eval_run, OPT["test_fraction"], 0)
+    idx = np.nonzero(real.test)[0][: OPT["test_images"]]
+    imgs, p_fit = real.images[idx], real.p_exp[idx]
+    p_trg = p_fit[target_permutation(len(idx), 0)]
     r = load_reader(reader_path).predict(imgs)
     ref = np.mean([np.linalg.norm(p_trg[i] - r[i]) / np.linalg.norm(p_trg[i]) for i in range(len(idx))])
-    assert copy["reader_rel_error_trg"] == pytest.approx(ref, rel=1e-5)
+    assert data["baselines"]["copy-input"]["reader_rel_error_trg"] == pytest.approx(ref, rel=1e-5)
     assert data["reader"]["heldout_vertex_error"] == 0.2 and data["reader"]["path"] == str(reader_path)
-    assert metrics.mean_relative_error(p_trg, r) == pytest.approx(ref)
 
 
 def test_training_numbers_and_curves(report):
@@ -135,7 +152,7 @@ def test_index_html_is_self_contained(report):
 def test_rerun_is_idempotent(report, eval_run, checkpoints, tmp_path):
     """Same checkpoint + data -> the same numbers (alone, without figures, in another folder)."""
     _, res, _, reader = report
-    opt = EvalOptions(reader=str(reader), figures=False, **{k: v for k, v in OPT.items()})
+    opt = EvalOptions(reader=str(reader or "none"), figures=False, **OPT)
     again = evaluate([checkpoints["speech"]], eval_run, tmp_path, opt, log=lambda m: None)
     assert again["rad"] == res["rad-2"]
     # the baselines regress with the first checkpoint's D: the same rows up to that D's numbers
