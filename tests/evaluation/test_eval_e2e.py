@@ -186,7 +186,8 @@ def test_missing_stages_give_nulls_with_reasons(eval_run, checkpoints, tmp_path,
     for k in ("d_rel_error_trg_vertex", "reader_vertex_error_trg"):
         assert res[k] is None and "3DMM" in res["reasons"][k], res["reasons"]
     assert res["reader_rel_error_trg"] is None
-    assert res["reasons"]["reader_rel_error_trg"] == "no reader: run slidergan train-reader"
+    why = res["reasons"]["reader_rel_error_trg"]
+    assert why == "no reader: run slidergan train-reader" if HAVE_READER else why.startswith("no reader: train.reader")
     oracle = data["baselines"]["oracle-3d"]
     key = "ied" if keep == ("4dfab-params",) else "d_rel_error_trg"
     assert oracle[key] is None and "no 3DMM" in oracle["reasons"][key], oracle["reasons"]
