@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "project-4dfab": ("project_4dfab", "project 4DFAB meshes to expression parameters and render them (shard stage)"),
     "train": ("train", "train SliderGAN (variants rad, wgp, ganimation and ablations)"),
     "train-identity": ("train_identity", "train the identity embedder with an ArcFace loss on identity-labelled shards"),
+    "train-reader": ("train_reader", "train the independent expression reader (face crop -> parameters) on the run's warps"),
     "evaluate": ("evaluate", "evaluate checkpoints: IED, regression error, identity, figures, HTML report"),
     "bench": ("bench", "run the benchmarks and write bench.json"),
     "shards": ("shards", "inspect shard stages: 'shards verify DIR', 'shards info DIR'"),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import socket
+import sys
 from pathlib import Path
 
 from pipeline.config import ConfigError
@@ -15,6 +16,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="checkpoint file (T/checkpoints/latest.pt) or training folder T")
     p.add_argument("--model", default=None, metavar="model.h5",
                    help="3DMM used to fit photos (default: model.h5 of the checkpoint's run folder)")
+    p.add_argument("--reader", default="auto", metavar="F|auto|none",
+                   help="expression reader offered for transfer beside D (slidergan train-reader; default auto: "
+                        "RUN/reader/reader.pt of the checkpoint's run folder when there)")
     p.add_argument("--photos", default=None, metavar="DIR",
                    help="folder of photos to pick from (default: emotionet/ of the run folder, when there)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
@@ -37,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"checkpoint not found: {args.checkpoint}")
     if args.model and not Path(args.model).is_file():
         raise ConfigError(f"3DMM file not found: {args.model}")
+    if args.reader not in ("auto", "none") and not Path(args.reader).is_file():
+        raise ConfigError(f"reader file not found: {args.reader}")
     photos = Path(args.photos) if args.photos else None
     if photos is not None and not photos.is_dir():
         raise ConfigError(f"photo folder not found: {photos}")
@@ -48,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    editor = Editor.from_files(args.checkpoint, args.model)
+    editor = Editor.from_files(args.checkpoint, args.model, reader=args.reader)
+    if editor.reader_note:
+        print(f"note: {editor.reader_note}", file=sys.stderr, flush=True)
     if photos is None:
         mfile = Path(args.model) if args.model else find_model_file(args.checkpoint)
         cand = mfile.parent / "emotionet" if mfile else None
@@ -64,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"slidergan serve: editor at http://{shown}:{port}/  (checkpoint {args.checkpoint}, "
-          f"{editor.n_params} parameters; photos: {photos or 'upload only'}; Ctrl-C stops)", flush=True)
+          f"{editor.n_params} parameters; transfer: {' | '.join(editor.regressors + ['fit'])}; "
+          f"photos: {photos or 'upload only'}; Ctrl-C stops)", flush=True)
     config = uvicorn.Config(app, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     server.run(sockets=[sock])

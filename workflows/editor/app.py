@@ -5,6 +5,7 @@ Routes (all JSON unless stated)::
     GET  /                      the page (workflows/web/index.html; static files under /static)
     GET  /api/info              parameter names, the seven expressions, photos to pick, limits
     POST /api/photo             multipart: sid, slot=main|transfer, file=<upload> | name=<photo>
+                                (transfer: p_fit, p_regressed (D's head), p_reader (the reader))
     POST /api/edit              {"sid", "seq", "p": [E]} -> edited crop + 3D render
     GET  /api/state?sid=        what the server holds for a session (last parameters, photo)
     GET  /api/download?sid=&kind=crop|full    PNG of the last edit (crop, or pasted back)
@@ -127,7 +128,8 @@ def create_app(editor: Editor, photos: str | Path | None = None, *, max_bytes: i
         return {"exp_names": editor.exp_names, "n_params": editor.n_params, "expressions": prototypes,
                 "photos": list_photos(photo_dir), "image_size": editor.image_size,
                 "render_size": editor.render_size, "max_bytes": max_bytes, "max_pixels": max_pixels,
-                "variant": editor.variant, "step": editor.step, "has_regressor": editor.D is not None}
+                "variant": editor.variant, "step": editor.step, "has_regressor": editor.D is not None,
+                "has_reader": editor.reader is not None, "regressors": editor.regressors}
 
     def _face_from_request(name: str | None, upload) -> Face:
         if upload is not None and getattr(upload, "filename", None) is not None:
@@ -185,11 +187,13 @@ def create_app(editor: Editor, photos: str | Path | None = None, *, max_bytes: i
                   "photo_size": [int(face.image.shape[1]), int(face.image.shape[0])],
                   "fit_ms": round(face.timings.get("fit_ms", 0.0), 1)}
         if slot == "transfer":
-            p_d = editor.regress(face).tolist() if editor.D is not None else None
+            p_d = editor.regress(face, "D").tolist() if editor.D is not None else None
+            p_r = editor.regress(face, "reader").tolist() if editor.reader is not None else None
             with session.lock:
                 session.transfer = face
             return {**common, "slot": "transfer",
-                    "p_regressed": None if p_d is None else [round(float(x), 4) for x in p_d]}
+                    "p_regressed": None if p_d is None else [round(float(x), 4) for x in p_d],
+                    "p_reader": None if p_r is None else [round(float(x), 4) for x in p_r]}
         p = face.p_exp.copy()
         edited = editor.edit(face, p)
         render = editor.render_face(face, p)

@@ -109,6 +109,48 @@ def find_model_file(checkpoint_path) -> Path | None:
     return None
 
 
+def find_reader_file(checkpoint_path, model_path=None) -> Path | None:
+    """``RUN/reader/reader.pt`` of the checkpoint's run folder (searched in the checkpoint's
+    parent folders, as :func:`find_model_file`), else beside the 3DMM (``model.h5``'s folder)."""
+    p = Path(checkpoint_path).resolve()
+    for parent in list(p.parents)[:5]:
+        cand = parent / "reader" / "reader.pt"
+        if cand.is_file():
+            return cand
+    if model_path is not None:
+        cand = Path(model_path).resolve().parent / "reader" / "reader.pt"
+        if cand.is_file():
+            return cand
+    return None
+
+
+def resolve_reader(reader, checkpoint_path, model_path, morphable_model, device: str = "cpu"):
+    """(Reader or None, note).  ``reader``: "auto" | "none" | None | a path.  A reader made for
+    another 3DMM (``meta["model_hash"]``) reads other blendshapes: an explicit one is refused
+    (ConfigError), an auto-discovered one is skipped with a note."""
+    from train.reader import load_reader
+
+    if reader is None or str(reader) == "none":
+        return None, ""
+    auto = str(reader) == "auto"
+    path = find_reader_file(checkpoint_path, model_path) if auto else Path(reader)
+    if path is None:
+        return None, ""
+    try:
+        rd = load_reader(path, device)
+    except ConfigError as e:
+        if not auto:
+            raise
+        return None, f"reader {path} not used: {str(e).splitlines()[0]}"
+    want, got = getattr(morphable_model, "hash", None), rd.meta.get("model_hash")
+    if want and got and want != got:
+        msg = f"reader {path} was trained for another 3DMM (model hash {got}, this model {want})"
+        if not auto:
+            raise ConfigError(msg)
+        return None, msg + "; not used"
+    return rd, ""
+
+
 def _n_params_from(ckpt: dict, G) -> int:
     mc = ckpt["model_config"]
     for k in ("n_params", "n_exp", "p_dim", "c_dim", "E"):
@@ -188,8 +230,11 @@ class Editor:
     """
 
     def __init__(self, G, D, morphable_model, n_params: int, *, image_size: int = 128, device: str = "cpu",
-                 variant: str = "", step: int | None = None, render_size: int = 160, calibration=None):
+                 variant: str = "", step: int | None = None, render_size: int = 160, calibration=None,
+                 reader=None, reader_note: str = ""):
         self.G, self.D, self.model = G, D, morphable_model
+        self.reader = reader                    # train.reader.Reader (independent regressor) or None
+        self.reader_note = reader_note          # why an auto-discovered reader is not used ("" = none found)
         self.calibration = calibration          # fitting.landmarks.LandmarkCalibration for detections, or None
         self.n_params = int(n_params)
         self.image_size = int(image_size)
@@ -206,7 +251,10 @@ class Editor:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_files(cls, checkpoint, model_path=None, device: str = "cpu") -> "Editor":
+    def from_files(cls, checkpoint, model_path=None, device: str = "cpu", reader="auto") -> "Editor":
+        """Editor from a checkpoint and a 3DMM.  ``reader``: "auto" (``RUN/reader/reader.pt``
+        of the checkpoint's run folder when there and made for this 3DMM), "none"/None, or a
+        reader file (errors are one line)."""
         from fitting.model import ModelError, MorphableModel
 
         ckpt = load_checkpoint(checkpoint, device)
@@ -224,8 +272,9 @@ class Editor:
         if n > mm.n_exp + mm.n_speech:
             raise ConfigError(f"checkpoint expects {n} expression parameters; {mpath} has {mm.n_exp + mm.n_speech}")
         size = int(ckpt["model_config"].get("image_size", 128))
+        rd, note = resolve_reader(reader, ckpt["_path"], mpath, mm, device)
         return cls(G, D, mm, n, image_size=size, device=device, variant=str(ckpt.get("variant", "")),
-                   step=ckpt.get("step"), calibration=fitbridge.load_calibration(mpath))
+                   step=ckpt.get("step"), calibration=fitbridge.load_calibration(mpath), reader=rd, reader_note=note)
 
     # ------------------------------------------------------------------ parameters
     def check_params(self, p) -> np.ndarray:
@@ -311,9 +360,27 @@ class Editor:
         img = (out[0].float().clamp(-1, 1) + 1.0) * 0.5
         return to_uint8(img.permute(1, 2, 0))
 
+    @property
+    def regressors(self) -> list[str]:
+        """The parameter regressors available for transfer: "D" (the critic's head), "reader"."""
+        return (["D"] if self.D is not None else []) + (["reader"] if self.reader is not None else [])
+
     @torch.inference_mode()
-    def regress(self, face: Face) -> np.ndarray:
-        """D's regression of the expression parameters of the aligned crop, float32 [E]."""
+    def regress(self, face: Face, regressor: str = "D") -> np.ndarray:
+        """The expression parameters of the aligned crop, float32 [E], read by D's regression
+        head (``"D"``) or by the independent reader (``"reader"``; its width is cut or
+        zero-padded to E: a 40-wide reader's last 10 are the speech parameters)."""
+        if regressor == "reader":
+            if self.reader is None:
+                raise ConfigError("no expression reader loaded (serve/edit --reader F; slidergan train-reader)")
+            with self._lock:
+                q = self.reader.predict(np.asarray(face.crop, np.uint8))[0]
+            out = np.zeros(self.n_params, np.float32)
+            w = min(len(q), self.n_params)
+            out[:w] = q[:w]
+            return out
+        if regressor != "D":
+            raise ConfigError(f"unknown regressor {regressor!r} (D or reader)")
         if self.D is None:
             raise ConfigError("this checkpoint has no discriminator weights to regress parameters with")
         with self._lock:
@@ -401,4 +468,4 @@ def _number(v, what: str) -> float:
 
 
 __all__ = ["Editor", "Face", "ImageInputError", "load_checkpoint", "build_from_checkpoint", "find_model_file",
-           "CHECKPOINT_FORMAT"]
+           "find_reader_file", "resolve_reader", "CHECKPOINT_FORMAT"]

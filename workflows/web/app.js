@@ -196,7 +196,9 @@
         t.src = r.crop;
         t.hidden = false;
         $("transfer-apply").disabled = false;
-        if (r.p_regressed == null) document.querySelector("input[value=fit]").checked = true;
+        const checked = document.querySelector("input[name=transfer-source]:checked").value;
+        if ((checked === "regressed" && r.p_regressed == null) || (checked === "reader" && r.p_reader == null))
+          document.querySelector("input[value=fit]").checked = true;
       }
     } catch (e) {
       if (e.name !== "AbortError") showMessage(e.message);
@@ -208,7 +210,8 @@
   function applyTransfer() {
     if (!S.transfer) return;
     const src = document.querySelector("input[name=transfer-source]:checked").value;
-    const p = src === "regressed" && S.transfer.p_regressed ? S.transfer.p_regressed : S.transfer.p_fit;
+    const p = src === "regressed" && S.transfer.p_regressed ? S.transfer.p_regressed
+      : src === "reader" && S.transfer.p_reader ? S.transfer.p_reader : S.transfer.p_fit;
     setParams(p);
   }
 
@@ -234,6 +237,11 @@
     $("model-info").textContent = `${info.variant || "checkpoint"}` + (info.step != null ? ` step ${info.step}` : "") +
       ` - ${info.n_params} parameters, ${info.image_size}x${info.image_size}`;
     buildSliders();
+    // regressor for transfer: D's head | the independent reader (default when the server has one) | the 3D fit
+    if (info.has_reader) {
+      $("reader-choice").hidden = false;
+      document.querySelector("input[value=reader]").checked = true;
+    }
     const eb = $("expression-buttons");
     for (const [name, p] of Object.entries(info.expressions)) {
       const b = document.createElement("button");
