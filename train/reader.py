@@ -58,7 +58,7 @@ from pipeline.split import held_out_identity, holdout_rows
 from train.data import ResumableBatchSampler, open_stage, params_to_width, uint8_to_float
 
 FORMAT = "slidergan-reader/1"
-CODE_VERSION = "1"          # bump when training changes what a file holds (part of the re-run key)
+CODE_VERSION = "2"          # bump when training changes what a file holds (part of the re-run key)
 DEFAULT_NAME = Path("reader") / "reader.pt"
 # reader.* keys that do not change the trained weights (left out of the re-run key)
 _NOT_KEYED = ("device", "threads", "log_every")
@@ -427,6 +427,7 @@ def train_reader(run: str | Path, out_path: str | Path | None, cfg: Config, echo
         torch.set_num_threads(n_threads)
     net, meta_fit = meta
     m = meta_fit
+    photo = _heldout_photo_figures(net, conf, fits, warps, held, E, speech, model)
     meta = {"key": key, "format": FORMAT, "run": str(run.resolve()), "model_hash": mhash,
             "n_params": E, "image_size": S, "speech": speech, "n_train": int(len(y_train)),
             "n_train_warps": int(len(train_rows)), "n_train_photos": int(n_fit_rows),
@@ -435,6 +436,8 @@ def train_reader(run: str | Path, out_path: str | Path | None, cfg: Config, echo
             "exp_names": [] if model is None else list(model.exp_names) + list(getattr(model, "speech_names", []) or []),
             "heldout_rel_error": m["rel_error"], "heldout_vertex_error": m["vertex_error"],
             "heldout_zero_vertex_error": m["zero_vertex_error"], "heldout_r2": m["r2"],
+            "heldout_photo_rel_error_vs_fit": photo.get("rel_error"),
+            "heldout_photo_vertex_error_vs_fit": photo.get("vertex_error"), "n_heldout_fit_photos": photo.get("n", 0),
             "train_rel_error": m["train_rel_error"], "train_seconds": m["seconds"], "load_seconds": round(load_s, 3),
             "loss_final": m["loss_final"], "device": str(device), "settings": {k: r[k] for k in sorted(r)},
             "n_weights": int(sum(q.numel() for q in net.parameters())), "fits_stage": None if fits is None else str(fits.dir),
@@ -442,6 +445,24 @@ def train_reader(run: str | Path, out_path: str | Path | None, cfg: Config, echo
     meta["exp_names"] = meta["exp_names"][:E]
     save_reader(out, net, conf, meta)
     return dict(meta, skipped=False, path=str(out))
+
+
+def _heldout_photo_figures(net, conf, fits, warps, held, E, speech, model) -> dict:
+    """The reader on the held-out *photos* (fits rows of the held-out groups) against their
+    fitted parameters — an estimate, not the truth, but the domain G's edits live in.
+    {} when there are no fits."""
+    if fits is None or "group" not in fits.datasets or not held.any():
+        return {}
+    groups = np.unique(warps.read("group").astype(np.int64)[held])
+    rows = np.nonzero(np.isin(fits.read("group").astype(np.int64), groups))[0]
+    if len(rows) == 0:
+        return {}
+    p_fit = params_to_width(fits.read("p_exp"), E, str(fits.dir), speech)[rows]
+    x = load_images(fits, rows, conf["image_size"], dtype=torch.float32)
+    with torch.no_grad():
+        q = torch.cat([net(x[a:a + 256]) for a in range(0, len(x), 256)]).numpy()
+    out = reader_metrics(p_fit, q, model)
+    return {"rel_error": out["rel_error"], "vertex_error": out["vertex_error"], "n": int(len(rows))}
 
 
 def save_reader(path: str | Path, net, config: dict, meta: dict) -> Path:
@@ -540,7 +561,9 @@ def summary_line(meta: dict) -> str:
     ve = meta.get("heldout_vertex_error")
     return (f"held-out rel error {meta['heldout_rel_error']:.3f}"
             + (f", vertex error {ve:.3f} (zeros {meta.get('heldout_zero_vertex_error', 1.0):.2f})" if ve is not None else "")
-            + (f", R^2 {', '.join(parts)}" if parts else "") + f" on {meta['n_heldout']} warps")
+            + (f", R^2 {', '.join(parts)}" if parts else "") + f" on {meta['n_heldout']} warps"
+            + (f"; held-out photos vs their fit: vertex error {pv:.3f}"
+               if (pv := meta.get("heldout_photo_vertex_error_vs_fit")) is not None else ""))
 
 
 __all__ = ["FORMAT", "Reader", "default_reader_path", "heldout_warps", "load_reader", "load_reader_file",
