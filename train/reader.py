@@ -381,8 +381,7 @@ def train_reader(run: str | Path, out_path: str | Path | None, cfg: Config, echo
     old = _existing_meta(out, key)
     if old is not None:
         echo(f"reader {out} is up to date (key {key}); nothing to do")
-        old["skipped"] = True
-        return old
+        return dict(old, skipped=True, path=str(out))
 
     warp_p = params_to_width(warps.read("p_exp"), E, str(warps.dir), speech)
     held, split_kind, held_photos = heldout_warps(fits, warps, frac, seed)
@@ -422,12 +421,10 @@ def train_reader(run: str | Path, out_path: str | Path | None, cfg: Config, echo
         echo(f"reader: {len(train_rows)} training warps" + (f" + {n_fit_rows} photos" if n_fit_rows else "")
              + f", {len(held_rows)} held-out warps ({held_photos} held-out photos, split by {split_kind}), "
              f"{S}x{S}, E={E}, {n_steps} steps on {device} (images read in {load_s:.1f} s)")
-        meta = _fit(conf, r, x_train, y_train, x_held, y_held, model, E, n_steps, seed, device, echo, progress)
+        net, m = _fit(conf, r, x_train, y_train, x_held, y_held, model, E, n_steps, seed, device, echo, progress)
+        photo = _heldout_photo_figures(net, conf, fits, warps, held, E, speech, model)
     finally:
         torch.set_num_threads(n_threads)
-    net, meta_fit = meta
-    m = meta_fit
-    photo = _heldout_photo_figures(net, conf, fits, warps, held, E, speech, model)
     meta = {"key": key, "format": FORMAT, "run": str(run.resolve()), "model_hash": mhash,
             "n_params": E, "image_size": S, "speech": speech, "n_train": int(len(y_train)),
             "n_train_warps": int(len(train_rows)), "n_train_photos": int(n_fit_rows),
