@@ -15,6 +15,7 @@ Tensor shapes: x [B,3,S,S] in [-1,1]; p, p_trg [B,E]; masks [B,1,S,S]; critic pa
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -180,17 +181,22 @@ class Trainer:
         groups = fits.read("group").astype(np.int64)[test] if "group" in fits.datasets else None
         return np.nonzero(~test)[0], groups
 
-    def _val_rows(self, held: np.ndarray) -> np.ndarray:
-        """Rows (of the validation source) of the fixed validation pairs: up to ``train.val_pairs``
-        held-out warps (the warps of the photos evaluation holds out), or training warps when
-        nothing is held out (then the curve measures fitting, not generalisation)."""
-        n = int(held.sum()) if held.any() else len(held) - int(held.sum())
-        k = min(n, int(self.t["val_pairs"]))
-        return np.sort(np.random.default_rng([self.seed, 17]).permutation(n)[:k])
+    def _val_pairs(self, paired: PairedDataset, held: np.ndarray) -> RowSubset:
+        """The fixed validation pairs: up to ``train.val_pairs`` held-out warps (the warps of the
+        photos evaluation holds out), or training warps when nothing is held out (then the curve
+        measures fitting, not generalisation). Read from a copy of the paired dataset fixed at
+        epoch 0, so validating never changes the sources of the training epoch in progress."""
+        rows = np.nonzero(held)[0] if held.any() else np.arange(len(held))
+        k = min(len(rows), int(self.t["val_pairs"]))
+        fixed = copy.copy(paired)
+        fixed.set_epoch(0)
+        self._say(f"validation: {k} {'held-out' if held.any() else 'training'} warp pairs "
+                  f"every {self.t['eval_every']} steps")
+        return RowSubset(fixed, np.sort(rows[np.random.default_rng([self.seed, 17]).permutation(len(rows))[:k]]))
 
     def build_data(self) -> None:
         t, S = self.t, int(self.t["image_size"])
-        self.val_rows, self.val_source, self.val_kind = np.zeros(0, np.int64), None, ""
+        self.val_set, self._val_batches = None, None
         if int(t["val_pairs"]) < 0 or int(t["eval_every"]) < 0:
             raise ConfigError("train.val_pairs and train.eval_every must be >= 0")
         fits = open_stage(self.data, "fits", required=True)
@@ -205,18 +211,17 @@ class Trainer:
                 self._say(f"note: {self.data / 'warps'} has no shard stage; skipping the paired phase")
             else:
                 warp_p = params_to_width(warps.read("p_exp"), self.E, str(warps.dir), bool(t["speech"]))
-                ds = PairedDataset(fits, fit_p, warps, warp_p, S, seed=self.seed)
+                ds = full = PairedDataset(fits, fit_p, warps, warp_p, S, seed=self.seed)
                 if ds.n_lonely:
                     self._say(f"note: {ds.n_lonely} warps have no other image of their face; "
                               "they are paired with themselves")
                 held = np.zeros(len(warps), bool)
                 if held_groups is not None:   # warps of held-out photos share their group
                     held = np.isin(warps.read("group").astype(np.int64), held_groups)
-                    ds = RowSubset(ds, np.nonzero(~held)[0])
+                    ds = RowSubset(full, np.nonzero(~held)[0])
                 phases.append(Phase("paired", int(t["epochs_paired"]), ds, 0))
-                self.val_rows, self.val_kind = self._val_rows(held), ("held-out" if held.any() else "training")
-                self.val_source = ds if not held.any() else RowSubset(ds.ds if isinstance(ds, RowSubset) else ds,
-                                                                       np.nonzero(held)[0])
+                if int(t["eval_every"]) > 0:
+                    self.val_set = self._val_pairs(full, held)
         if t["epochs_unpaired"] > 0:
             real = UnpairedDataset(fits, fit_p, S)
             phases.append(Phase("unpaired", int(t["epochs_unpaired"]),
@@ -303,35 +308,37 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict:
-        """Fixed validation pairs (:meth:`_val_rows`) -> ``val_l1`` (G(src, p_trg) vs the target
+        """Fixed validation pairs (:meth:`_val_pairs`, read once) -> ``val_l1`` (G(src, p_trg) vs the target
         warp, mean |.| in [-1,1] units like ``g_gen``), ``val_l1_copy`` (the unedited source),
         ``val_l1_wrong`` (G given another pair's target), ``val_d_exp`` (D's regression MSE on the
         target warps), ``val_d_r2_k`` (its R^2 on components 0-2), ``val_mask``. Empty without pairs."""
-        if self.val_source is None or len(self.val_rows) < 2:
+        if self.val_set is None or len(self.val_set) < 2:
             return {}
-        self.val_source.set_epoch(0)
-        items = [self.val_source[int(r)] for r in self.val_rows]
-        bs = max(2, self.batch_size)
+        if self._val_batches is None:
+            items = [self.val_set[j] for j in range(len(self.val_set))]
+            src, trg = (torch.stack([c[k] for c in items]) for k in ("image", "target"))
+            p_all = torch.stack([c["p_trg"] for c in items])
+            wrong_all = torch.roll(p_all, len(items) // 2, 0)     # the target of the pair half the set away
+            bs = max(2, self.batch_size)
+            self._val_batches = [(src[i:i + bs], trg[i:i + bs], p_all[i:i + bs], wrong_all[i:i + bs])
+                                 for i in range(0, len(items), bs)]
         sums = {"val_l1": 0.0, "val_l1_copy": 0.0, "val_l1_wrong": 0.0, "val_mask": 0.0}
         preds, trues = [], []
-        for i in range(0, len(items), bs):
-            chunk = items[i:i + bs]
-            x = self.images(torch.stack([c["image"] for c in chunk]))
-            y = self.images(torch.stack([c["target"] for c in chunk]))
-            p_trg = torch.stack([c["p_trg"] for c in chunk]).to(self.device)
-            wrong = torch.stack([c["p_trg"] for c in self.val_items_shift(items, i, len(chunk))]).to(self.device)
+        for src, trg, p_trg, wrong in self._val_batches:
+            x, y = self.images(src), self.images(trg)
+            p_trg, wrong = p_trg.to(self.device), wrong.to(self.device)
             with self._autocast():
                 out, _, mask = self.G(x, p_trg)
                 out_w = self.G(x, wrong)[0]
                 r = self.D(y)[1]
-            n = len(chunk)
+            n = len(x)
             sums["val_l1"] += float((out.float() - y).abs().mean()) * n
             sums["val_l1_copy"] += float((x - y).abs().mean()) * n
             sums["val_l1_wrong"] += float((out_w.float() - y).abs().mean()) * n
             sums["val_mask"] += float(mask.float().mean()) * n
             preds.append(r.float().cpu())
             trues.append(p_trg.float().cpu())
-        out = {k: v / len(items) for k, v in sums.items()}
+        out = {k: v / len(self.val_set) for k, v in sums.items()}
         P, T = torch.cat(preds), torch.cat(trues)
         out["val_d_exp"] = float(((P - T) ** 2).mean())
         sst = ((T - T.mean(0, keepdim=True)) ** 2).sum(0).clamp_min(1e-12)
@@ -339,12 +346,6 @@ class Trainer:
         for k in range(min(3, r2.numel())):
             out[f"val_d_r2_{k}"] = float(r2[k])
         return out
-
-    @staticmethod
-    def val_items_shift(items: list, start: int, n: int) -> list:
-        """The wrong targets of items[start:start+n]: the target of the pair half the set away."""
-        half = max(1, len(items) // 2)
-        return [items[(start + j + half) % len(items)] for j in range(n)]
 
     # -- one step -------------------------------------------------------------------------
     def images(self, u8: torch.Tensor) -> torch.Tensor:
