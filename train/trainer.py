@@ -118,7 +118,8 @@ class Trainer:
         self.cfg = cfg
         t = cfg.section("train")
         self.t = t
-        self.seed = int(cfg.get("seed", 0))
+        self.split_seed = int(cfg.get("seed", 0))     # the evaluation's held-out split and the val pairs
+        self.seed = self.split_seed if t.get("seed") is None else int(t["seed"])   # init, data order, targets
         self.variant: Variant = get_variant(variant or t["variant"])
         self.max_steps = int(steps if steps is not None else t["max_steps"])
         if self.max_steps < 0:
@@ -173,7 +174,7 @@ class Trainer:
             return None, None
         frac = float(self.cfg.section("evaluate").get("test_fraction", 0.17)) if "evaluate" in self.cfg else 0.17
         keys = np.asarray(fits.keys(), object) if "key" in fits.datasets else None
-        test = holdout_rows(fits.read("identity").astype(np.int64), keys, frac, self.seed)
+        test = holdout_rows(fits.read("identity").astype(np.int64), keys, frac, self.split_seed)
         if not test.any() or test.all():
             return None, None
         self._say(f"holding out {int(test.sum())} of {len(test)} photos for evaluation "
@@ -192,7 +193,7 @@ class Trainer:
         fixed.set_epoch(0)
         self._say(f"validation: {k} {'held-out' if held.any() else 'training'} warp pairs "
                   f"every {self.t['eval_every']} steps")
-        return RowSubset(fixed, np.sort(rows[np.random.default_rng([self.seed, 17]).permutation(len(rows))[:k]]))
+        return RowSubset(fixed, np.sort(rows[np.random.default_rng([self.split_seed, 17]).permutation(len(rows))[:k]]))
 
     def build_data(self) -> None:
         t, S = self.t, int(self.t["image_size"])

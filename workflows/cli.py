@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train SliderGAN (variants rad, wgp, ganimation and ablations)"),
     "train-identity": ("train_identity", "train the identity embedder with an ArcFace loss on identity-labelled shards"),
     "train-reader": ("train_reader", "train the independent expression reader (face crop -> parameters) on the run's warps"),
+    "compare": ("compare", "train variants over several seeds and compare them on held-out data (mean, spread)"),
     "evaluate": ("evaluate", "evaluate checkpoints: IED, regression error, identity, figures, HTML report"),
     "bench": ("bench", "run the benchmarks and write bench.json"),
     "shards": ("shards", "inspect shard stages: 'shards verify DIR', 'shards info DIR'"),

@@ -11,12 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from workflows.common import add_config_options, config_from_args
+from workflows.jobs import run_parallel, run_step
 
 HELP = "run every stage on the offline demo world and write the HTML report"
 
@@ -29,54 +28,6 @@ def add_arguments(p):
                    help="variants to train and compare (default rad,ganimation)")
     p.add_argument("--steps", type=int, default=None, metavar="N", help="cap training steps per variant")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def _step(name: str, argv: list[str]) -> None:
-    t0 = time.perf_counter()
-    print(f"\n==> {name}: slidergan {' '.join(argv)}", flush=True)
-    rc = subprocess.run([sys.executable, "-m", "workflows", *argv]).returncode
-    if rc != 0:
-        raise RuntimeError(f"step '{name}' failed (exit {rc}); re-run 'slidergan {argv[0]}' to see why")
-    print(f"==> {name}: done in {time.perf_counter() - t0:.1f}s", flush=True)
-
-
-def _parallel(jobs: dict[str, tuple[list[str], Path]], every: float = 30.0) -> None:
-    """Run ``slidergan`` jobs side by side (one torch thread each: on 2 cores two training runs
-    make twice the G updates per second of wall time that one run with two threads makes), each
-    logging to its file; print every job's latest progress line every ``every`` seconds."""
-    t0 = time.perf_counter()
-    procs = {}
-    for name, (argv, logf) in jobs.items():
-        logf.parent.mkdir(parents=True, exist_ok=True)
-        print(f"\n==> {name}: slidergan {' '.join(argv)}  (log: {logf})", flush=True)
-        fh = open(logf, "w", encoding="utf-8")
-        procs[name] = (subprocess.Popen([sys.executable, "-m", "workflows", *argv], stdout=fh,
-                                        stderr=subprocess.STDOUT), fh, logf)
-    last = time.perf_counter()
-    while any(p.poll() is None for p, _, _ in procs.values()):
-        time.sleep(1.0)
-        if time.perf_counter() - last >= every:
-            last = time.perf_counter()
-            print(f"  [{time.perf_counter() - t0:.0f}s] " + " | ".join(
-                f"{n}: {_last_line(f)}" for n, (p, _, f) in procs.items() if p.poll() is None), flush=True)
-    failed = []
-    for name, (p, fh, logf) in procs.items():
-        fh.close()
-        if p.returncode != 0:
-            failed.append(f"{name} (exit {p.returncode}, log {logf})")
-        else:
-            print(f"==> {name}: {_last_line(logf)}", flush=True)
-    if failed:
-        raise RuntimeError("failed: " + "; ".join(failed))
-    print(f"==> training jobs done in {time.perf_counter() - t0:.1f}s", flush=True)
-
-
-def _last_line(path: Path) -> str:
-    try:
-        lines = [ln for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return "(no output yet)"
-    return lines[-1][:120] if lines else "(no output yet)"
 
 
 def _digest(paths: list[Path], extra: str) -> str:
@@ -107,12 +58,12 @@ def run(args) -> int:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     t0 = time.perf_counter()
     model = str(R / "model.h5")
-    _step("make-demo", ["make-demo", "--out", str(R), *common])
-    _step("fit-emotionet", ["fit-emotionet", "--images", str(R / "emotionet"), "--model", model,
+    run_step("make-demo", ["make-demo", "--out", str(R), *common])
+    run_step("fit-emotionet", ["fit-emotionet", "--images", str(R / "emotionet"), "--model", model,
                             "--out", str(R / "fits"), *stage])
-    _step("render-warps", ["render-warps", "--fits", str(R / "fits"), "--model", model,
+    run_step("render-warps", ["render-warps", "--fits", str(R / "fits"), "--model", model,
                            "--out", str(R / "warps"), *stage])
-    _step("project-4dfab", ["project-4dfab", "--meshes", str(R / "4dfab"), "--model", model,
+    run_step("project-4dfab", ["project-4dfab", "--meshes", str(R / "4dfab"), "--model", model,
                             "--out", str(R / "4dfab-params"), *stage])
     ckpts, jobs = [], {}
     for v in variants:
@@ -124,7 +75,7 @@ def run(args) -> int:
     import importlib.util
     if importlib.util.find_spec("workflows.commands.train_reader") is not None:
         jobs["train-reader"] = (["train-reader", "--data", str(R), *common], R / "reader.log")
-    _parallel(jobs)
+    run_parallel(jobs)
     E = R / "eval"
     stamp = E / ".inputs"
     digest = _digest(ckpts, json.dumps(cfg.to_dict(), sort_keys=True))
@@ -134,7 +85,7 @@ def run(args) -> int:
         argv = ["evaluate", "--checkpoint", str(ckpts[0]), "--data", str(R), "--out", str(E), *common]
         if len(ckpts) > 1:
             argv += ["--compare", *map(str, ckpts[1:])]
-        _step("evaluate", argv)
+        run_step("evaluate", argv)
         tmp = stamp.with_name(".inputs.tmp")
         tmp.write_text(digest)
         os.replace(tmp, stamp)
