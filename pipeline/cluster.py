@@ -6,6 +6,11 @@ one thread each (profile ``config/cluster/local.yaml``).  ``--cluster slurm``: a
 ``--cluster FILE.yaml`` whose ``kind`` is ``slurm``/``local``), scaled to N workers.
 ``--cluster tcp://HOST:PORT``: connect to a running scheduler (its workers must see the
 stage folder on a shared disk).
+
+SLURM jobs can sit in the queue: when no worker has connected ``start_timeout`` seconds
+after the jobs were submitted (``cluster.job_start_timeout``; default
+:data:`JOB_START_TIMEOUT`, 0 = wait for ever), :class:`WorkerTimeout` is raised with a
+one-line message (the stage exits 1, its jobs are cancelled when the cluster closes).
 """
 from __future__ import annotations
 
@@ -25,6 +30,24 @@ SLURM_KEYS = {"queue", "account", "cores", "memory", "processes", "walltime", "j
               "interface", "python", "worker_extra_args", "job_name", "death_timeout", "shebang",
               "scheduler_options", "job_cpu", "job_mem", "nanny"}
 LOCAL_KEYS = {"threads_per_worker", "memory_limit", "processes", "dashboard_address"}
+JOB_START_TIMEOUT = 600.0         # = cluster.job_start_timeout in config/demo.yaml (tested)
+
+
+class WorkerTimeout(RuntimeError):
+    """No Dask worker arrived in time (a SLURM job still queued, or failing to start)."""
+
+
+def wait_for_first_worker(client: Any, timeout: float | None, what: str = "--cluster slurm") -> None:
+    """Return once ``client`` has a worker; raise :class:`WorkerTimeout` after ``timeout``
+    seconds (None: :data:`JOB_START_TIMEOUT`; 0 or less: wait for ever)."""
+    t = JOB_START_TIMEOUT if timeout is None else float(timeout)
+    if t <= 0:
+        return
+    try:
+        client.wait_for_workers(1, timeout=t)
+    except TimeoutError:
+        raise WorkerTimeout(f"{what}: no worker started within {t:g} s (cluster.job_start_timeout); "
+                            "the jobs may still be queued (see squeue) or failing (see their logs)") from None
 
 
 def profile_path(cluster: str) -> Path:
@@ -107,12 +130,14 @@ def _local_cluster(profile: dict, workers: int):
 
 @contextlib.contextmanager
 def open_client(cluster: Any = "local", workers: int | None = None,
-                log: Callable[[str], None] = lambda s: None, max_workers: int | None = None) -> Iterator[Any]:
+                log: Callable[[str], None] = lambda s: None, max_workers: int | None = None,
+                start_timeout: float | None = None) -> Iterator[Any]:
     """Yield a ``distributed.Client`` for ``cluster`` (see module doc); closes what it opened.
 
     workers: Dask workers to start (default: CPU count for local, the profile's ``workers``
     for SLURM), at most ``max_workers`` (the number of tasks).  ``cluster`` may also be an
-    existing ``distributed.Client`` (used as is)."""
+    existing ``distributed.Client`` (used as is).  start_timeout: seconds to wait for the
+    first SLURM worker (see :func:`wait_for_first_worker`)."""
     cap = (lambda n: max(1, min(n, max_workers))) if max_workers else (lambda n: max(1, n))
     from distributed import Client
 
@@ -151,4 +176,5 @@ def open_client(cluster: Any = "local", workers: int | None = None,
         with Client(sc) as client:
             log(f"dashboard: {client.dashboard_link}  (SLURM: {n} workers requested; "
                 "chunks start as jobs leave the queue)")
+            wait_for_first_worker(client, start_timeout)
             yield client

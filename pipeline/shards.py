@@ -194,6 +194,8 @@ class ShardSet:
     def __init__(self, stage_dir: str | os.PathLike, allow_incomplete: bool = False):
         self.dir = Path(stage_dir)
         meta = read_stage_json(self.dir)
+        if not meta.get("complete", False) and not allow_incomplete and meta.get("too_many_rejects"):
+            raise ShardError(f"{self.dir} is incomplete: {meta['too_many_rejects']}; see its rejects.jsonl")
         if not meta.get("complete", False) and not allow_incomplete:
             failed = ", ".join(str(c) for c in sorted(map(int, meta.get("failed", {}))))
             raise ShardError(f"{self.dir} is incomplete (failed/missing chunks: {failed or '?'}); "

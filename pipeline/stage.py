@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -24,13 +23,28 @@ class ChunkResult:
     rejects: list[dict] = field(default_factory=list)
 
 
-class Reject(Exception):
-    """Raise inside a per-item function to reject that input: ``Reject("no face", "detail")``."""
+class BadInput(Exception):
+    """The declared input error: raise it (in ``process_chunk`` or a per-item function) for an
+    input that cannot be processed -- an unreadable image, no face, a diverged fit, a bad
+    mesh -- and the input becomes a reject ``{"key", "reason", "detail"}``.
+
+    ``reason`` is a short, stable reason code ("no face", "unreadable", ...): rejects are
+    counted by it (the stage's reject summary, ``pipeline.max_reject_fraction``).  Any other
+    exception is a bug, not a bad input: it fails the chunk (retried, then exit 1)."""
 
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
+        self.reason = str(reason)
+        self.detail = str(detail)
+
+    def __reduce__(self):                         # picklable with both arguments (Dask)
+        return (type(self), (self.reason, self.detail))
+
+    def as_reject(self, key: str) -> dict:
+        return {"key": key, "reason": self.reason, "detail": self.detail}
+
+
+Reject = BadInput                                 # the name the stages used first
 
 
 class Stage:
@@ -78,6 +92,17 @@ def keys_hash(keys: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(keys).encode("utf-8")).hexdigest()[:16]
 
 
+def plan_chunk_size(n_items: int, chunk_size: int, workers: int, per_worker: int = 4) -> int:
+    """The chunk size the runner uses: ``chunk_size`` is an upper bound, lowered so that
+    ``workers`` > 1 get at least ``per_worker`` chunks each when the items allow
+    (``ceil(n_items / (per_worker * workers))``, at least 1).  One worker keeps ``chunk_size``:
+    splitting gains it nothing."""
+    cs = max(1, int(chunk_size))
+    if int(workers) <= 1 or n_items <= 0:
+        return cs
+    return max(1, min(cs, -(-int(n_items) // (per_worker * int(workers)))))
+
+
 def split_chunks(keys: Sequence[str], chunk_size: int) -> list[list[str]]:
     """Fixed slices of the sorted keys: chunk i = keys[i*chunk_size:(i+1)*chunk_size]."""
     if chunk_size < 1:
@@ -85,13 +110,12 @@ def split_chunks(keys: Sequence[str], chunk_size: int) -> list[list[str]]:
     return [list(keys[i:i + chunk_size]) for i in range(0, len(keys), chunk_size)]
 
 
-def process_items(keys: Iterable[str], fn: Callable[[str], Mapping[str, Any] | None],
-                  reason: str = "error") -> ChunkResult:
+def process_items(keys: Iterable[str], fn: Callable[[str], Mapping[str, Any] | None]) -> ChunkResult:
     """Helper for per-item stages: ``fn(key) -> {dataset: value}`` per kept item.
 
-    :class:`Reject` becomes a reject with its reason; any other exception becomes a reject
-    with ``reason`` and the exception's one-line message (the stage goes on).  ``fn`` may
-    return None to drop an item silently.  Values are stacked with numpy per dataset.
+    :class:`BadInput` becomes a reject with its reason; any other exception propagates and
+    fails the chunk (a bug must not pass for a bad input).  ``fn`` may return None to drop
+    an item silently.  Values are stacked with numpy per dataset.
     """
     import numpy as np
 
@@ -100,12 +124,8 @@ def process_items(keys: Iterable[str], fn: Callable[[str], Mapping[str, Any] | N
     for key in keys:
         try:
             row = fn(key)
-        except Reject as e:
-            rejects.append({"key": key, "reason": e.reason, "detail": e.detail})
-            continue
-        except Exception as e:  # noqa: BLE001 — a bad input is a reject, not a crash
-            last = traceback.format_exception_only(type(e), e)[-1].strip().splitlines()
-            rejects.append({"key": key, "reason": reason, "detail": last[0][:500] if last else ""})
+        except BadInput as e:
+            rejects.append(e.as_reject(key))
             continue
         if row is not None:
             kept.append(row)

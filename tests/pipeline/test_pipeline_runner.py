@@ -139,23 +139,30 @@ def test_misaligned_rows_fail_the_chunk_not_the_run(tmp_path):
     assert sorted(rep.failed) == [0, 1] and "'x' has 2 rows, expected 1" in rep.failed[0]
 
 
-def test_process_items_turns_exceptions_into_rejects():
+def test_process_items_rejects_bad_input_and_raises_bugs():
+    from pipeline.stage import BadInput
+
     def fn(k):
         if k == "b":
-            raise ValueError("broken\nsecond line")
+            raise BadInput("no face", "none found")
+        if k == "bug":
+            raise TypeError("an injected bug")
         return {"key": k, "v": np.float32(len(k))}
 
     res = process_items(["a", "b", "cc"], fn)
     assert res.rows["key"] == ["a", "cc"] and res.rows["v"].tolist() == [1.0, 2.0]
-    assert res.rejects == [{"key": "b", "reason": "error", "detail": "ValueError: broken"}]
+    assert res.rejects == [{"key": "b", "reason": "no face", "detail": "none found"}]
+    with pytest.raises(TypeError, match="injected bug"):
+        process_items(["a", "bug"], fn)
 
 
 def test_dask_cluster_gives_same_bytes_retries_and_failures(inputs, tmp_path, dask_client):
-    _run(ToyStage(inputs), tmp_path / "ref")
+    # 2 workers: chunk_size 4 is lowered to ceil(14 / (4 * 2)) = 2, i.e. 7 chunks
+    run_stage(ToyStage(inputs), tmp_path / "ref", chunk_size=2, cluster="inprocess", progress=False, log=None)
     (tmp_path / "flags").mkdir()
     rep = _run(ToyStage(inputs, flaky_dir=str(tmp_path / "flags"), marker_dir=str(tmp_path / "flags")),
                tmp_path / "d", cluster=dask_client)
-    assert rep.ok and rep.computed == [0, 1, 2, 3], rep.summary()
+    assert rep.ok and rep.chunk_size == 2 and rep.computed == list(range(7)), rep.summary()
     assert _bytes(tmp_path / "d") == _bytes(tmp_path / "ref")
     worker_pids = {p.name.split("-")[1] for p in (tmp_path / "flags").iterdir() if not p.name.startswith("attempt")}
     assert len(worker_pids) == 2 and str(__import__("os").getpid()) not in worker_pids   # both workers used

@@ -109,8 +109,10 @@ def build_calibration(model_path: str | os.PathLike, P, faces: int = 2000, ridge
             pass                                              # unreadable: redo it
     log(f"landmark calibration: {faces} renders of {Path(model_path).name}, dlib vs the model's landmarks")
     tasks = [(model_path, P.to_dict(), a, min(a + CHUNK, faces)) for a in range(0, faces, CHUNK)]
-    # processes locally: rendering and dlib hold the GIL for much of their time
-    parts = run_tasks(render_pairs, tasks, cluster, workers, progress, local_scheduler="processes")
+    # processes locally: rendering and dlib hold the GIL for much of their time; the pool's
+    # workers end with this process (pipeline.procs), so a killed make-demo leaves no orphans
+    parts = run_tasks(render_pairs, tasks, cluster, workers, progress, local_scheduler="processes",
+                      desc="landmark calibration")
     D = np.concatenate([d for d, _ in parts])
     L = np.concatenate([t for _, t in parts])
     n_test = max(1, int(round(HOLDOUT * len(D))))
@@ -122,7 +124,7 @@ def build_calibration(model_path: str | os.PathLike, P, faces: int = 2000, ridge
 
     check = LandmarkCalibration.fit(D[:-n_test], L[:-n_test], ridge)          # for the held-out figures
     cal = LandmarkCalibration.fit(D, L, ridge)                                # the map kept: every pair
-    cal.meta = {"params_hash": phash, "model_hash": params["model_hash"], "renders": faces,
+    cal.meta = {"params_hash": phash, "model_hash": params["model_hash"], "domain": "render", "renders": faces,
                 "detected": int(len(D)), "fitted_on": int(len(D)), "held_out": int(n_test),
                 "nme_raw": nme(D[-n_test:], L[-n_test:]), "nme_calibrated": nme(check.apply(D[-n_test:]), L[-n_test:]),
                 "seed": int(P.seed), "ridge": float(ridge)}
