@@ -127,9 +127,9 @@ class Project4DFABStage(Stage):
 
             load_correspondence(self.correspondence)  # validate now: clear error, exit 2
             self._corr_hash = hashlib.sha256(Path(self.correspondence).read_bytes()).hexdigest()[:16]
-        from workflows.stages.warps import _model_hash
+        from workflows.stages.warps import checked_model_hash
 
-        self._model_hash = _model_hash(self.model_path)
+        self._model_hash = checked_model_hash(self.model_path)     # a corrupt model: exit 2 now
 
     # ------------------------------------------------------------------ Stage API
     def input_keys(self) -> list[str]:
@@ -151,9 +151,9 @@ class Project4DFABStage(Stage):
 
     # ------------------------------------------------------------------ helpers
     def _model(self):
-        from fitting.model import MorphableModel
+        from workflows.stages.warps import load_model
 
-        return _cached(("model", self.model_path, self._model_hash), lambda: MorphableModel.load(self.model_path))
+        return _cached(("model", self.model_path, self._model_hash), lambda: load_model(self.model_path))
 
     def _projector(self):
         from fitting.projection import JointProjector
@@ -232,30 +232,33 @@ class Project4DFABStage(Stage):
         rejects = []
         for rel in keys:
             ident, sess, key = parse_mesh_key(rel)
+            # Only declared input errors are rejects (BadInput: unreadable, mismatched or
+            # degenerate meshes); anything else fails the chunk.
             try:
                 mesh = self.load_mesh(rel)
                 S = mesh.vertices
                 if align == "similarity":
                     S = similarity_align(S, model.mean_shape)
+                    if not np.all(np.isfinite(S)):
+                        raise Reject("bad mesh", "degenerate mesh: no similarity alignment to the model")
                 p_proj = project_expression(model, S)
                 p_id, p_joint = proj(S)
-                colours = mesh.colours if mesh.colours is not None else model.texture()
-                gname = f"{ident}/{sess}"
-                cam = group_camera(self.seed, gname, model, self.size, yaw, pitch, roll)
-                light = random_light(item_rng(self.seed, gname, 0, purpose="light")) if lit else None
-                mouth = self._mouth()
-                if mouth is not None and mesh.colours is not None:
-                    colours = mouth.apply(S, colours, model.instance(p_id=p_id))
-                image = np.empty((self.size, self.size, 3), np.float32)
-                image[:] = bg
-                img = render(S, model.trilist, colours, cam, background=image, light=light,
-                             backend=self.backend).image_uint8()
+                if not all(np.all(np.isfinite(a)) for a in (p_proj, p_id, p_joint)):
+                    raise Reject("bad mesh", "degenerate mesh: non-finite projection")
             except Reject as e:
-                rejects.append({"key": key, "reason": e.reason, "detail": e.detail})
+                rejects.append(e.as_reject(key))
                 continue
-            except Exception as e:  # noqa: BLE001 — a bad input is a reject, never a crash
-                rejects.append({"key": key, "reason": "error", "detail": f"{e.__class__.__name__}: {e}".splitlines()[0]})
-                continue
+            colours = mesh.colours if mesh.colours is not None else model.texture()
+            gname = f"{ident}/{sess}"
+            cam = group_camera(self.seed, gname, model, self.size, yaw, pitch, roll)
+            light = random_light(item_rng(self.seed, gname, 0, purpose="light")) if lit else None
+            mouth = self._mouth()
+            if mouth is not None and mesh.colours is not None:
+                colours = mouth.apply(S, colours, model.instance(p_id=p_id))
+            image = np.empty((self.size, self.size, 3), np.float32)
+            image[:] = bg
+            img = render(S, model.trilist, colours, cam, background=image, light=light,
+                         backend=self.backend).image_uint8()
             cols["key"].append(key)
             cols["group"].append(stable_id(gname))
             cols["identity"].append(self.identity_ids[ident])

@@ -17,7 +17,7 @@ from typing import Optional
 
 import numpy as np
 
-from pipeline.stage import ChunkResult, Stage
+from pipeline.stage import BadInput, ChunkResult, Stage
 from pipeline.threads import one_blas_thread
 
 _CACHE: dict = {}
@@ -33,6 +33,25 @@ def _model_hash(path: str) -> str:
     from fitting.model import read_model_hash
 
     return read_model_hash(path)
+
+
+def load_model(path: str):
+    """``MorphableModel.load(path)``; an unreadable or corrupt file is a one-line ConfigError
+    (exit 2, and a stage stops at the first chunk that meets it: the same for every chunk)."""
+    from fitting.model import ModelError, MorphableModel
+    from pipeline.config import ConfigError
+
+    try:
+        return MorphableModel.load(path)
+    except (ModelError, OSError) as e:
+        msg = (str(e).strip().splitlines() or [e.__class__.__name__])[0]
+        raise ConfigError(f"cannot read model {path}: {msg}" if str(path) not in msg else msg) from None
+
+
+def checked_model_hash(path: str) -> str:
+    """The content hash of ``path`` after loading it once (a corrupt model is a ConfigError
+    here, before any chunk runs, not a failure of every chunk)."""
+    return load_model(path).hash
 
 
 def warp_key(key: str, k: int, per_face: int) -> str:
@@ -85,7 +104,7 @@ class WarpsStage(Stage):
         if not 1 <= int(self.cfg.get("supersample", 1)) <= 4:
             raise ConfigError("warps.supersample must be 1..4")
         self.keys = select_keys(fits.keys(), faces, self.seed)
-        self._model_hash = _model_hash(self.model_path)
+        self._model_hash = checked_model_hash(self.model_path)
         fit_model = fits.attrs.get("model_hash")
         if fit_model and fit_model != self._model_hash:
             raise ConfigError(f"{fits_dir} was fitted with another model (hash {fit_model}); "
@@ -109,9 +128,7 @@ class WarpsStage(Stage):
 
     # ------------------------------------------------------------------ helpers
     def _model(self):
-        from fitting.model import MorphableModel
-
-        return _cached(("model", self.model_path, self._model_hash), lambda: MorphableModel.load(self.model_path))
+        return _cached(("model", self.model_path, self._model_hash), lambda: load_model(self.model_path))
 
     def warper(self):
         from fitting.warp import Warper
@@ -135,8 +152,26 @@ class WarpsStage(Stage):
         with one_blas_thread():
             return self._process_chunk(keys, chunk)
 
-    def _process_chunk(self, keys: list[str], chunk: int) -> ChunkResult:
+    def _inputs(self, key: str, fits, index: dict):
+        """-> (row, fit record, identity, photo) of one fitted photo, or raise BadInput (photo
+        gone from the fit stage, non-finite fit, unreadable photo)."""
         from fitting.images import ImageReject, load_image
+
+        if key not in index:
+            raise BadInput("not in fit stage", "photo no longer in the fit stage")
+        row = index[key]
+        rec = {n: fits.read(n, row) for n in ("p_id", "p_exp", "camera", "align", "group")}
+        bad = [n for n in ("p_id", "p_exp", "camera", "align") if not np.all(np.isfinite(rec[n]))]
+        if bad:
+            raise BadInput("bad fit", f"non-finite {', '.join(bad)}")
+        ident = int(fits.read("identity", row)) if "identity" in fits.datasets else -1
+        try:
+            photo = load_image(Path(self.images_root) / key)
+        except ImageReject as e:
+            raise BadInput(f"photo {e.reason}", e.detail) from None
+        return row, rec, ident, photo
+
+    def _process_chunk(self, keys: list[str], chunk: int) -> ChunkResult:
         from fitting.sampling import sample_expressions
 
         fits, index = self._fits()
@@ -147,24 +182,18 @@ class WarpsStage(Stage):
                                 "align", "source", "k", "p_exp_source")}
         rejects = []
         for key in keys:
+            # Only declared input errors are rejects (BadInput); anything else fails the chunk.
             try:
-                if key not in index:
-                    raise ValueError("photo no longer in the fit stage")
-                row = index[key]
-                rec = {n: fits.read(n, row) for n in ("p_id", "p_exp", "camera", "align", "group")}
-                ident = int(fits.read("identity", row)) if "identity" in fits.datasets else -1
+                row, rec, ident, photo = self._inputs(key, fits, index)
                 try:
-                    photo = load_image(Path(self.images_root) / key)
-                except ImageReject as e:
-                    rejects.append({"key": key, "reason": f"photo {e.reason}", "detail": e.detail})
-                    continue
-                src = warper.prepare(photo, rec["p_id"], rec["p_exp"], rec["camera"], rec["align"])
-                P = sample_expressions(self.seed, key, per_face, self.n_exp, dist, scale)
-                images = warper.render(src, P)
-            except Exception as e:  # noqa: BLE001 — a bad input is a reject, never a crash
-                rejects.append({"key": key, "reason": "error",
-                                "detail": f"{e.__class__.__name__}: {e}".splitlines()[0]})
+                    src = warper.prepare(photo, rec["p_id"], rec["p_exp"], rec["camera"], rec["align"])
+                except ValueError as e:                 # prepare's checks of the photo and the fit's align
+                    raise BadInput("bad fit", str(e).splitlines()[0]) from None
+            except BadInput as e:
+                rejects.append(e.as_reject(key))
                 continue
+            P = sample_expressions(self.seed, key, per_face, self.n_exp, dist, scale)
+            images = warper.render(src, P)
             for k in range(per_face):
                 cols["key"].append(warp_key(key, k, per_face))
                 cols["group"].append(int(rec["group"]))
