@@ -1,7 +1,8 @@
 """Reading a run folder's test material for evaluation (DESIGN.md, Run folder).
 
 Each source is optional: a missing stage makes the metrics that need it ``null`` with the
-reason recorded in :class:`Unavailable` (never an exception for the user).
+reason recorded in :class:`Unavailable` (never an exception for the user).  A *corrupt*
+``model.h5`` is different: a one-line ConfigError (exit 2), not null metrics.
 """
 from __future__ import annotations
 
@@ -165,16 +166,19 @@ def load_data(run, test_fraction: float = 0.17, seed: int = 0) -> EvalData:
     """Everything evaluation reads from a run folder; absent parts are listed in ``missing``."""
     run = Path(run)
     data = EvalData(run=run)
-    try:
-        from fitting.model import MorphableModel
+    # An absent model.h5 only disables what needs it; a corrupt one is an error (exit 2):
+    # metrics silently null because of a damaged file would read as results.
+    from fitting.model import ModelError, MorphableModel
+    from pipeline.config import ConfigError
 
-        if not (run / "model.h5").is_file():
-            raise Unavailable(f"no 3DMM at {run / 'model.h5'}")
-        data.model = MorphableModel.load(run / "model.h5")
-    except Unavailable as e:
-        data.missing["model"] = str(e)
-    except Exception as e:  # noqa: BLE001 — a broken model.h5 disables the renders, not the run
-        data.missing["model"] = f"cannot load {run / 'model.h5'}: {e}"
+    if not (run / "model.h5").is_file():
+        data.missing["model"] = f"no 3DMM at {run / 'model.h5'}"
+    else:
+        try:
+            data.model = MorphableModel.load(run / "model.h5")
+        except (ModelError, OSError) as e:
+            msg = (str(e).strip().splitlines() or [e.__class__.__name__])[0]
+            raise ConfigError(f"cannot read the run's model {run / 'model.h5'}: {msg}") from None
     for name, fn in (("real", lambda: load_real(run, test_fraction, seed)), ("fab", lambda: load_fab(run))):
         try:
             setattr(data, name, fn())

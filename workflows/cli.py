@@ -4,9 +4,10 @@ Each command lives in ``workflows/commands/<module>.py`` and exposes ``HELP`` (o
 ``add_arguments(parser)`` and ``run(args) -> int``.  Modules are imported only when their
 command runs, so ``slidergan --help`` is instant.
 
-Exit status: 0 success (rejected inputs do not fail a stage), 2 usage/configuration error
-(one line, no traceback), 1 internal failure (one line; ``SLIDERGAN_DEBUG=1`` shows the
-traceback).
+Exit status: 0 success (a stage's rejected inputs do not fail it while they stay under
+``pipeline.max_reject_fraction``); 2 usage/configuration error, including an unreadable or
+corrupt input file such as ``model.h5`` (one line, no traceback); 1 failure: failed chunks,
+too many rejects, or an internal error (one line; ``SLIDERGAN_DEBUG=1`` shows the traceback).
 """
 from __future__ import annotations
 
@@ -59,6 +60,13 @@ def _top_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _input_file_error(exc: BaseException) -> bool:
+    """A malformed input file that reached the top (``fitting.model.ModelError``): like a
+    configuration error, the user fixes it, not the code -> exit 2."""
+    model = sys.modules.get("fitting.model")
+    return model is not None and isinstance(exc, getattr(model, "ModelError", ()))
+
+
 def _format_error(exc: BaseException) -> str:
     msg = str(exc).strip().splitlines()
     return msg[0] if msg else exc.__class__.__name__
@@ -103,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 — top-level guard: one line, no traceback
         if os.environ.get("SLIDERGAN_DEBUG"):
             raise
+        if _input_file_error(e):
+            sys.stderr.write(f"slidergan {name}: error: {_format_error(e)}\n")
+            return 2
         sys.stderr.write(f"slidergan {name}: error: {e.__class__.__name__}: {_format_error(e)}\n")
         return 1
 
