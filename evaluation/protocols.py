@@ -6,7 +6,8 @@
 * Table 4 (:func:`real_edits`): on real test photos, ``d_rel_error_fit`` = mean
   ||p_fit - D(I)|| / ||p_fit||, and ``d_rel_error_trg`` = mean ||p_trg - D(G(I, p_trg))|| / ||p_trg||
   with p_trg the fitted parameters of another test photo (a fixed random permutation).
-  The same edits give ``identity_cos`` and ``exp_rel_error_refit``.
+  The same edits give ``identity_cos`` and ``exp_rel_error_refit`` (the fit stage's fit of the
+  edits, :func:`refitter`; its floor ``refit_real_floor`` is the same fit of the unedited crops).
 * Table 2 (:func:`expression_recognition`): presets = per-class mean of D's regressed
   parameters over the labelled photos; test photos are translated to each of the seven
   presets and a D-independent classifier must recognise the target class.
@@ -118,74 +119,72 @@ def reader_errors(reader, images, p_ref, model=None, suffix: str = "trg") -> dic
             f"reader_vertex_error_{suffix}": metrics.mean_vertex_error(model, p_ref, p_hat)}
 
 
-_DETECTORS: dict = {}
+def refitter(model, fit_cfg: dict | None = None, model_path=None, images_root=None, detector=None):
+    """The fit the refit measurements use: the fit stage's own (:class:`fitting.photo.PhotoFitter`)
+    with the run's ``fit:`` section, the landmark calibration ``fit.landmark_calibration``
+    picks for ``model_path`` and the image domain of the photos under ``images_root``
+    (``fit.image_domain``), and dlib's detector with its retry (or ``detector``), on the
+    CPU.  So the refit of an unedited test crop is a fit of a detected photo as the stage
+    makes it, and its distance to the stage's ``p_exp`` is the floor of the refit error."""
+    from fitting.photo import PhotoFitter, fit_settings, image_domain, load_calibration
+
+    cfg = fit_settings(fit_cfg)
+    cal = None
+    if model_path is not None:
+        cal = load_calibration(cfg["landmark_calibration"], str(model_path),
+                               image_domain(cfg["image_domain"], images_root))
+    return PhotoFitter(model, cfg, cal, detector, device="cpu")
 
 
-def _detector(upsample: int):
-    """Per-process cached ``fitting.landmarks.Detector`` (loading dlib's models takes seconds)."""
-    from fitting.landmarks import Detector
+def refit_params(fitter, images, n_exp: int):
+    """Fit the 3DMM to each image as the fit stage fits a detected photo (``fitter``: a
+    :func:`refitter`: detection, calibration, landmark fit, photometric refinement, gate).
 
-    if upsample not in _DETECTORS:
-        _DETECTORS[upsample] = Detector(upsample=upsample)
-    return _DETECTORS[upsample]
-
-
-def refit_params(model, images, n_exp: int, fit_options: dict | None = None, upsample: int = 2):
-    """Fit the 3DMM to detected landmarks of each image.
-
-    images uint8/float [N,H,W,3] -> (rows int64 [M] of the images with a detected face,
-    p_exp float32 [M, n_exp]). Landmarks: ``fitting.landmarks.Detector`` (dlib HOG detector +
-    68-point predictor) with ``upsample`` pyramid up-samplings (a 128-px face is small for
-    dlib's detector); fit: ``fitting.fit.LandmarkFitter`` with ``fit_options`` (FitOptions fields).
+    images uint8/float [N,H,W,3] -> (rows int64 [M] of the images with an accepted fit,
+    p_exp float32 [M, n_exp]: the fit's first ``n_exp`` expression parameters, zero-padded).
     """
-    from fitting.fit import FitOptions, LandmarkFitter
-
-    det = _detector(upsample)
-    lms, rows = [], []
-    for i, im in enumerate(metrics.to_uint8(images)):
-        lm = det.detect(im)
-        if lm is not None and np.isfinite(lm).all():
-            lms.append(lm)
-            rows.append(i)
-    if not rows:
-        return np.zeros(0, np.int64), np.zeros((0, n_exp), np.float32)
-    opts = dict(fit_options or {})
-    opts["n_exp"] = n_exp
-    opts.setdefault("device", "cpu")
-    fitter = LandmarkFitter(model, FitOptions(**{k: v for k, v in opts.items()
-                                                 if k in FitOptions.__dataclass_fields__}))
-    return np.asarray(rows, np.int64), np.asarray(fitter.fit(np.stack(lms)).p_exp, np.float32)
+    res = fitter.fit_photos(list(metrics.to_uint8(images)), where="the refit")
+    rows = [i for i, r in enumerate(res) if isinstance(r, dict)]
+    p = np.zeros((len(rows), n_exp), np.float32)
+    for k, i in enumerate(rows):
+        e = res[i]["p_exp"][:n_exp]
+        p[k, :len(e)] = e
+    return np.asarray(rows, np.int64), p
 
 
-def refit_error(model, ed: RealEdits, fit_options: dict | None = None, upsample: int = 2) -> dict:
+def refit_error(fitter, ed: RealEdits) -> dict:
     """Fit the 3DMM to each generated image and compare with p_trg (:func:`refit_params`).
 
-    Images without a detected face are counted (``refit_no_face``) and left out.
+    Images without an accepted fit (no face, or rejected by the gate) are counted
+    (``refit_no_face``) and left out.
     Returns {"exp_rel_error_refit", "exp_rel_error_refit_vertex", "refit_no_face", "refit_n"}.
     """
-    rows, p = refit_params(model, ed.outputs, ed.p_trg.shape[1], fit_options, upsample)
+    rows, p = refit_params(fitter, ed.outputs, ed.p_trg.shape[1])
     if len(rows) == 0:
-        raise Unavailable(f"no face detected in any of the {len(ed.outputs)} generated images")
+        raise Unavailable(f"no face detected (and fitted) in any of the {len(ed.outputs)} generated images")
     err = metrics.mean_relative_error(ed.p_trg[rows], p)
-    return {"exp_rel_error_refit": err, "exp_rel_error_refit_vertex": metrics.mean_vertex_error(model, ed.p_trg[rows], p),
+    return {"exp_rel_error_refit": err,
+            "exp_rel_error_refit_vertex": metrics.mean_vertex_error(fitter.model, ed.p_trg[rows], p),
             "refit_no_face": int(len(ed.outputs) - len(rows)), "refit_n": int(len(rows))}
 
 
-def refit_floor_errors(model, images, p_fit, fit_options: dict | None = None, upsample: int = 2) -> dict:
-    """The refit measurement applied to unedited photos against their stage fits: the error
-    :func:`refit_error` reports for a perfect generator (its floor).
-    {"refit_real_floor", "refit_real_floor_vertex"}, None without detections."""
+def refit_floor_errors(fitter, images, p_fit) -> dict:
+    """The refit measurement applied to the unedited test crops against their stage fits:
+    what :func:`refit_error` reports for a perfect generator (its floor; near the stage's own
+    error on detected landmarks, since both are the same fit of a detected photo).
+    {"refit_real_floor", "refit_real_floor_vertex", "refit_real_floor_n"}, None without fits."""
     p_fit = np.asarray(p_fit, np.float32)
-    rows, p = refit_params(model, images, p_fit.shape[1], fit_options, upsample)
+    rows, p = refit_params(fitter, images, p_fit.shape[1])
     if not len(rows):
-        return {"refit_real_floor": None, "refit_real_floor_vertex": None}
+        return {"refit_real_floor": None, "refit_real_floor_vertex": None, "refit_real_floor_n": 0}
     return {"refit_real_floor": metrics.mean_relative_error(p_fit[rows], p),
-            "refit_real_floor_vertex": metrics.mean_vertex_error(model, p_fit[rows], p)}
+            "refit_real_floor_vertex": metrics.mean_vertex_error(fitter.model, p_fit[rows], p),
+            "refit_real_floor_n": int(len(rows))}
 
 
-def refit_floor(model, images, p_fit, fit_options: dict | None = None, upsample: int = 2) -> float | None:
-    """:func:`refit_floor_errors`' ``refit_real_floor`` (None without detections)."""
-    return refit_floor_errors(model, images, p_fit, fit_options, upsample)["refit_real_floor"]
+def refit_floor(fitter, images, p_fit) -> float | None:
+    """:func:`refit_floor_errors`' ``refit_real_floor`` (None without fits)."""
+    return refit_floor_errors(fitter, images, p_fit)["refit_real_floor"]
 
 
 def expression_presets(nets: Networks, images, labels, n_classes: int = 7) -> tuple[np.ndarray, np.ndarray]:

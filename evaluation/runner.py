@@ -248,7 +248,7 @@ class _Shared:
     clf_real_reason: str
     embedder: object
     second: object
-    fit_opts: dict
+    refitter: object                      # evaluation.protocols.refitter (the fit stage's fit) or None
     reader: object = None
     reader_reason: str | None = None
     oracle: WarpOracle | None = None
@@ -392,10 +392,16 @@ def evaluate(checkpoints: Sequence[str | Path], run: str | Path, out: str | Path
                              [f"speech {i}" for i in range(data.model.n_speech)])
     from fitting.demo_model import EXPRESSION_NAMES
 
-    # the stage's fit options (a refit is only comparable with p_fit when fitted alike)
-    fit_opts = {k: v for k, v in opt.fit.items() if k in ("iterations", "n_id", "prior_id", "prior_exp")}
+    # the refit is the fit stage's own fit of a detected photo (fitting.photo), with the run's fit:
+    # section, calibration and image domain: only then is it comparable with p_fit
+    refitter = None
+    if data.model is not None and opt.refit:
+        from evaluation.protocols import refitter as make_refitter
+
+        refitter = make_refitter(data.model, opt.fit, data.run / "model.h5",
+                                 data.real.photo_root if data.real is not None else None)
     sh = _Shared(data, opt, log, test_idx, test_imgs, lab_all, lab_imgs, classifier, clf_reason, clf_real_acc,
-                 clf_real_reason, embedder, second, fit_opts, reader, reader_reason)
+                 clf_real_reason, embedder, second, refitter, reader, reader_reason)
     baselines = _make_baselines(nets, data, opt, sh, info)
     sh.oracle = baselines[1]
     results, figs = {}, {}
@@ -506,12 +512,13 @@ def _evaluate_one(net, sh: _Shared) -> _Result:
         elif model is None:
             res.fail(refit_keys, data.missing.get("model", "no 3DMM"))
         else:
-            _guard(res, refit_keys, lambda: P.refit_error(model, ed, sh.fit_opts), log)
+            _guard(res, refit_keys, lambda: P.refit_error(sh.refitter, ed), log)
             if "floor" not in sh.refit_cache:   # same photos for every checkpoint: once
                 try:
-                    sh.refit_cache["floor"] = P.refit_floor_errors(model, ed.inputs, ed.p_fit, sh.fit_opts)
+                    sh.refit_cache["floor"] = P.refit_floor_errors(sh.refitter, ed.inputs, ed.p_fit)
                 except Exception as e:  # noqa: BLE001 — the floor is context, not a metric
-                    sh.refit_cache["floor"] = {"refit_real_floor": None, "refit_real_floor_vertex": None}
+                    sh.refit_cache["floor"] = {"refit_real_floor": None, "refit_real_floor_vertex": None,
+                                               "refit_real_floor_n": 0}
                     log(f"  refit floor failed: {type(e).__name__}: {e}")
             res.metrics.update(sh.refit_cache["floor"])
     log("  Table 2: discrete expressions")

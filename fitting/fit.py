@@ -68,19 +68,38 @@ def landmark_error(fitted, target) -> float:
     return float(landmark_errors(fitted, target))
 
 
+def resolve_contour(contour: str, source: int) -> str:
+    """``fit.contour`` for landmarks from ``source`` (0 sidecar, 1 detected, 2 detected and
+    calibrated): ``auto`` is fixed for sidecars and calibrated detections (both are the
+    model's landmark vertices) and dynamic for raw detections; others are returned as given."""
+    return ("dynamic" if int(source) == 1 else "fixed") if contour == "auto" else contour
+
+
+def _schema(key: str):
+    """A ``fit:`` default of the schema (config/demo.yaml), read when an option is left out."""
+    from pipeline.config import schema_default
+
+    return schema_default("fit", key)
+
+
 @dataclass
 class FitOptions:
-    """Options of :class:`LandmarkFitter` (config section ``fit``)."""
+    """Options of :class:`LandmarkFitter` (config section ``fit``).
 
-    iterations: int = 3                 # alternations (closed-form camera, closed-form shape)
-    refine_iterations: int = 6          # joint Levenberg-Marquardt steps over camera + shape
-    n_id: Optional[int] = None          # identity components used (None: all)
+    The defaults are the schema's (``config/demo.yaml``, read when the object is made) for
+    sidecar landmarks: ``sigma`` is ``fit.sigma`` and ``contour`` is ``fit.contour`` resolved
+    for sidecars (:func:`resolve_contour`).  ``n_exp``, ``device`` and ``max_batch`` are not
+    config keys."""
+
+    iterations: int = field(default_factory=lambda: int(_schema("iterations")))   # closed-form alternations
+    refine_iterations: int = field(default_factory=lambda: int(_schema("refine_iterations")))  # joint LM steps
+    n_id: Optional[int] = field(default_factory=lambda: _schema("n_id"))   # identity components (None: all)
     n_exp: Optional[int] = None         # expression components used (None: all E)
-    prior_id: float = 1.0
-    prior_exp: float = 1.0
-    sigma: float = 0.03                 # landmark noise, fraction of the model inter-ocular distance
-    contour: str = "dynamic"            # dynamic | fixed
-    contour_weight: float = 1.0
+    prior_id: float = field(default_factory=lambda: float(_schema("prior_id")))
+    prior_exp: float = field(default_factory=lambda: float(_schema("prior_exp")))
+    sigma: float = field(default_factory=lambda: float(_schema("sigma")))  # landmark noise, fraction of the inter-ocular distance
+    contour: str = field(default_factory=lambda: resolve_contour(_schema("contour"), 0))   # dynamic | fixed
+    contour_weight: float = field(default_factory=lambda: float(_schema("contour_weight")))
     device: Optional[str] = None        # None: cuda when available, else cpu
     max_batch: int = 256                # faces per internal batch (CPU caches: ~2x faster than 4096)
 

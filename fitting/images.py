@@ -1,5 +1,9 @@
 """Robust photo loading: every input either becomes an RGB uint8 array or a reject reason.
 
+The one decoder of the project: the fit stage reads files with :func:`load_image`, the
+editor decodes uploads and files with :func:`decode_image` (``workflows/editor/imaging.py``
+only adds its byte limit and messages), so a photo reaches G as the training crops did.
+
 Decisions (documented in docs/fitting.md):
 
 - The header is read first; images whose pixel count exceeds ``max_pixels`` are rejected
@@ -63,8 +67,6 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, mi
     Reasons: ``unreadable`` (missing/empty/unreadable file, truncated data),
     ``not an image`` (unknown format), ``decompression bomb``, ``too small``.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     p = Path(path)
     try:
         size = p.stat().st_size
@@ -72,19 +74,35 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, mi
         raise ImageReject("unreadable", e.strerror or "cannot stat file") from None
     if size == 0:
         raise ImageReject("unreadable", "empty file")
+    return _decode(p, max_pixels, min_side)
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = 1) -> np.ndarray:
+    """:func:`load_image` of an encoded image in memory (an upload): the same decoding, the
+    same reasons (the editor turns them into its messages)."""
+    import io
+
+    if not data:
+        raise ImageReject("unreadable", "empty file")
+    return _decode(io.BytesIO(data), max_pixels, min_side)
+
+
+def _decode(source, max_pixels: int, min_side: int) -> np.ndarray:
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
     old = Image.MAX_IMAGE_PIXELS
     try:
         Image.MAX_IMAGE_PIXELS = max_pixels
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             try:
-                im = Image.open(p)
+                im = Image.open(source)
             except UnidentifiedImageError:
                 raise ImageReject("not an image", "unknown image format") from None
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
                 raise ImageReject("decompression bomb", str(e).split(".")[0]) from None
-            except OSError as e:
-                raise ImageReject("unreadable", str(e).splitlines()[0] if str(e) else "OSError") from None
+            except (OSError, SyntaxError, ValueError) as e:
+                raise ImageReject("unreadable", str(e).splitlines()[0] if str(e) else e.__class__.__name__) from None
             with im:
                 w, h = im.size
                 if w * h > max_pixels:

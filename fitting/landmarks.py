@@ -114,23 +114,43 @@ class Detector:
     iBUG-300W shape predictor shipped by ``face-recognition-models``; both offline).
 
     Created lazily per process (dlib objects do not pickle).
-    ``detect(rgb uint8 [H,W,3]) -> [68, 2] float64 or None``.
+    ``detect(rgb uint8 [H,W,3]) -> [68, 2] float64 or None``.  The first pass up-samples
+    ``upsample`` times below 800 px; when it finds no face, a second pass runs
+    ``detector.run(img, retry_upsample, retry_threshold)`` (more up-samplings, a lower score
+    threshold: small and side-lit faces of real photos), with the up-sampling capped so the
+    enlarged image stays within ``RETRY_MAX_SIDE`` pixels; ``retry_upsample=0`` and
+    ``retry_threshold=0`` turn it off.
     """
 
-    def __init__(self, upsample: int = 1):
+    RETRY_MAX_SIDE = 3200
+
+    def __init__(self, upsample: int = 1, retry_upsample: int = 0, retry_threshold: float = 0.0):
         import dlib
         import face_recognition_models
 
         self.upsample = int(upsample)
+        self.retry_upsample = int(retry_upsample)
+        self.retry_threshold = float(retry_threshold)
         self._det = dlib.get_frontal_face_detector()
         self._pred = dlib.shape_predictor(face_recognition_models.pose_predictor_model_location())
+
+    def _retry_upsample(self, side: int) -> int:
+        n = max(self.retry_upsample, 0)
+        while n > 0 and side * 2 ** n > self.RETRY_MAX_SIDE:
+            n -= 1
+        return n
 
     def detect(self, rgb: np.ndarray) -> Optional[np.ndarray]:
         import dlib
 
         img = np.ascontiguousarray(rgb, dtype=np.uint8)
-        up = self.upsample if max(img.shape[:2]) < 800 else 0
-        rects = self._det(img, up)
+        side = max(img.shape[:2])
+        up = self.upsample if side < 800 else 0
+        rects = list(self._det(img, up))
+        if not rects and (self.retry_upsample > 0 or self.retry_threshold < 0):
+            n = self._retry_upsample(side)
+            if n > up or self.retry_threshold < 0:
+                rects = list(self._det.run(img, n, self.retry_threshold)[0])
         if len(rects) == 0:
             return None
         r = max(rects, key=lambda r: (r.width() * r.height(), -r.left(), -r.top()))
@@ -141,13 +161,18 @@ class Detector:
 _DETECTORS = threading.local()
 
 
-def get_detector() -> Detector:
-    """Cached :class:`Detector`, one per thread (Dask's threaded scheduler runs tasks side by
-    side in one process; dlib's objects are not documented as thread-safe)."""
-    det = getattr(_DETECTORS, "detector", None)
-    if det is None:
-        det = _DETECTORS.detector = Detector()
-    return det
+def get_detector(retry_upsample: int = 0, retry_threshold: float = 0.0) -> Detector:
+    """Cached :class:`Detector` with these retry settings, one per thread (Dask's threaded
+    scheduler runs tasks side by side in one process; dlib's objects are not documented as
+    thread-safe).  The fit (``fitting.photo``) passes ``fit.detect_retry_upsample`` and
+    ``fit.detect_retry_threshold``."""
+    cache = getattr(_DETECTORS, "detectors", None)
+    if cache is None:
+        cache = _DETECTORS.detectors = {}
+    key = (int(retry_upsample), float(retry_threshold))
+    if key not in cache:
+        cache[key] = Detector(retry_upsample=key[0], retry_threshold=key[1])
+    return cache[key]
 
 
 # ---------------------------------------------------------------------------- calibration

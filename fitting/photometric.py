@@ -61,7 +61,7 @@ fit of a rendered face is pulled back to the truth.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -72,36 +72,51 @@ _C = SH_C                                  # real SH constants of bands 0-2 (the
 _A = (SH_A[0], SH_A[1], SH_A[4])           # Lambertian factors of bands 0, 1, 2
 
 
+def _schema(name: str):
+    """The schema's default (config/demo.yaml) of option ``name``: ``fit.photometric_<name>``,
+    or the landmark fit's ``fit.prior_id`` (shared); tuples for the list-valued options."""
+    from pipeline.config import schema_default
+
+    v = schema_default("fit", "prior_id" if name == "prior_id" else f"photometric_{name}")
+    return tuple(float(x) for x in v) if isinstance(v, list) else v
+
+
+def _default(name: str):
+    return field(default_factory=lambda: _schema(name))
+
+
 @dataclass
 class PhotometricOptions:
-    """Options (config section ``fit``, prefix ``photometric_``)."""
+    """Options (config section ``fit``, prefix ``photometric_``; ``prior_id`` is shared with
+    the landmark fit).  Defaults are the schema's (config/demo.yaml), read when the object
+    is made; docs/fitting.md gives the measurements behind them."""
 
-    iterations: int = 15                # LM steps per blur level (0 disables the refinement)
-    blur: tuple = (2.0, 1.0, 0.0)       # Gaussian blur of the photo per level, in pixels
-    n_samples: int = 2500               # sample vertices on the face
-    sigma_image: float = 0.05           # image noise std (colours in [0, 1])
-    sigma_landmarks: float = 0.3        # landmark noise, fraction of the inter-ocular distance
-    prior_id: float = 1.0
-    prior_exp: float = 5.0
-    prior_tex: float = 1.0
-    min_normal_z: float = 0.15          # skip grazing samples (they mix with the background)
-    robust: float = 0.03                # Cauchy scale of the image residual (IRLS); 0 = least squares
-    render_correction: bool = True      # add the renderer's discretisation to the model term
-    search_yaw: tuple = (-30.0, -15.0, 0.0, 15.0, 30.0)  # pose search: yaw offsets (degrees) tried from the landmark fit
-    search_scale: tuple = (1.0,)        # ... times these factors of the landmark fit's scale
-    search_iterations: int = 8          # LM steps per pose hypothesis (0: no search)
-    search_samples: int = 800           # sample vertices during the search (0: n_samples)
-    search_blur: float = 4.0            # blur of the photo during the search, in pixels
+    iterations: int = _default("iterations")            # LM steps per blur level (0 disables the refinement)
+    blur: tuple = _default("blur")                      # Gaussian blur of the photo per level, in pixels
+    n_samples: int = _default("n_samples")              # sample vertices on the face
+    sigma_image: float = _default("sigma_image")        # image noise std (colours in [0, 1])
+    sigma_landmarks: float = _default("sigma_landmarks")  # landmark noise, fraction of the inter-ocular distance
+    prior_id: float = _default("prior_id")
+    prior_exp: float = _default("prior_exp")
+    prior_tex: float = _default("prior_tex")
+    min_normal_z: float = _default("min_normal_z")      # skip grazing samples (they mix with the background)
+    robust: float = _default("robust")                  # Cauchy scale of the image residual (IRLS); 0 = least squares
+    render_correction: bool = _default("render_correction")  # add the renderer's discretisation to the model term
+    search_yaw: tuple = _default("search_yaw")          # pose search: yaw offsets (degrees) tried from the landmark fit
+    search_scale: tuple = _default("search_scale")      # ... times these factors of the landmark fit's scale
+    search_iterations: int = _default("search_iterations")  # LM steps per pose hypothesis (0: no search)
+    search_samples: int = _default("search_samples")    # sample vertices during the search (0: n_samples)
+    search_blur: float = _default("search_blur")        # blur of the photo during the search, in pixels
 
     @classmethod
     def from_config(cls, cfg: dict, **over) -> "PhotometricOptions":
         kw = {}
         for name in cls.__dataclass_fields__:
-            key = f"photometric_{name}"
+            key = "prior_id" if name == "prior_id" else f"photometric_{name}"
             if key in cfg:
                 kw[name] = cfg[key]
-            elif name in ("prior_id", "prior_exp") and name in cfg:             # shared with the landmark fit
-                kw[name] = float(cfg[name])
+            elif name == "prior_exp" and "prior_exp" in cfg:    # a partial section: the landmark fit's prior
+                kw[name] = float(cfg["prior_exp"])
         for name in ("blur", "search_yaw", "search_scale"):
             if name in kw:
                 kw[name] = tuple(float(b) for b in kw[name])

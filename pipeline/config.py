@@ -202,3 +202,32 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
     data, _ = _load_raw(preset)
     cfg = Config(data)
     return cfg.with_overrides(list(overrides or ()))
+
+
+_SCHEMA_CACHE: dict = {}
+
+
+def schema_section(name: str) -> dict:
+    """A copy of section ``name`` of the schema (``config/demo.yaml``): the one place the
+    defaults live.  Code that needs a default reads it from here (``fitting.fit.FitOptions``,
+    ``fitting.photometric.PhotometricOptions``, ``fitting.photo.fit_settings``) instead of
+    keeping a fallback of its own.  Cached per schema file (its path and mtime)."""
+    path = resolve_preset(None)
+    try:
+        key = (str(path.resolve()), path.stat().st_mtime_ns)
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    if key not in _SCHEMA_CACHE:
+        _SCHEMA_CACHE[key], _ = _load_raw(path)
+    data = _SCHEMA_CACHE[key]
+    if name not in data or not isinstance(data[name], dict):
+        raise ConfigError(f"{path}: no section {name!r}")
+    return copy.deepcopy(data[name])
+
+
+def schema_default(section: str, key: str) -> Any:
+    """One default of the schema: ``schema_section(section)[key]`` (ConfigError when absent)."""
+    sec = schema_section(section)
+    if key not in sec:
+        raise ConfigError(f"{resolve_preset(None)}: no key {section}.{key}")
+    return sec[key]

@@ -142,10 +142,11 @@ def test_expression_presets_and_recognition():
         protocols.expression_recognition(nets(ConstG()), ByRed(), x, P, np.eye(7, dtype=bool)[0])
 
 
-def test_refit_error_plumbing(monkeypatch):
-    """Landmarks of known faces go through the real fitter; undetected edits are counted."""
+def test_refit_error_plumbing():
+    """Detected landmarks of known faces go through the fit stage's fit (fitting.photo) with
+    the run's fit: section; photos without a face are counted."""
     from evalfixtures import tiny_model
-    from fitting.fit import FitOptions, LandmarkFitter
+    from fitting.fit import LandmarkFitter
     from render.camera import camera_fitting_view, project
 
     model = tiny_model(n_speech=0)
@@ -161,19 +162,24 @@ def test_refit_error_plumbing(monkeypatch):
             i = int(im[0, 0, 0])
             return None if i == 2 else lms[i]
 
-    monkeypatch.setattr(protocols, "_detector", lambda up: FakeDetector())
+    # the fake detections are exact projections of the fixed landmark vertices
+    cfg = {"iterations": 5, "photometric": "none", "landmark_calibration": "none", "contour": "fixed",
+           "sigma_detected": 0.01}
+    fitter = protocols.refitter(model, cfg, detector=FakeDetector())
+    assert fitter.options(1).sigma == 0.01 and fitter.options(0).sigma == fitter.cfg["sigma"]
     ed = protocols.RealEdits(inputs=None, p_fit=p_trg, p_trg=p_trg, outputs=outs, d_fit=None, d_out=None)
-    res = protocols.refit_error(model, ed, {"iterations": 5})
+    res = protocols.refit_error(fitter, ed)
     assert res["refit_no_face"] == 1 and res["refit_n"] == 3
-    fit = LandmarkFitter(model, FitOptions(iterations=5, n_exp=30, device="cpu")).fit(np.stack([lms[i] for i in (0, 1, 3)]))
+    # the reference: the stage's options for detected landmarks (fit.sigma_detected)
+    fit = LandmarkFitter(model, fitter.options(1)).fit(np.stack([lms[i] for i in (0, 1, 3)]))
     ref = np.mean([np.linalg.norm(p_trg[i] - fit.p_exp[k]) / np.linalg.norm(p_trg[i]) for k, i in enumerate((0, 1, 3))])
     assert res["exp_rel_error_refit"] == pytest.approx(ref, rel=1e-5)
     # the floor is the same measurement against the photos' own fits
-    assert protocols.refit_floor(model, outs, p_trg, {"iterations": 5}) == pytest.approx(ref, rel=1e-5)
-    monkeypatch.setattr(protocols, "_detector", lambda up: type("None", (), {"detect": lambda self, im: None})())
+    assert protocols.refit_floor(fitter, outs, p_trg) == pytest.approx(ref, rel=1e-5)
+    nobody = protocols.refitter(model, cfg, detector=type("None", (), {"detect": lambda self, im: None})())
     with pytest.raises(Unavailable, match="no face"):
-        protocols.refit_error(model, ed, {"iterations": 5})
-    assert protocols.refit_floor(model, outs, p_trg) is None
+        protocols.refit_error(nobody, ed)
+    assert protocols.refit_floor(nobody, outs, p_trg) is None
 
 
 def test_held_out_identity_is_stable():

@@ -81,8 +81,45 @@ def test_decode_round_trip_and_conversions():
     assert np.array_equal(decode_image(encode_png(rgb)), rgb)
     grey = decode_image(_png(rgb[..., 0]))
     assert grey.shape == (7, 9, 3) and np.array_equal(grey[..., 0], grey[..., 2])
-    rgba = np.dstack([rgb, np.zeros((7, 9), np.uint8)])  # fully transparent -> white background
-    assert (decode_image(_png(rgba)) == 255).all()
+    rgba = np.dstack([rgb, np.zeros((7, 9), np.uint8)])  # fully transparent -> the stage's mid-grey background
+    assert (decode_image(_png(rgba)) == 128).all()
+
+
+@pytest.mark.parametrize("kind", ["rgba", "la", "16bit", "palette-transparent"])
+def test_editor_and_fit_stage_decode_alike(tmp_path, kind):
+    """An upload reaches G as a training photo reached the fit stage: one decoder, same array."""
+    from fitting.images import load_image
+    from workflows.editor.imaging import read_image_file
+
+    rng = np.random.default_rng(3)
+    if kind == "rgba":
+        im = Image.fromarray(rng.integers(0, 256, (12, 10, 4), dtype=np.uint8), "RGBA")
+    elif kind == "la":
+        im = Image.fromarray(rng.integers(0, 256, (12, 10, 2), dtype=np.uint8), "LA")
+    elif kind == "16bit":
+        # a dark 16-bit photo: scaled by 255/65535, not stretched by its own maximum
+        im = Image.fromarray(rng.integers(0, 20000, (12, 10), dtype=np.uint16).astype(np.uint16))
+        assert im.mode.startswith("I;16")
+    else:
+        im = Image.fromarray(rng.integers(0, 8, (12, 10), dtype=np.uint8), "P")
+        im.putpalette(list(rng.integers(0, 256, 8 * 3)))
+        im.info["transparency"] = 3
+    path = tmp_path / "photo.png"
+    im.save(path, **({"transparency": 3} if kind == "palette-transparent" else {}))
+    stage = load_image(path, min_side=1)
+    editor = read_image_file(path)
+    assert stage.dtype == editor.dtype == np.uint8 and stage.shape == (12, 10, 3)
+    assert np.array_equal(stage, editor)
+    assert np.array_equal(decode_image(path.read_bytes()), stage)
+    if kind == "16bit":
+        a = np.asarray(Image.open(path), np.float64)
+        assert np.array_equal(stage[..., 0], np.clip(np.round(a * 255.0 / 65535.0), 0, 255).astype(np.uint8))
+        assert stage.max() < 100                        # not stretched to 255
+    if kind == "rgba":
+        rgba = np.asarray(Image.open(path), np.float64)
+        a = rgba[..., 3:] / 255.0
+        want = rgba[..., :3] * a + 128 * (1 - a)
+        assert np.abs(stage.astype(np.float64) - want).max() <= 1.0
 
 
 def test_exif_orientation_is_applied():

@@ -95,7 +95,8 @@ def run(ctx) -> dict:
             dets.append(d)
     out["fit_detect_s_per_face"] = float((time.perf_counter() - t0) / len(rgbs))
     out["fit_detect_rate"] = float(len(found) / len(rgbs))
-    cal_path = resolve_calibration(cfg.get("landmark_calibration", "auto"), str(world / "model.h5"))
+    cal_path, _ = resolve_calibration(cfg.get("landmark_calibration", "auto"), str(world / "model.h5"),
+                                      "render")                     # the bench world's photos are renders
     cal = LandmarkCalibration.load(cal_path) if cal_path else None
     out["fit_landmark_calibration"] = 1.0 if cal is not None else 0.0
     if found:

@@ -1,7 +1,8 @@
 """``slidergan edit``: edit the expression of one photo with a trained checkpoint.
 
-``p.json`` holds the target parameters: a list of E numbers, or a ``{name: value}`` mapping
-over the model's expression names (missing names are 0).  ``--params-from PHOTO2`` instead
+``--params`` takes the target parameters as inline JSON (``'{"smile": 1.0, "jaw_open": 0.5}'``)
+or a JSON file: a list of E numbers, or a ``{name: value}`` mapping over the model's
+expression names (missing names are 0).  ``--params-from PHOTO2`` instead
 transfers the expression of a second photo, read by the expression reader, D's regression
 head or the 3D fit (``--regressor``), clipped to [-1, 1] like the editor's sliders.  The output is the edited
 aligned crop, or with ``--paste-back`` the whole photo with the edited crop blended in.
@@ -16,16 +17,19 @@ import tempfile
 from pathlib import Path
 
 from pipeline.config import ConfigError
+from workflows.common import add_config_options, config_from_args
 
 HELP = "edit the expression of one photo with a trained checkpoint"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_options(p)
     p.add_argument("image", metavar="IMAGE", help="photo to edit (JPEG, PNG, ...)")
     p.add_argument("--checkpoint", required=True, metavar="C", help="checkpoint file or training folder")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--params", metavar="p.json",
-                     help="target parameters: a JSON list of E numbers or a {name: value} mapping")
+    src.add_argument("--params", metavar="JSON|p.json",
+                     help="target parameters, inline JSON or a JSON file: a list of E numbers or a "
+                          "{name: value} mapping, e.g. '{\"smile\": 1.0, \"jaw_open\": 0.5}'")
     src.add_argument("--params-from", metavar="PHOTO2",
                      help="expression transfer: the target parameters are read from a second photo (see --regressor)")
     p.add_argument("--regressor", choices=("auto", "reader", "D", "fit"), default="auto",
@@ -41,17 +45,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto (default): the photo's .pts sidecar when present, else detect with dlib")
 
 
-def read_params(path) -> object:
-    """The raw JSON value of a parameter file (checked against the model by Editor.check_params)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"parameter file not found: {path}")
+def read_params(text) -> object:
+    """The raw JSON value of ``--params`` (checked against the model by Editor.check_params):
+    inline JSON when it starts with ``[`` or ``{``, else the name of a JSON file."""
+    s = str(text).strip()
+    if s.startswith(("[", "{")):
+        where, raw = "--params", s
+    else:
+        p = Path(text)
+        if not p.is_file():
+            raise ConfigError(f"--params: neither inline JSON (starting with '[' or '{{') nor a file: {text}")
+        try:
+            where, raw = str(text), p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{text}: not valid JSON ({str(e).splitlines()[0]})") from None
     try:
-        value = json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path}: not valid JSON ({str(e).splitlines()[0]})") from None
+        value = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{where}: not valid JSON ({str(e).splitlines()[0]})") from None
     if not isinstance(value, (list, dict)):
-        raise ConfigError(f"{path}: expected a list of numbers or a {{name: value}} mapping")
+        raise ConfigError(f"{where}: expected a list of numbers or a {{name: value}} mapping")
     return value
 
 
@@ -92,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"reader file not found: {args.reader}")
     if args.params_from is not None and not Path(args.params_from).is_file():
         raise ConfigError(f"image not found: {args.params_from}")
+    cfg = config_from_args(args)
     raw = read_params(args.params) if args.params is not None else None
     image = read_image_file(image_path)  # cheap checks first: torch is imported below
     image2 = read_image_file(Path(args.params_from)) if args.params_from is not None else None
@@ -99,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     from workflows.editor.core import Editor
     from workflows.editor.fitbridge import read_landmarks_sidecar
 
-    editor = Editor.from_files(args.checkpoint, args.model, reader=args.reader)
+    editor = Editor.from_files(args.checkpoint, args.model, reader=args.reader, config=cfg)
     if editor.reader_note:
         print(f"note: {editor.reader_note}", file=sys.stderr, flush=True)
 
@@ -117,11 +131,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         src = Path(args.params_from)
         regressor = args.regressor if args.regressor != "auto" else ("reader" if editor.reader is not None else "D")
-        face2 = editor.prepare(image2, key=src.name, landmarks=landmarks_of(src))
+        face2 = editor.prepare(image2, key=src.name, landmarks=landmarks_of(src), domain=editor.domain_of(src))
         p = face2.p_exp.copy() if regressor == "fit" else editor.regress(face2, regressor)
         p = np.clip(p, -1.0, 1.0).astype(np.float32)
         how = f", parameters of {src.name} by {regressor}"
-    face = editor.prepare(image, key=image_path.name, landmarks=landmarks_of(image_path))
+    face = editor.prepare(image, key=image_path.name, landmarks=landmarks_of(image_path),
+                          domain=editor.domain_of(image_path))
     edited = editor.edit(face, p)
     result = editor.paste(face, edited) if args.paste_back else edited
     write_image_atomic(result, out)

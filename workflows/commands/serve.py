@@ -7,11 +7,13 @@ import sys
 from pathlib import Path
 
 from pipeline.config import ConfigError
+from workflows.common import add_config_options, config_from_args
 
 HELP = "slider editor web page for a trained checkpoint"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_options(p)
     p.add_argument("--checkpoint", required=True, metavar="C",
                    help="checkpoint file (T/checkpoints/latest.pt) or training folder T")
     p.add_argument("--model", default=None, metavar="model.h5",
@@ -43,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"3DMM file not found: {args.model}")
     if args.reader not in ("auto", "none") and not Path(args.reader).is_file():
         raise ConfigError(f"reader file not found: {args.reader}")
+    cfg = config_from_args(args)
     photos = Path(args.photos) if args.photos else None
     if photos is not None and not photos.is_dir():
         raise ConfigError(f"photo folder not found: {photos}")
@@ -54,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    editor = Editor.from_files(args.checkpoint, args.model, reader=args.reader)
+    editor = Editor.from_files(args.checkpoint, args.model, reader=args.reader, config=cfg)
     if editor.reader_note:
         print(f"note: {editor.reader_note}", file=sys.stderr, flush=True)
     if photos is None:

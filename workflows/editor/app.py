@@ -146,7 +146,7 @@ def create_app(editor: Editor, photos: str | Path | None = None, *, max_bytes: i
             with open(path, "rb") as f:
                 data = f.read(max_bytes + 1)
             image = decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels, name=name)
-            return editor.prepare(image, key=name, landmarks=read_landmarks_sidecar(path))
+            return editor.prepare(image, key=name, landmarks=read_landmarks_sidecar(path), domain=editor.domain_of(path))
         raise ApiError(400, "choose a photo: upload a file or pick one from the folder")
 
     @app.post("/api/photo")

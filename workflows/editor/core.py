@@ -230,12 +230,15 @@ class Editor:
     """
 
     def __init__(self, G, D, morphable_model, n_params: int, *, image_size: int = 128, device: str = "cpu",
-                 variant: str = "", step: int | None = None, render_size: int = 160, calibration=None,
-                 reader=None, reader_note: str = ""):
+                 variant: str = "", step: int | None = None, render_size: int = 160, fit_cfg=None,
+                 model_path=None, reader=None, reader_note: str = ""):
         self.G, self.D, self.model = G, D, morphable_model
         self.reader = reader                    # train.reader.Reader (independent regressor) or None
         self.reader_note = reader_note          # why an auto-discovered reader is not used ("" = none found)
-        self.calibration = calibration          # fitting.landmarks.LandmarkCalibration for detections, or None
+        self.fit_cfg = fitbridge.fit_config(fit_cfg)   # the preset's complete fit: section (fit-emotionet's)
+        self.model_path = Path(model_path) if model_path else None   # where the landmark calibration is looked for
+        self.default_domain = fitbridge.image_domain(self.fit_cfg)  # uploads: fit.image_domain (auto: photo)
+        self._fitters: dict = {}                # image domain -> fitting.photo.PhotoFitter
         self.n_params = int(n_params)
         self.image_size = int(image_size)
         self.device = device
@@ -251,10 +254,12 @@ class Editor:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_files(cls, checkpoint, model_path=None, device: str = "cpu", reader="auto") -> "Editor":
+    def from_files(cls, checkpoint, model_path=None, device: str = "cpu", reader="auto", config=None) -> "Editor":
         """Editor from a checkpoint and a 3DMM.  ``reader``: "auto" (``RUN/reader/reader.pt``
         of the checkpoint's run folder when there and made for this 3DMM), "none"/None, or a
-        reader file (errors are one line)."""
+        reader file (errors are one line).  ``config``: the preset (a
+        :class:`pipeline.config.Config`; None = the default preset) whose ``fit:`` section
+        fits the photos, as ``fit-emotionet`` does with it."""
         from fitting.model import ModelError, MorphableModel
 
         ckpt = load_checkpoint(checkpoint, device)
@@ -274,7 +279,8 @@ class Editor:
         size = int(ckpt["model_config"].get("image_size", 128))
         rd, note = resolve_reader(reader, ckpt["_path"], mpath, mm, device)
         return cls(G, D, mm, n, image_size=size, device=device, variant=str(ckpt.get("variant", "")),
-                   step=ckpt.get("step"), calibration=fitbridge.load_calibration(mpath), reader=rd, reader_note=note)
+                   step=ckpt.get("step"), fit_cfg=fitbridge.fit_config(config), model_path=mpath, reader=rd,
+                   reader_note=note)
 
     # ------------------------------------------------------------------ parameters
     def check_params(self, p) -> np.ndarray:
@@ -305,11 +311,34 @@ class Editor:
         return {str(n): [round(float(x), 4) for x in out[i]] for i, n in enumerate(EXPRESSION_NAMES)}
 
     # ------------------------------------------------------------------ photos
-    def prepare(self, image: np.ndarray, key: str = "photo", landmarks: np.ndarray | None = None) -> Face:
-        """Detect (unless ``landmarks`` [68, 2] are given), fit the 3DMM and align the photo.
-        image uint8 [H, W, 3].  No face -> :class:`ImageInputError`."""
+    def calibration_for(self, domain: str):
+        """The landmark calibration detections of ``domain`` photos go through (None: raw)."""
+        return self.fitter(domain).calibration
+
+    def domain_of(self, path) -> str:
+        """The image domain of a photo file (``fit.image_domain``; auto: ``render`` in the demo
+        world's photo folder, else ``photo``)."""
+        return fitbridge.image_domain(self.fit_cfg, path)
+
+    def fitter(self, domain: str | None = None):
+        """The :class:`fitting.photo.PhotoFitter` for photos of ``domain`` (default: uploads')."""
+        from fitting.photo import PhotoFitter
+
+        domain = domain or self.default_domain
+        if domain not in self._fitters:
+            cal = (fitbridge.load_calibration(self.model_path, self.fit_cfg, domain)
+                   if self.model_path is not None else None)
+            self._fitters[domain] = PhotoFitter(self.model, self.fit_cfg, cal)
+        return self._fitters[domain]
+
+    def prepare(self, image: np.ndarray, key: str = "photo", landmarks: np.ndarray | None = None,
+                domain: str | None = None) -> Face:
+        """Detect (unless ``landmarks`` [68, 2] are given), fit the 3DMM and align the photo,
+        exactly as the fit stage does (:mod:`fitting.photo`), for a photo of ``domain``
+        (default: uploads', see :meth:`domain_of`).  image uint8 [H, W, 3].  No face ->
+        :class:`ImageInputError`."""
         t0 = time.perf_counter()
-        fit = fitbridge.fit_photo(image, self.model, landmarks=landmarks, calibration=self.calibration)
+        fit = fitbridge.fit_photo(self.fitter(domain), image, landmarks=landmarks)
         p = np.zeros(self.n_params, np.float32)
         w = min(self.n_params, len(fit["p_exp"]))
         p[:w] = fit["p_exp"][:w]

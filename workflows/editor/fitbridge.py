@@ -1,10 +1,8 @@
-"""The editor's bridge to the fitting stage code: detect 68 landmarks, fit the 3DMM, align.
-
-The editor must see a photo exactly as the trainer saw its training crops, so this module
-only *calls* ``fitting/`` (the functions ``fit-emotionet`` uses: dlib detection, the
-batched landmark fitter, the similarity alignment to the model's reference landmarks and
-the crop warp) and adds nothing of its own beyond turning "no face" into a clear
-:class:`ImageInputError`.
+"""The editor's bridge to the fit: the photo is fitted by :class:`fitting.photo.PhotoFitter`,
+the very code the fit stage (``fit-emotionet``) runs, with the ``fit:`` section of the
+editor's preset (``serve``/``edit --config``): the same landmark options per source,
+calibration (for the photo's image domain), photometric refinement and gate.  This module
+only turns the fit's rejects into a clear :class:`ImageInputError`.
 """
 from __future__ import annotations
 
@@ -14,39 +12,25 @@ import numpy as np
 
 from workflows.editor.imaging import ImageInputError
 
-_FITTERS: dict = {}
+_MESSAGES = {
+    "no face": "no face found in the photo (try a larger, frontal, well-lit face)",
+    "too small": "the face is too small",
+    "bad landmarks": "unusable landmarks",
+    "fit diverged": "the 3D face fit failed",
+}
 
 
-def fit_config() -> dict:
-    """The ``fit:`` section of the default preset (the settings ``fit-emotionet`` uses)."""
-    from pipeline.config import load_config
+def fit_config(config=None) -> dict:
+    """The complete ``fit:`` section of ``config`` (a :class:`pipeline.config.Config`, a
+    dict section, or None for the default preset), as ``fit-emotionet`` uses it."""
+    from fitting.photo import fit_settings
+    from pipeline.config import Config, load_config
 
-    return load_config().section("fit")
-
-
-def fit_options(source: str):
-    """FitOptions for landmarks from a ``sidecar``, ``detected`` or ``calibrated`` (detected,
-    then corrected by the model's landmark calibration); ``fit.contour=auto`` means fixed jaw
-    vertices for sidecars and calibrated detections, the dynamic silhouette for raw
-    detections (as the fit stage does)."""
-    from fitting.fit import FitOptions
-
-    cfg = fit_config()
-    contour = cfg.get("contour", "dynamic")
-    if contour == "auto":
-        contour = "dynamic" if source == "detected" else "fixed"
-    return FitOptions.from_config(cfg, contour=contour, device="cpu")
-
-
-def _fitter(model, source: str):
-    from fitting.fit import LandmarkFitter
-
-    key = (id(model), source)
-    if key not in _FITTERS:
-        if any(k[0] != id(model) for k in _FITTERS):
-            _FITTERS.clear()
-        _FITTERS[key] = LandmarkFitter(model, fit_options(source))
-    return _FITTERS[key]
+    if config is None:
+        config = load_config()
+    if isinstance(config, Config):
+        return fit_settings(config.section("fit") if "fit" in config else {})
+    return fit_settings(config)
 
 
 def read_landmarks_sidecar(image_path) -> np.ndarray | None:
@@ -63,71 +47,36 @@ def read_landmarks_sidecar(image_path) -> np.ndarray | None:
         raise ImageInputError(str(e)) from None
 
 
-def load_calibration(model_path):
-    """The landmark calibration ``fit.landmark_calibration`` names for ``model_path`` (auto:
-    ``<stem>.lmcal.npz`` beside it), as the fit stage loads it: None when there is none, a
-    one-line :class:`pipeline.config.ConfigError` for a bad one."""
-    from workflows.stages.fit import load_calibration as load
+def image_domain(fit_cfg: dict, where=None) -> str:
+    """The image domain of photos from ``where`` (a file or folder; None: an upload) under
+    ``fit.image_domain`` (:func:`fitting.photo.image_domain`)."""
+    from fitting.photo import image_domain as domain
 
-    return load(fit_config().get("landmark_calibration", "auto"), str(model_path))
-
-
-def detect_landmarks(image: np.ndarray) -> np.ndarray:
-    """68 iBUG landmarks [68, 2] (project pixels) of the largest face, by dlib; no face ->
-    :class:`ImageInputError`."""
-    from fitting.landmarks import get_detector
-
-    lm = get_detector().detect(image)
-    if lm is None:
-        raise ImageInputError("no face found in the photo (try a larger, frontal, well-lit face)")
-    return lm
+    return domain(fit_cfg["image_domain"], where)
 
 
-def align_matrix(model, landmarks: np.ndarray, crop_size: int) -> np.ndarray:
-    """[2, 3] similarity map from photo pixels to the crop: the landmarks onto the model's
-    mean landmarks seen frontally (fitting.align)."""
-    from fitting.align import reference_shape, similarity_transform
+def load_calibration(model_path, fit_cfg: dict, domain: str):
+    """The landmark calibration ``fit.landmark_calibration`` names for ``model_path`` and
+    photos of ``domain``, as the fit stage loads it: None when there is none (or it was
+    learned on another domain), a one-line :class:`pipeline.config.ConfigError` for a bad one."""
+    from fitting.photo import load_calibration as load
 
-    ref = reference_shape(model.mean_shape[model.landmarks], crop_size)  # as workflows/stages/fit.py
-    return similarity_transform(landmarks, ref)
+    return load(fit_cfg["landmark_calibration"], str(model_path), domain)
 
 
-def fit_photo(image: np.ndarray, model, landmarks: np.ndarray | None = None, crop_size: int | None = None,
-              calibration=None) -> dict:
-    """Detect (unless given), fit and align one photo; detections go through ``calibration``
-    (a :class:`fitting.landmarks.LandmarkCalibration`) when given.
+def fit_photo(fitter, image: np.ndarray, landmarks: np.ndarray | None = None, crop_size: int | None = None) -> dict:
+    """Fit one photo with ``fitter`` (a :class:`fitting.photo.PhotoFitter`): detect (unless
+    ``landmarks`` [68, 2] are given), calibrate, fit, refine, gate, align.
 
-    image uint8 [H, W, 3]; landmarks float [68, 2] or None.  Returns a dict with
-    ``crop`` uint8 [S, S, 3], ``align`` float32 [2, 3], ``p_exp`` float32 [E'],
-    ``p_id`` float32 [K'], ``camera`` float32 [7], ``landmarks`` float32 [68, 2],
-    ``fit_error`` float, ``landmark_source`` ("sidecar" | "detected" | "calibrated").  ``crop_size``
-    defaults to ``fit.crop_size`` (the size of the crops in the shards G was trained on).
+    Returns :meth:`fitting.photo.PhotoFitter.fit_photo`'s dict (``crop`` uint8 [S, S, 3],
+    ``align`` [2, 3], ``p_exp``, ``p_id``, ``camera``, ``landmarks``, ``fit_error``,
+    ``landmark_source``); a reject raises :class:`ImageInputError` (one line).
     """
-    from fitting.align import warp_crop
-    from fitting.fit import interocular
+    from fitting.photo import PhotoReject
 
-    cfg = fit_config()
-    crop_size = int(crop_size or cfg.get("crop_size", 128))
-    source = "sidecar"
-    if landmarks is None:
-        landmarks = detect_landmarks(image)
-        source = "detected"
-        if calibration is not None:
-            landmarks = calibration.apply(landmarks)
-            source = "calibrated"
-    lm = np.asarray(landmarks, np.float64)
-    if lm.shape != (68, 2) or not np.all(np.isfinite(lm)):
-        raise ImageInputError(f"landmarks must be [68, 2] finite numbers, got shape {lm.shape}")
-    face_px = 2.5 * float(interocular(lm))
-    if face_px < float(cfg.get("min_face_px", 40)):
-        raise ImageInputError(f"the face is too small ({face_px:.0f} px; at least {cfg.get('min_face_px', 40)} px needed)")
-    res = _fitter(model, source).fit(lm[None])
-    err = float(res.fit_error[0])
-    max_err = float(cfg.get("max_fit_error", 0.25))
-    if not np.isfinite(err) or err > max_err or (res.converged is not None and not bool(res.converged[0])):
-        raise ImageInputError(f"the 3D face fit failed (landmark error {err:.3f} x inter-ocular > {max_err:g})")
-    align = align_matrix(model, lm, crop_size)
-    crop = warp_crop(image, align, crop_size)
-    return {"crop": crop, "align": align.astype(np.float32), "p_exp": np.asarray(res.p_exp[0], np.float32),
-            "p_id": np.asarray(res.p_id[0], np.float32), "camera": np.asarray(res.camera[0], np.float32),
-            "landmarks": lm.astype(np.float32), "fit_error": err, "landmark_source": source}
+    lm = None if landmarks is None else np.asarray(landmarks, np.float64)
+    try:
+        return fitter.fit_photo(image, lm, crop_size)
+    except PhotoReject as e:
+        head = _MESSAGES.get(e.reason, e.reason)
+        raise ImageInputError(f"{head} ({e.detail})" if e.detail and e.reason != "no face" else head) from None

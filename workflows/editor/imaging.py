@@ -7,10 +7,9 @@ top-left pixel's *corner*; pixel (i, j) has centre (j + 0.5, i + 0.5).  An ``ali
 from __future__ import annotations
 
 import io
-import warnings
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from pipeline.config import ConfigError
 
@@ -25,49 +24,31 @@ class ImageInputError(ConfigError):
 
 def decode_image(data: bytes, *, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS,
                  name: str = "image") -> np.ndarray:
-    """Decode an encoded photo (JPEG, PNG, ...) to RGB.
+    """Decode an encoded photo (JPEG, PNG, ...) to RGB with the fit stage's decoder
+    (:func:`fitting.images.decode_image`: EXIF orientation, grey/palette/CMYK/16-bit/alpha
+    converted as for the training crops, the pixel-count guard checked before decoding).
 
-    Guards, each raising :class:`ImageInputError` with a one-line message: an empty or
-    oversize byte string (``max_bytes``), something Pillow cannot identify, a header that
-    announces more than ``max_pixels`` pixels (checked *before* decoding, so a
-    decompression bomb never allocates), and a truncated/corrupt body.  EXIF orientation is
-    applied; palette, grey, alpha, CMYK and 16-bit images are converted to RGB.
-
+    Adds the upload's byte limit (``max_bytes``); every problem raises
+    :class:`ImageInputError` with a one-line message starting with ``name``.
     Returns uint8 [H, W, 3].
     """
+    from fitting.images import ImageReject
+    from fitting.images import decode_image as decode
+
     if not data:
         raise ImageInputError(f"{name}: empty file")
     if len(data) > max_bytes:
         raise ImageInputError(f"{name}: file too large ({len(data) / 1e6:.1f} MB; limit {max_bytes / 1e6:.0f} MB)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
-            w, h = im.size
-            if w * h > max_pixels:
-                raise ImageInputError(f"{name}: image too large ({w}x{h} pixels; limit {max_pixels / 1e6:.0f} megapixels)")
-            if w < 1 or h < 1:
-                raise ImageInputError(f"{name}: image has no pixels")
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im, dtype=np.float64)
-                arr = np.clip(arr / max(arr.max(), 1.0) * 255.0, 0, 255).astype(np.uint8)
-                im = Image.fromarray(arr)
-            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                im = Image.alpha_composite(bg, im.convert("RGBA"))
-            im = im.convert("RGB")
-    except ImageInputError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageInputError(f"{name}: image too large (decompression bomb guard)") from None
-    except UnidentifiedImageError:
-        raise ImageInputError(f"{name}: not an image (expected JPEG, PNG, BMP, WebP or similar)") from None
-    except (OSError, ValueError, SyntaxError) as e:
-        raise ImageInputError(f"{name}: could not decode the image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    arr = np.asarray(im, dtype=np.uint8)
-    return np.ascontiguousarray(arr)
+        return decode(data, max_pixels=max_pixels, min_side=1)
+    except ImageReject as e:
+        what = {"decompression bomb": "image too large",
+                "not an image": "not an image (expected JPEG, PNG, BMP, WebP or similar)",
+                "too small": "image has no pixels",
+                "unreadable": "could not decode the image"}.get(e.reason, e.reason)
+        detail = f" ({e.detail}; limit {max_pixels / 1e6:.0f} megapixels)" if e.reason == "decompression bomb" else (
+            f" ({e.detail})" if e.detail and e.reason == "unreadable" else "")
+        raise ImageInputError(f"{name}: {what}{detail}") from None
 
 
 def read_image_file(path, **limits) -> np.ndarray:
