@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build-model": ("build_model", "build model.h5 from LSFM + 4DFAB files, or the demo 3DMM (--demo)"),
     "calibrate-landmarks": ("calibrate_landmarks", "learn the detector-to-model landmark calibration from renders of a model"),
     "fit-emotionet": ("fit_emotionet", "detect, landmark, fit the 3DMM to and align every image (shard stage)"),
+    "fit-lrw": ("fit_lrw", "fit the 3DMM to LRW videos + LRW-3D speech parameters -> 40-vectors (shard stage)"),
     "render-warps": ("render_warps", "render random-expression 3D warps of fitted photos (shard stage)"),
     "project-4dfab": ("project_4dfab", "project 4DFAB meshes to expression parameters and render them (shard stage)"),
     "train": ("train", "train SliderGAN (variants rad, wgp, ganimation and ablations)"),

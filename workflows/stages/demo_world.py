@@ -7,6 +7,8 @@ Layout of ``D`` (DESIGN.md, "Demo world"; truth schemas in docs/INTERFACES.md)::
     D/emotionet/<00000>.jpg + .pts, truth.h5
     D/4dfab/id<000>/s<00>/<000>.obj (vertex colours), truth.h5
     D/lrw/seq<000>/<000>.jpg + .pts, truth.h5
+    D/lrw/lipread_mp4/<WORD>/<split>/<WORD>_<id>.mp4 + .txt + .landmarks.npy   (LRW layout)
+    D/lrw/lrw3d/<WORD>/<split>/<WORD>_<id>.npy     LRW-3D-style speech parameters [frames, S]
     D/preview.png       contact sheet: 64 photos + 16 mesh renders
     D/_demo.json        written last: params, params_hash, counts (re-run = no-op)
 
@@ -32,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 FORMAT = "slidergan-demo/1"
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"        # 2: LRW-style .mp4 videos and LRW-3D-style speech files
 MARKER = "_demo.json"
 CHUNKS = "_demo_chunks"
 KINDS = ("emotionet", "4dfab", "lrw")
@@ -377,6 +379,45 @@ def lrw_trajectory(rng: np.random.Generator, n_frames: int, n_exp: int, n_speech
     return out.astype(np.float32)
 
 
+#: LRW-style words of the demo videos, and the split of sequence ``s`` (cycle, so that even
+#: two sequences give a training and a test video)
+LRW_WORDS = ("ABOUT", "WORLD", "THINK")
+LRW_SPLIT_CYCLE = ("train", "test", "val", "train")
+#: the demo videos' H.264 quality (x264 CRF; 17 is visually lossless)
+LRW_CRF = 17
+
+
+def lrw_video_id(seq: int) -> str:
+    """The LRW-style id ``<WORD>/<split>/<WORD>_<id>`` of demo sequence ``seq`` (its video is
+    ``D/lrw/lipread_mp4/<id>.mp4``, its speech parameters ``D/lrw/lrw3d/<id>.npy``)."""
+    word = LRW_WORDS[seq % len(LRW_WORDS)]
+    split = LRW_SPLIT_CYCLE[seq % len(LRW_SPLIT_CYCLE)]
+    return f"{word}/{split}/{word}_{seq + 1:05d}"
+
+
+def write_lrw_video(out: Path, seq: int, frames: np.ndarray, lm: np.ndarray, speech: np.ndarray) -> None:
+    """Sequence ``seq`` in LRW's layout: ``.mp4`` (25 fps H.264) + ``.txt`` + the exact
+    landmarks ``.landmarks.npy`` [F, 68, 2], and its speech parameters [F, S] as an LRW-3D
+    mirror tree (fitting/lrw.py).  Every file atomic."""
+    from fitting.lrw import LANDMARKS_SUFFIX, word_txt, write_video
+    from pipeline.atomic import atomic_write_bytes, atomic_write_text
+
+    vid = lrw_video_id(seq)
+    video = out / "lrw" / "lipread_mp4" / f"{vid}.mp4"
+    video.parent.mkdir(parents=True, exist_ok=True)
+    write_video(video, frames, crf=LRW_CRF)
+    atomic_write_text(video.with_suffix(".txt"), word_txt(vid.split("/")[0], len(frames)))
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(lm, np.float32))
+    atomic_write_bytes(video.with_name(video.stem + LANDMARKS_SUFFIX), buf.getvalue())
+    if speech.shape[1]:
+        sp = out / "lrw" / "lrw3d" / f"{vid}.npy"
+        sp.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(speech, np.float32))
+        atomic_write_bytes(sp, buf.getvalue())
+
+
 # ---------------------------------------------------------------------------- chunks
 def _chunk_record(out: Path, kind: str, chunk: int) -> Path:
     return out / CHUNKS / f"{kind}-{chunk:05d}.npz"
@@ -447,17 +488,23 @@ def run_chunk(out: str, kind: str, chunk: int, items: list, params: dict, phash:
             tex = model.texture(p_tex)
             folder = out / "lrw" / f"seq{seq:03d}"
             folder.mkdir(parents=True, exist_ok=True)
+            frames, lms = [], []
             for f in range(P.lrw_frames):
                 V = model.instance(p_id, traj[f])
                 res = render.render(V, model.trilist, tex, cam, background=bg, light=light, backend=P.backend)
                 key = f"seq{seq:03d}/{f:03d}.jpg"
-                atomic_write_bytes(out / "lrw" / key, _jpeg_bytes(res.image_uint8(), P.jpeg_quality))
+                frames.append(res.image_uint8())
+                atomic_write_bytes(out / "lrw" / key, _jpeg_bytes(frames[-1], P.jpeg_quality))
                 lm = render.project(V[model.landmarks], cam).astype(np.float32)
+                lms.append(lm)
                 _write_pts((out / "lrw" / key).with_suffix(".pts"), lm)
                 rows.append(dict(sequence=np.int64(seq), frame=np.int64(f),
                                  identity=np.int64(IDENTITY_OFFSET["lrw"] + seq), p_id=p_id, p_exp=traj[f],
-                                 p_tex=p_tex, camera=cam.astype(np.float32), landmarks=lm))
+                                 p_tex=p_tex, camera=cam.astype(np.float32), landmarks=lm,
+                                 video=lrw_video_id(seq)))
                 keys.append(key)
+            if frames:
+                write_lrw_video(out, seq, np.stack(frames), np.stack(lms), traj[:, model.n_exp:])
     else:  # pragma: no cover - internal
         raise ValueError(f"unknown chunk kind {kind!r}")
     rec.parent.mkdir(parents=True, exist_ok=True)
@@ -502,8 +549,8 @@ def _write_truth(path: Path, records: list[Path]) -> int:
             h.attrs["schema"] = "slidergan-demo-truth/1"
             h.attrs["n"] = n
             for k, v in data.items():
-                if k == "key":
-                    h.create_dataset("key", data=np.array([str(s) for s in v], dtype=object),
+                if k == "key" or v.dtype.kind == "U":
+                    h.create_dataset(k, data=np.array([str(s) for s in v], dtype=object),
                                      dtype=h5py.string_dtype())
                 else:
                     h.create_dataset(k, data=v)
