@@ -20,13 +20,16 @@ MESHES ?= $(RUN)/4dfab
 FITS ?= $(RUN)/fits
 WARPS ?= $(RUN)/warps
 PARAMS ?= $(RUN)/4dfab-params
+VIDEOS ?= $(RUN)/lrw/lipread_mp4
+SPEECH ?= $(RUN)/lrw/lrw3d
+LRW_FITS ?= $(RUN)/lrw-fits
 TRAIN_OUT ?= $(RUN)/train/$(VARIANT)
 CHECKPOINT ?= $(TRAIN_OUT)/checkpoints/latest.pt
 EVAL_OUT ?= $(RUN)/eval
 BENCH_OUT ?= bench
 APT_PACKAGES := libosmesa6 libegl1 libegl-mesa0 libgl1-mesa-dri libglu1-mesa chromium chromium-driver
 
-.PHONY: setup system-packages demo test bench make-demo fit-emotionet render-warps project-4dfab train evaluate serve clean-venv
+.PHONY: setup system-packages demo test bench make-demo fit-emotionet render-warps project-4dfab fit-lrw train evaluate serve clean-venv
 
 setup: system-packages $(STAMP)
 
@@ -74,6 +77,10 @@ render-warps: setup
 project-4dfab: setup
 	@if [ "$(MESHES)" = "$(RUN)/4dfab" ] && [ ! -d "$(MESHES)" ]; then $(SG) make-demo --out $(RUN); fi
 	$(SG) project-4dfab --meshes $(MESHES) --model $(MODEL) --out $(PARAMS) $(STAGE_OPTS)
+
+fit-lrw: setup
+	@if [ "$(VIDEOS)" = "$(RUN)/lrw/lipread_mp4" ] && [ ! -d "$(VIDEOS)" ]; then $(SG) make-demo --out $(RUN); fi
+	$(SG) fit-lrw --videos $(VIDEOS) --speech $(SPEECH) --model $(MODEL) --out $(LRW_FITS) $(STAGE_OPTS)
 
 train: setup
 	$(SG) train --data $(RUN) --variant $(VARIANT) --out $(TRAIN_OUT) --config $(CONFIG)

@@ -1,6 +1,6 @@
 """slidergan demo: every stage on the offline demo world, then the HTML report.
 
-make-demo -> fit-emotionet -> render-warps -> project-4dfab -> train (rad, ganimation)
+make-demo -> fit-emotionet -> render-warps -> project-4dfab -> fit-lrw -> train (rad, ganimation)
 -> evaluate.  Each step is its own ``slidergan`` process, so a re-run reuses whatever
 finished: stages skip complete shards, training resumes from (or stops at) its latest
 checkpoint, and the evaluation is skipped when its inputs (checkpoints + config) are
@@ -65,6 +65,8 @@ def run(args) -> int:
                            "--out", str(R / "warps"), *stage])
     run_step("project-4dfab", ["project-4dfab", "--meshes", str(R / "4dfab"), "--model", model,
                             "--out", str(R / "4dfab-params"), *stage])
+    _step("fit-lrw", ["fit-lrw", "--videos", str(R / "lrw" / "lipread_mp4"), "--speech", str(R / "lrw" / "lrw3d"),
+                      "--model", model, "--out", str(R / "lrw-fits"), *stage])
     ckpts, jobs = [], {}
     for v in variants:
         argv = ["train", "--data", str(R), "--variant", v, "--out", str(R / "train" / v), *common]
