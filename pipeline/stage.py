@@ -95,12 +95,13 @@ def keys_hash(keys: Sequence[str]) -> str:
 def plan_chunk_size(n_items: int, chunk_size: int, workers: int, per_worker: int = 4) -> int:
     """The chunk size the runner uses: ``chunk_size`` is an upper bound, lowered so that
     ``workers`` > 1 get at least ``per_worker`` chunks each when the items allow
-    (``ceil(n_items / (per_worker * workers))``, at least 1).  One worker keeps ``chunk_size``:
-    splitting gains it nothing."""
+    (``floor(n_items / (per_worker * workers))``, at least 1: fixed slices of that size make at
+    least ``per_worker * workers`` chunks).  One worker keeps ``chunk_size``: splitting gains
+    it nothing."""
     cs = max(1, int(chunk_size))
     if int(workers) <= 1 or n_items <= 0:
         return cs
-    return max(1, min(cs, -(-int(n_items) // (per_worker * int(workers)))))
+    return max(1, min(cs, int(n_items) // (per_worker * int(workers))))
 
 
 def split_chunks(keys: Sequence[str], chunk_size: int) -> list[list[str]]:

@@ -105,16 +105,20 @@ def toy_reference(folder: str | os.PathLike, scale: float = 1.0) -> dict[str, np
 class ToyStage(Stage):
     """Image -> mean colour.  rows: key str, mean float32 [n,3], image uint8 [n,h,w,3],
     group int64 [n].  ``delay`` (s/item), ``marker_dir`` (write ``<chunk>-<pid>`` at chunk
-    start), ``fail_chunks`` (always raise) and ``flaky_dir`` (raise on a chunk's first attempt)
-    are test hooks and are not hashed."""
+    start), ``fail_chunks`` (always raise), ``flaky_dir`` (raise on a chunk's first attempt),
+    ``bug_items`` (a TypeError, as a refactoring slip would raise, in the per-item function)
+    and ``config_error_chunks`` (raise ConfigError, as a corrupt model would) are test hooks
+    and are not hashed."""
     name = "toy"
     version = "1"
 
     def __init__(self, inputs: str | os.PathLike, scale: float = 1.0, delay: float = 0.0,
-                 marker_dir: str | None = None, fail_chunks: Sequence[int] = (), flaky_dir: str | None = None):
+                 marker_dir: str | None = None, fail_chunks: Sequence[int] = (), flaky_dir: str | None = None,
+                 bug_items: Sequence[str] = (), config_error_chunks: Sequence[int] = ()):
         self.inputs = str(Path(inputs).absolute())
         self.scale, self.delay = float(scale), float(delay)
         self.marker_dir, self.fail_chunks, self.flaky_dir = marker_dir, tuple(fail_chunks), flaky_dir
+        self.bug_items, self.config_error_chunks = tuple(bug_items), tuple(config_error_chunks)
 
     def input_keys(self) -> list[str]:
         return sorted(p.name for p in Path(self.inputs).glob("*.png"))
@@ -130,6 +134,8 @@ class ToyStage(Stage):
 
         if self.delay:
             time.sleep(self.delay)
+        if key in self.bug_items:
+            return {"key": key, "mean": len(None)}          # noqa — the injected bug: a TypeError
         try:
             img = np.asarray(Image.open(Path(self.inputs) / key).convert("RGB"))
         except (UnidentifiedImageError, OSError) as e:
@@ -143,6 +149,8 @@ class ToyStage(Stage):
             Path(self.marker_dir, f"{chunk}-{os.getpid()}").touch()
         if chunk in self.fail_chunks:
             raise RuntimeError(f"toy failure in chunk {chunk}")
+        if chunk in self.config_error_chunks:
+            raise ConfigError(f"toy model file is corrupt (chunk {chunk})")
         if self.flaky_dir:
             flag = Path(self.flaky_dir, f"attempt-{chunk}")
             if not flag.exists():
@@ -185,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--delay", type=float, default=0.0)
     p.add_argument("--marker-dir", default=None)
     p.add_argument("--fail-chunk", type=int, action="append", default=[])
+    p.add_argument("--bug-item", action="append", default=[])
+    p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--chunk-size", type=int, default=None)
     p.add_argument("--force", action="store_true")
     p.add_argument("--only", type=int, default=None)
@@ -195,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.runner import run_stage_from_args
 
     stage = ToyStage(args.inputs, scale=args.scale, delay=args.delay, marker_dir=args.marker_dir,
-                     fail_chunks=args.fail_chunk)
+                     fail_chunks=args.fail_chunk, bug_items=args.bug_item)
     try:
         return run_stage_from_args(stage, args, default_chunk_size=4).exit_code
     except ConfigError as e:

@@ -157,12 +157,12 @@ def test_process_items_rejects_bad_input_and_raises_bugs():
 
 
 def test_dask_cluster_gives_same_bytes_retries_and_failures(inputs, tmp_path, dask_client):
-    # 2 workers: chunk_size 4 is lowered to ceil(14 / (4 * 2)) = 2, i.e. 7 chunks
-    run_stage(ToyStage(inputs), tmp_path / "ref", chunk_size=2, cluster="inprocess", progress=False, log=None)
+    # 2 workers: chunk_size 4 is lowered to floor(14 / (4 * 2)) = 1, i.e. 14 chunks
+    run_stage(ToyStage(inputs), tmp_path / "ref", chunk_size=1, cluster="inprocess", progress=False, log=None)
     (tmp_path / "flags").mkdir()
     rep = _run(ToyStage(inputs, flaky_dir=str(tmp_path / "flags"), marker_dir=str(tmp_path / "flags")),
                tmp_path / "d", cluster=dask_client)
-    assert rep.ok and rep.chunk_size == 2 and rep.computed == list(range(7)), rep.summary()
+    assert rep.ok and rep.chunk_size == 1 and rep.computed == list(range(14)), rep.summary()
     assert _bytes(tmp_path / "d") == _bytes(tmp_path / "ref")
     worker_pids = {p.name.split("-")[1] for p in (tmp_path / "flags").iterdir() if not p.name.startswith("attempt")}
     assert len(worker_pids) == 2 and str(__import__("os").getpid()) not in worker_pids   # both workers used
