@@ -403,9 +403,14 @@ class Trainer:
             g["lr"] = float(self.t["lr_d"]) * f
         m: dict[str, float] = {"lr_g": float(self.t["lr_g"]) * f}
 
+        # G's forward is shared by the critic update (detached) and, on G's turn, the generator
+        # update (G's parameters do not change in between, so this equals two forwards)
+        g_turn = (step + 1) % int(self.t["n_critic"]) == 0 and step >= int(self.t["d_warmup_steps"])
+        with torch.set_grad_enabled(g_turn), self._autocast():
+            fake_g, _, mask = self.G(x, p_trg)
+        fake = fake_g.detach()
+
         # critic
-        with torch.no_grad(), self._autocast():
-            fake = self.G(x, p_trg)[0]
         with self._autocast():
             real_s, real_r = self.D(x)
             fake_s, _ = self.D(fake.detach())
@@ -423,15 +428,15 @@ class Trainer:
                  d_real=real_s.detach().float().mean().item(), d_fake=fake_s.detach().float().mean().item())
         self.opt_D.step()
 
-        if (step + 1) % int(self.t["n_critic"]) != 0 or step < int(self.t["d_warmup_steps"]):
+        if not g_turn:
             return m
         ramp = self.g_ramp(step)
         # generator
         for q in self.D.parameters():
             q.requires_grad_(False)
         try:
+            fake = fake_g
             with self._autocast():
-                fake, colour, mask = self.G(x, p_trg)
                 fake_s, fake_r = self.D(fake)
                 with torch.no_grad():
                     real_s = self.D(x)[0] if kind == "rad" else None
