@@ -129,11 +129,11 @@ def refitter(model, fit_cfg: dict | None = None, model_path=None, images_root=No
     from fitting.photo import PhotoFitter, fit_settings, image_domain, load_calibration
 
     cfg = fit_settings(fit_cfg)
+    domain = image_domain(cfg["image_domain"], images_root)
     cal = None
     if model_path is not None:
-        cal = load_calibration(cfg["landmark_calibration"], str(model_path),
-                               image_domain(cfg["image_domain"], images_root))
-    return PhotoFitter(model, cfg, cal, detector, device="cpu")
+        cal = load_calibration(cfg["landmark_calibration"], str(model_path), domain)
+    return PhotoFitter(model, cfg, cal, detector, device="cpu", domain=domain)
 
 
 def refit_params(fitter, images, n_exp: int):

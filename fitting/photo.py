@@ -45,13 +45,25 @@ class PhotoReject(Exception):
 
 
 # ---------------------------------------------------------------------------- settings
-def fit_settings(fit_cfg: Optional[dict] = None) -> dict:
+def fit_settings(fit_cfg: Optional[dict] = None, domain: Optional[str] = None) -> dict:
     """The ``fit:`` section of the schema (config/demo.yaml) updated with ``fit_cfg``: every
-    key has a value, so no code here keeps a default of its own."""
-    from pipeline.config import schema_section
+    key has a value, so no code here keeps a default of its own.  For ``domain`` ``photo``
+    the keys of ``fit.photo_overrides`` replace their namesakes (the section was tuned on
+    renders; real photos differ in dlib's error and in what the model can explain)."""
+    from pipeline.config import ConfigError, schema_section
 
     out = schema_section("fit")
-    out.update(dict(fit_cfg or {}))
+    over = dict(out.get("photo_overrides") or {})
+    cfg = dict(fit_cfg or {})
+    if isinstance(cfg.get("photo_overrides"), dict):
+        over.update(cfg.pop("photo_overrides"))
+    out.update(cfg)
+    out["photo_overrides"] = over
+    if domain == "photo":
+        for k, v in over.items():
+            if k not in out or k == "photo_overrides":
+                raise ConfigError(f"fit.photo_overrides.{k}: not a fit key")
+            out[k] = v
     return out
 
 
@@ -234,12 +246,14 @@ class PhotoFitter:
     ``calibration``: a :class:`fitting.landmarks.LandmarkCalibration` for detections, or None
     (see :func:`load_calibration`).  ``detector``: anything with ``detect(rgb) -> [68, 2] |
     None`` (default: dlib with ``fit.detect_retry_*``).  ``device``: the landmark fitter's
-    torch device (None: cuda when present)."""
+    torch device (None: cuda when present).  ``domain``: the photos' image domain; ``photo``
+    applies ``fit.photo_overrides`` (:func:`fit_settings`), ``render`` and None do not."""
 
     def __init__(self, model, fit_cfg: Optional[dict] = None, calibration=None, detector=None,
-                 device: Optional[str] = None):
+                 device: Optional[str] = None, domain: Optional[str] = None):
         self.model = model
-        self.cfg = fit_settings(fit_cfg)
+        self.domain = domain
+        self.cfg = fit_settings(fit_cfg, domain)
         validate(self.cfg)
         self.calibration = calibration
         self._detector = detector
@@ -457,7 +471,7 @@ class PhotoFitter:
 
 
 def fit_photo(image: np.ndarray, model, fit_cfg: Optional[dict] = None, landmarks: Optional[np.ndarray] = None,
-              calibration=None, detector=None, crop_size: Optional[int] = None) -> dict:
+              calibration=None, detector=None, crop_size: Optional[int] = None, domain: Optional[str] = None) -> dict:
     """Fit one photo (see :meth:`PhotoFitter.fit_photos`); a fitter made per call (keep a
     :class:`PhotoFitter` to fit many)."""
-    return PhotoFitter(model, fit_cfg, calibration, detector).fit_photo(image, landmarks, crop_size)
+    return PhotoFitter(model, fit_cfg, calibration, detector, domain=domain).fit_photo(image, landmarks, crop_size)

@@ -164,7 +164,7 @@ def test_refit_error_plumbing():
 
     # the fake detections are exact projections of the fixed landmark vertices
     cfg = {"iterations": 5, "photometric": "none", "landmark_calibration": "none", "contour": "fixed",
-           "sigma_detected": 0.01}
+           "sigma_detected": 0.01, "image_domain": "render"}     # render: the section as given, no photo_overrides
     fitter = protocols.refitter(model, cfg, detector=FakeDetector())
     assert fitter.options(1).sigma == 0.01 and fitter.options(0).sigma == fitter.cfg["sigma"]
     ed = protocols.RealEdits(inputs=None, p_fit=p_trg, p_trg=p_trg, outputs=outs, d_fit=None, d_out=None)

@@ -82,7 +82,8 @@ def test_fit_matches_scipy_least_squares_reference_on_noisy_landmarks(model):
     pid, pex, cam, lm = synthetic_faces(model, 4, seed=5, max_yaw=0.4)
     lm = lm + np.random.default_rng(9).normal(scale=0.4, size=lm.shape)
     sigma, prior = 0.01, np.concatenate([np.full(model.n_id, 1.0), np.full(model.n_exp, 1.0)])
-    f = LandmarkFitter(model, FitOptions(sigma=sigma, contour="fixed", iterations=40, device="cpu"))
+    f = LandmarkFitter(model, FitOptions(sigma=sigma, prior_id=1.0, prior_exp=1.0, contour="fixed", iterations=40,
+                                         device="cpu"))
     r = f.fit(lm)
     w = np.ones(68)
     for i in range(4):

@@ -71,7 +71,8 @@ def test_emotionet_list_with_root_keeps_aus(tmp_path, tiny_model_file):
     (tmp_path / "dataFile_0001.txt").write_text("\n".join(rows) + "\n")
     out = tmp_path / "fits"
     slidergan("fit-emotionet", "--images", tmp_path / "dataFile_0001.txt", "--root", tmp_path / "dl",
-              "--model", mfile, "--out", out, "--workers", "1", "--no-progress", timeout=300)
+              "--model", mfile, "--out", out, "--workers", "1", "--no-progress",
+              "--set", "pipeline.max_reject_fraction=1", timeout=300)     # 2 of 3 rejected on purpose
     ds = ShardSet(out)
     assert ds.read("key").tolist() == ["plain.jpg"]
     a = ds.read("au")[0]
@@ -211,23 +212,32 @@ def test_detected_landmarks_on_demo_photos(tiny_world, tmp_path):
     assert np.all(np.isnan(lo.read("fit_residual")))
 
     def gated(name, *sets):
-        """A cheap refined run with the given gate settings -> (rows kept, rejects)."""
+        """A cheap refined run with the given gate settings -> (rows kept, rejects, stderr);
+        the relative gate off unless set, rejecting everything allowed."""
         out = tmp_path / name
-        slidergan("fit-emotionet", "--images", tiny_world / "emotionet", "--model", tiny_world / "model.h5",
-                  "--out", out, "--workers", "1", "--no-progress", "--landmarks", "detect",
-                  "--set", "fit.photometric_iterations=1", "--set", "fit.photometric_search_iterations=0",
-                  *[a for kv in sets for a in ("--set", kv)], timeout=600)
-        return len(ShardSet(out)), [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
+        proc = slidergan("fit-emotionet", "--images", tiny_world / "emotionet", "--model", tiny_world / "model.h5",
+                         "--out", out, "--workers", "1", "--no-progress", "--landmarks", "detect",
+                         "--set", "fit.photometric_iterations=1", "--set", "fit.photometric_search_iterations=0",
+                         "--set", "pipeline.max_reject_fraction=1", "--set", "fit.photometric_residual_mads=0",
+                         *[a for kv in sets for a in ("--set", kv)], timeout=600)
+        rej = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
+        return len(ShardSet(out)), rej, proc.stderr + proc.stdout
 
-    # fit.max_photometric_residual rejects refined fits above it, with the reason and the figure
-    kept, gone = gated("gate-residual", "fit.max_photometric_residual=1e-6")
+    # fit.max_photometric_residual rejects refined fits above it, with the reason and the figure,
+    # and a gate that rejects most of a chunk says so
+    kept, gone, log = gated("gate-residual", "fit.max_photometric_residual=1e-6")
     photometric = [r for r in gone if "photometric residual" in r["detail"]]
     assert kept == 0 and len(photometric) >= len(lo) and {r["reason"] for r in photometric} == {"fit diverged"}
+    assert "warning: the fit gate rejected" in log and "fit.max_photometric_residual" in log
     # with it on, refined fits answer to fit.max_fit_error_refined, not fit.max_fit_error ...
-    kept, gone = gated("gate-landmarks", "fit.max_photometric_residual=1.0", "fit.max_fit_error=1e-6")
+    kept, gone, _ = gated("gate-landmarks", "fit.max_photometric_residual=1.0", "fit.max_fit_error=1e-6")
     assert kept >= len(lo) and not [r for r in gone if "fit.max_fit_error=" in r["detail"]]
-    kept, gone = gated("gate-refined", "fit.max_photometric_residual=1.0", "fit.max_fit_error_refined=1e-6")
+    kept, gone, _ = gated("gate-refined", "fit.max_photometric_residual=1.0", "fit.max_fit_error_refined=1e-6")
     assert kept == 0 and sum("fit.max_fit_error_refined" in r["detail"] for r in gone) >= len(lo)
-    # ... and with it off (0), by fit.max_fit_error as landmark-only fits are
-    kept, gone = gated("gate-off", "fit.max_photometric_residual=0", "fit.max_fit_error=1e-6")
+    # ... and with both residual gates off, by fit.max_fit_error as landmark-only fits are
+    kept, gone, _ = gated("gate-off", "fit.max_photometric_residual=0", "fit.max_fit_error=1e-6")
     assert kept == 0 and sum("fit.max_fit_error=" in r["detail"] for r in gone) >= len(lo)
+    # the relative gate (default): median + k MAD over a chunk; a tiny k rejects the chunk's upper half
+    kept, gone, _ = gated("gate-relative", "fit.photometric_residual_mads=1e-6")
+    rel = [r for r in gone if "MAD of the chunk" in r["detail"]]
+    assert rel and kept >= len(lo) // 3

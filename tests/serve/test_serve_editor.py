@@ -258,8 +258,9 @@ def test_api_upload_detects_the_face(live_server, tiny_world):
     st, body = srv.post_form("/api/photo", {"sid": sid, "slot": "main"},
                              {"file": ('my "odd"\tname.jpg', data, "image/jpeg")})
     assert st == 200, body
-    # dlib, not the sidecar, through the world's landmark calibration (model.lmcal.npz), as the fit stage does
-    assert body["landmarks"] == "calibrated" and body["fit_error"] < 0.25
+    # dlib, not the sidecar; an upload is a photo (fit.image_domain), so the world's calibration, learned
+    # on renders, is not applied to it
+    assert body["landmarks"] == "detected" and body["fit_error"] < 0.5
     status, _, _ = srv.request(f"/api/download?sid={sid}&kind=crop")
     assert status == 200
     req = urllib.request.Request(srv.url + f"/api/download?sid={sid}&kind=full")
@@ -283,25 +284,71 @@ def test_speech_checkpoint_has_40_named_sliders(tmp_path, tiny_world, make_check
 
 
 def test_editor_calibrates_detections_like_the_fit_stage(serve_editor, tiny_world):
-    """The editor loads the model's landmark calibration and corrects dlib's points with it
-    (the crops G was trained on were aligned on corrected points); without it, raw points."""
+    """The editor loads the model's landmark calibration for renders (the demo world's photo
+    folder) and corrects dlib's points with it, as the fit stage does there; uploads are real
+    photos, for which a render-learned calibration is not used."""
     from PIL import Image
 
     from fitting.landmarks import LandmarkCalibration, get_detector
     from workflows.editor import fitbridge
 
-    cal = serve_editor.calibration
+    assert serve_editor.domain_of(tiny_world / "emotionet" / "00000.jpg") == "render"
+    assert serve_editor.default_domain == "photo" and serve_editor.calibration_for("photo") is None
+    cal = serve_editor.calibration_for("render")
     assert isinstance(cal, LandmarkCalibration)
     np.testing.assert_array_equal(cal.weights, LandmarkCalibration.load(tiny_world / "model.lmcal.npz").weights)
     for path in sorted((tiny_world / "emotionet").glob("*.jpg")):      # the first photo dlib finds a face in
         image = np.asarray(Image.open(path).convert("RGB"))
-        raw = get_detector().detect(image)
+        raw = get_detector(2, -0.5).detect(image)
         if raw is not None:
             break
     assert raw is not None
-    a = fitbridge.fit_photo(image, serve_editor.model, calibration=cal)
-    b = fitbridge.fit_photo(image, serve_editor.model)
+    a = fitbridge.fit_photo(serve_editor.fitter("render"), image)
+    b = fitbridge.fit_photo(serve_editor.fitter("photo"), image)
     assert a["landmark_source"] == "calibrated" and b["landmark_source"] == "detected"
     np.testing.assert_allclose(a["landmarks"], cal.apply(raw), atol=1e-4)
     np.testing.assert_allclose(b["landmarks"], raw, atol=1e-4)
     assert not np.allclose(a["align"], b["align"])
+
+
+def test_editor_fit_equals_the_fit_stage_on_detected_photos(tmp_path, tiny_world, serve_editor):
+    """Parity on the detected path: the editor's p_exp (and crop, camera) for a photo equal the
+    fit stage's row for it: same detector, calibration, options, refinement and gate."""
+    import shutil
+
+    from PIL import Image
+
+    from fitting.landmarks import get_detector
+    from pipeline.shards import ShardSet
+    from sgtest import slidergan
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(tiny_world / "emotionet" / "truth.h5", photos / "truth.h5")   # the demo world's folder: renders
+    names = []
+    for path in sorted((tiny_world / "emotionet").glob("*.jpg")):
+        if get_detector(2, -0.5).detect(np.asarray(Image.open(path).convert("RGB"))) is not None:
+            shutil.copy(path, photos / path.name)                              # no .pts sidecar: detected
+            names.append(path.name)
+        if len(names) == 2:
+            break
+    assert len(names) == 2
+    out = tmp_path / "fits"
+    slidergan("fit-emotionet", "--images", photos, "--model", tiny_world / "model.h5", "--out", out,
+              "--workers", "1", "--no-progress")
+    ds = ShardSet(out)
+    keys = list(ds.read("key"))
+    assert sorted(keys) == names
+    assert set(ds.read("lm_source").tolist()) == {2}                          # detected and calibrated
+    assert np.isfinite(ds.read("fit_residual")).all()                         # refined against the photo
+    for name in names:
+        i = keys.index(name)
+        face = serve_editor.prepare(read_image_file(photos / name), key=name,
+                                    domain=serve_editor.domain_of(photos / name))
+        assert face.landmark_source == "calibrated"
+        np.testing.assert_allclose(face.p_exp, ds.read("p_exp")[i][: face.p_exp.shape[0]], atol=1e-5)
+        np.testing.assert_allclose(face.camera, ds.read("camera")[i], atol=1e-5)
+        np.testing.assert_allclose(face.landmarks, ds.read("lm_detected")[i], atol=1e-5)
+        assert np.abs(face.crop.astype(int) - ds.read("image")[i].astype(int)).max() <= 1
+
+

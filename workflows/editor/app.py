@@ -31,13 +31,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from fitting.images import IMAGE_SUFFIXES
 from pipeline.config import ConfigError
 from workflows.editor.core import Editor, Face
 from workflows.editor.fitbridge import read_landmarks_sidecar
 from workflows.editor.imaging import MAX_BYTES, MAX_PIXELS, ImageInputError, decode_image, encode_png
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
-PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+PHOTO_SUFFIXES = set(IMAGE_SUFFIXES)   # the fit stage's
 SID_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 log = logging.getLogger("slidergan.serve")
 

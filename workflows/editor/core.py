@@ -328,7 +328,7 @@ class Editor:
         if domain not in self._fitters:
             cal = (fitbridge.load_calibration(self.model_path, self.fit_cfg, domain)
                    if self.model_path is not None else None)
-            self._fitters[domain] = PhotoFitter(self.model, self.fit_cfg, cal)
+            self._fitters[domain] = PhotoFitter(self.model, self.fit_cfg, cal, domain=domain)
         return self._fitters[domain]
 
     def prepare(self, image: np.ndarray, key: str = "photo", landmarks: np.ndarray | None = None,

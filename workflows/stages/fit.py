@@ -122,7 +122,7 @@ class FitStage(Stage):
         from fitting.photo import PhotoFitter
 
         return _cached(("photo", self._model_hash, self._calibration_hash, repr(sorted(self.cfg.items()))),
-                       lambda: PhotoFitter(self._model(), self.cfg, self._calibration()))
+                       lambda: PhotoFitter(self._model(), self.cfg, self._calibration(), domain=self.image_domain))
 
     def _landmarks(self, key: str, path: str, rgb: np.ndarray):
         """-> (lm [68,2], source, raw [68,2]) (:meth:`fitting.photo.PhotoFitter.landmarks`;
