@@ -335,7 +335,9 @@ def planned_workers(cluster: Any, workers: int | None) -> int:
     from pipeline.cluster import load_profile
 
     prof = load_profile(cluster)
-    return os.cpu_count() or 1 if prof["kind"] == "local" else max(1, int(prof.get("workers", 1) or 1))
+    if prof["kind"] == "local":
+        return os.cpu_count() or 1
+    return max(1, int(prof.get("workers", 1) or 1))
 
 
 def _execute(stage: Stage, args: dict[int, tuple], cluster: Any, workers: int | None, progress: bool,

@@ -153,7 +153,10 @@ def test_chunk_plan_gives_every_worker_four_chunks():
         assert k >= min(n, 4 * w), (n, w, k)
 
 
-def test_planned_workers():
+def test_planned_workers(tmp_path):
+    prof = tmp_path / "site.yaml"
+    prof.write_text("kind: slurm\nworkers: 7\ncores: 1\nmemory: 1GB\n")
+    assert planned_workers(str(prof), None) == 7 and planned_workers(str(prof), 3) == 3
     assert planned_workers("inprocess", 8) == 1
     assert planned_workers("local", 3) == 3
     assert planned_workers("tcp://127.0.0.1:1", None) == 1
