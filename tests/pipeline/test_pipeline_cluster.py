@@ -58,3 +58,33 @@ def test_slurm_without_sbatch_is_a_config_error(tmp_path):
     inputs = make_toy_inputs(tmp_path / "in", 4)
     with pytest.raises(ConfigError, match="'sbatch' not found"):
         run_stage(ToyStage(inputs), tmp_path / "o", chunk_size=1, cluster="slurm", progress=False, log=None)
+
+
+def test_slurm_jobs_that_never_start_time_out_with_one_line(tmp_path, monkeypatch):
+    """A fake sbatch that accepts jobs which never run: the stage ends after
+    job_start_timeout with WorkerTimeout, and the jobs are cancelled."""
+    import os
+    import time
+
+    from pipeline.cluster import WorkerTimeout
+    from pipeline.runner import run_stage
+    from pipeline.testing import ToyStage, make_toy_inputs
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "calls.log"
+    for name, body in (("sbatch", 'echo "Submitted batch job 4242"'), ("scancel", "true"), ("squeue", "true")):
+        (bin_dir / name).write_text(f'#!/bin/sh\necho "{name} $*" >> {log}\n{body}\n')
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    prof = tmp_path / "site.yaml"
+    prof.write_text("kind: slurm\nqueue: cpu\ncores: 1\nprocesses: 1\nmemory: 1GB\nwalltime: '00:05:00'\n"
+                    f"local_directory: {tmp_path}\n")
+    inputs = make_toy_inputs(tmp_path / "in", 4)
+    t = time.monotonic()
+    with pytest.raises(WorkerTimeout, match=r"no worker started within 3 s \(cluster.job_start_timeout\)") as e:
+        run_stage(ToyStage(inputs), tmp_path / "o", chunk_size=1, cluster=str(prof), workers=1,
+                  progress=False, log=None, job_start_timeout=3)
+    assert time.monotonic() - t < 60 and "\n" not in str(e.value)
+    calls = log.read_text()
+    assert "sbatch" in calls and "scancel 4242" in calls                    # submitted, then cancelled
