@@ -70,7 +70,8 @@ class Progress:
         if not self.enabled:
             return
         if self._bar is not None:
-            self._bar.set_postfix_str(f"{self.rate():.1f} items/s", refresh=False)
+            if self.total_items is not None:
+                self._bar.set_postfix_str(f"{self.rate():.1f} items/s", refresh=False)
             self._bar.update(int(n))
             return
         now = self.clock()
@@ -108,7 +109,8 @@ class Progress:
         s = f"{self.desc}: {self.done}/{self.total} {self.unit}s"
         if self.total_items is not None:
             s += f", {self.items}/{self.total_items} items"
-        return s + f", {rate:.1f} items/s, ETA {eta}"
+        per = "items" if self.total_items is not None else f"{self.unit}s"
+        return s + f", {rate:.1f} {per}/s, ETA {eta}"
 
     def _write(self, now: float) -> None:
         self._last = now

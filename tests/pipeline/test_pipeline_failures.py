@@ -242,3 +242,16 @@ def test_job_start_timeout_is_a_one_line_error():
     assert c.waited == [(1, 5.0)] and "\n" not in str(e.value)
     wait_for_first_worker(c, 0)                               # 0: wait for ever (no timeout call)
     assert c.waited == [(1, 5.0)]
+
+
+def test_progress_of_tasks_without_items():
+    from pipeline.progress import Progress
+
+    clock, buf = FakeClock(), io.StringIO()
+    bar = Progress(4, "demo world", unit="task", file=buf, clock=clock, tty=False)
+    clock.t = 8.0
+    bar.update(2)
+    assert buf.getvalue() == ""                                   # < 30 s: nothing yet
+    bar.update(2)
+    bar.close()
+    assert buf.getvalue() == "demo world: 4/4 tasks, 0.5 tasks/s, ETA 0s\n"

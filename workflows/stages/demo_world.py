@@ -697,7 +697,7 @@ def _records_match(out: Path, phash: str) -> bool:
 def _run_tasks(out: str, tasks: list, params: dict, phash: str, cluster: str, workers: int | None,
                progress: bool) -> None:
     run_tasks(run_chunk, [(out, kind, chunk, items, params, phash) for kind, chunk, items in tasks],
-              cluster, workers, progress)
+              cluster, workers, progress, desc="demo world")
 
 
 def run_tasks(fn, arg_tuples: list, cluster: str, workers: int | None, progress: bool,
