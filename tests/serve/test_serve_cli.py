@@ -41,6 +41,23 @@ def test_edit_pastes_the_editor_output_back(tiny_world, serve_ckpt, serve_editor
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left
 
 
+def test_edit_takes_inline_json_and_the_preset(tiny_world, serve_ckpt, params_file, tmp_path, cli):
+    """README: ``--params '{"smile": 1.0, "jaw_open": 0.5}'``; ``--config/--set`` reach the fit."""
+    photo = tiny_world / "emotionet" / "00002.jpg"
+    base = ["edit", photo, "--checkpoint", serve_ckpt, "--model", tiny_world / "model.h5"]
+    cli(*base, "--params", params_file, "--out", tmp_path / "file.png")
+    cli(*base, "--params", '{"smile": 0.8, "jaw_open": 0.5}', "--out", tmp_path / "inline.png")
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "file.png")), np.asarray(Image.open(tmp_path / "inline.png")))
+    cli(*base, "--params", " [" + ", ".join(["0.0"] * 30) + "]", "--out", tmp_path / "list.png")
+    proc = cli(*base, "--params", "nothing-here.json", "--out", tmp_path / "x.png", check=False)
+    assert proc.returncode == 2 and "neither inline JSON" in proc.stderr
+    # the fit: section of the preset is the editor's: an impossible face size rejects the photo
+    proc = cli(*base, "--params", params_file, "--out", tmp_path / "y.png", "--config", "demo",
+               "--set", "fit.min_face_px=100000", check=False)
+    assert proc.returncode == 2 and "the face is too small" in proc.stderr, proc.stderr
+    assert not (tmp_path / "y.png").exists()
+
+
 @pytest.mark.parametrize("case, message", [
     ("short", "expected 30 parameters, got 3"),  # needs the model: the others fail before torch loads
     ("json", "not valid JSON"),
