@@ -9,7 +9,9 @@ is learned on all pairs.  The figures kept in the file's ``meta`` (``nme_raw``,
 on 90% of the pairs, measured on the other 10%.
 
 The file lies beside the model (``model.h5`` -> ``model.lmcal.npz``, :func:`calibration_path`),
-where ``fit.landmark_calibration: auto`` finds it.  Its ``meta.params_hash`` covers the model's
+where ``fit.landmark_calibration: auto`` finds it for images of its ``meta.domain``
+(``render``: it is learned on renders; ``fitting.photo`` does not apply it to real photos
+unless the file is named).  Its ``meta.params_hash`` covers the model's
 hash and every setting, so a re-run with the same inputs does nothing and any change redoes it.
 Glue only: rendering is :func:`workflows.stages.demo_world.render_photo`, the regression is in
 ``fitting/landmarks.py``.
