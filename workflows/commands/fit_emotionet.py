@@ -35,5 +35,7 @@ def run(args) -> int:
         fit_cfg["fitter"] = args.fitter
     stage = build_stage(args.images, args.model, fit_cfg, root=args.root, metadata=args.metadata,
                         seed=int(cfg.get("seed", 0)))
+    print(f"fit: {stage.image_domain} images (fit.image_domain={fit_cfg['image_domain']}); landmark calibration: "
+          f"{stage.calibration_note if stage.calibration is None else stage.calibration}", flush=True)
     report = run_stage_from_args(stage, args, default_chunk_size=int(fit_cfg.get("chunk_size", 64)))
     return int(report)
