@@ -105,7 +105,7 @@ class EvalData:
     model: object = None                 # fitting.model.MorphableModel
     real: RealSet | None = None
     fab: FabSet | None = None
-    lrw_dir: Path | None = None
+    lrw_dir: Path | None = None           # RUN/lrw-fits (Table 3)
     missing: dict = field(default_factory=dict)  # source -> reason
 
 
@@ -184,10 +184,10 @@ def load_data(run, test_fraction: float = 0.17, seed: int = 0) -> EvalData:
             setattr(data, name, fn())
         except Unavailable as e:
             data.missing[name] = str(e)
-    if (run / "lrw" / "truth.h5").is_file():
-        data.lrw_dir = run / "lrw"
+    if (run / "lrw-fits" / "_stage.json").is_file():      # Table 3: the fit-lrw stage (evaluation/lrw.py)
+        data.lrw_dir = run / "lrw-fits"
     else:
-        data.missing["lrw"] = f"no LRW-style sequences at {run / 'lrw'} (truth.h5)"
+        data.missing["lrw"] = f"no fit-lrw stage at {run / 'lrw-fits'} (run slidergan fit-lrw)"
     return data
 
 

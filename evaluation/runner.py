@@ -266,8 +266,11 @@ class _Shared:
             except Unavailable as e:
                 self.lrw_cache[size] = e
             else:
-                if self.oracle is not None:
-                    self.oracle.register(self.lrw_cache[size].crops_a, self.lrw_cache[size].fits_a)
+                got = self.lrw_cache[size]
+                if self.oracle is not None and got.fits_a is not None:
+                    self.oracle.register(got.crops_a, got.fits_a)
+                elif self.oracle is not None:
+                    self.oracle.unavailable(got.crops_a, got.oracle_reason or "oracle-3d: no fits of the LRW frames")
         got = self.lrw_cache[size]
         if isinstance(got, Unavailable):
             raise got
@@ -415,10 +418,12 @@ def evaluate(checkpoints: Sequence[str | Path], run: str | Path, out: str | Path
             log("  figures")
             figs[net.name] = _figures(net, data, opt, out, renderer, names, res.presets, res.have, EXPRESSION_NAMES,
                                       test_idx, res, log, save_png)
+            figs[net.name] += _speech_figure(net, sh, out, res, log, save_png)
     base_results = {}
     for b in baselines:
         base_results[b.name] = _evaluate_one(b, sh)
     _ratios_to_copy(results, base_results)
+    _lrw_ratios_to_copy(results, base_results)
     for name, res in list(results.items()) + list(base_results.items()):
         log(f"  {name}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                       for k, v in res.metrics.items() if k in metrics_keys()))
@@ -533,7 +538,7 @@ def _evaluate_one(net, sh: _Shared) -> _Result:
             res.presets, res.have = got["presets"], got["have"]
             _guard(res, ["expr_recognition_acc"], lambda: P.expression_recognition(
                 net, sh.classifier, sh.test_imgs, res.presets, res.have), log)
-    log("  Table 3: LRW-style sequences")
+    log("  Table 3: held-out LRW videos (RUN/lrw-fits, split test)")
     if data.lrw_dir is None:
         res.fail(["lrw_ied"], data.missing.get("lrw", "no LRW sequences"))
     else:
@@ -555,6 +560,19 @@ def _ratios_to_copy(results: dict, base_results: dict) -> None:
             res.metrics["ied_vs_copy"] = float(v / c)
         else:
             res.fail(["ied_vs_copy"], "no IED" if v is None else f"no {COPY} IED to divide by")
+
+
+def _lrw_ratios_to_copy(results: dict, base_results: dict) -> None:
+    """Table 3's ``lrw_ied_vs_copy`` = lrw_ied / copy-input's lrw_ied (the goal: <= 0.85)."""
+    copy = base_results.get(COPY)
+    c = copy.metrics.get("lrw_ied") if copy is not None else None
+    for res in list(results.values()) + list(base_results.values()):
+        v = res.metrics.get("lrw_ied")
+        if v is not None and c is not None and c > 0:
+            res.metrics["lrw_ied_vs_copy"] = float(v / c)
+        else:
+            res.fail(["lrw_ied_vs_copy"], res.reasons.get("lrw_ied", "no Table 3 IED") if v is None
+                     else f"no {COPY} Table 3 IED to divide by")
 
 
 def _training_numbers(res: _Result, net: Networks) -> None:
@@ -598,6 +616,30 @@ def metrics_keys():
     from evaluation.report import METRIC_KEYS
 
     return METRIC_KEYS
+
+
+def _speech_figure(net, sh: _Shared, out: Path, res, log, save_png) -> list:
+    """Fig. 14 style (target frames of a held-out LRW video, G(one input frame, p_target)) for a
+    checkpoint with the expression + speech parameters; [] otherwise (its reason is Table 3's)."""
+    from evaluation.lrw import check_width, speech_transfer_figure
+
+    model = sh.data.model
+    if model is None or sh.data.lrw_dir is None:
+        return []
+    try:
+        pairs = sh.lrw_material(int(net.model_config.get("image_size", 128)))
+        check_width(net, model, pairs.width)
+        img = speech_transfer_figure(net, pairs)
+    except Unavailable:
+        return []
+    except Exception as e:  # noqa: BLE001 — a failed figure is noted, the report still renders
+        res.notes["figure speech_transfer.png"] = f"{type(e).__name__}: {e}"
+        log(f"  {net.name}: figure speech_transfer.png failed: {type(e).__name__}: {e}")
+        return []
+    (out / net.name).mkdir(parents=True, exist_ok=True)
+    save_png(img, out / net.name / "speech_transfer.png")
+    return [("Expression + speech transfer within a held-out LRW video (Fig. 14: targets above, "
+             "G(input, p_target) below)", f"{net.name}/speech_transfer.png")]
 
 
 def _figures(net, data, opt, out, renderer, names, presets, have, expr_names, test_idx, res, log, save_png):

@@ -1,6 +1,9 @@
 """Datasets and samplers over the shard stages of a run folder.
 
 * :class:`UnpairedDataset` — real photos (``RUN/fits``): ``{"image" [3,S,S], "p" [E]}``.
+* :func:`open_speech_split` — one split of the ``fit-lrw`` stage (``RUN/lrw-fits``): the rows
+  of ``split == "train"`` and their 40-wide ``p_exp`` (30 fitted expression + 10 LRW-3D speech),
+  phase 2 of ``train.speech`` (an :class:`UnpairedDataset` over those rows: random targets).
 * :class:`PairedDataset` — 3D-warped images (``RUN/warps``) as targets, each paired with a
   source of the *same face* (same ``group``): the original photo (``fits`` row, fitted
   parameters) or another warp of it (exact parameters), i.e. the pairs
@@ -49,6 +52,34 @@ def open_stage(run: str | Path, name: str, required: bool = True) -> ShardSet | 
         if col not in ds.datasets:
             raise ConfigError(f"{d}: shard set has no {col!r} dataset")
     return ds
+
+
+def str_column(ds: ShardSet, name: str) -> np.ndarray:
+    """A string column as an object array of ``str`` (h5py returns bytes)."""
+    return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in ds.read(name)], object)
+
+
+def open_speech_split(run: str | Path, name: str, split: str, width: int) -> tuple[ShardSet, np.ndarray, np.ndarray]:
+    """Rows of one LRW split of the ``fit-lrw`` stage ``RUN/name`` -> (shards, rows int64 [M],
+    params float32 [N, width] of *all* rows).
+
+    The stage's ``p_exp`` must be exactly ``width`` wide (40: 30 fitted + 10 speech; no padding:
+    speech data without speech would train nothing). One-line ConfigErrors for an absent stage,
+    no ``split`` column, a width mismatch or a split without rows."""
+    ds = open_stage(run, name, required=False)
+    if ds is None:
+        raise ConfigError(f"{Path(run) / name}: no fit-lrw stage here (train.speech trains phase 2 on it: "
+                          f"run 'slidergan fit-lrw --out {Path(run) / name}' or 'make fit-lrw' first)")
+    if "split" not in ds.datasets:
+        raise ConfigError(f"{ds.dir}: shard set has no 'split' dataset (not a fit-lrw stage?)")
+    p = np.asarray(ds.read("p_exp"), np.float32)
+    if p.ndim != 2 or p.shape[1] != width:
+        raise ConfigError(f"{ds.dir}: p_exp is {list(p.shape[1:])} wide; train.speech needs {width} "
+                          f"(30 expression + 10 speech parameters per frame)")
+    rows = np.nonzero(str_column(ds, "split") == split)[0].astype(np.int64)
+    if len(rows) == 0:
+        raise ConfigError(f"{ds.dir}: no rows with split == {split!r}")
+    return ds, rows, p
 
 
 def params_to_width(p: np.ndarray, width: int, where: str, pad_speech: bool) -> np.ndarray:

@@ -5,7 +5,9 @@ One *step* is one batch: a critic (D) update, plus a generator (G) update on eve
 ``--steps N`` / ``train.max_steps`` cap the number of steps.
 
 Phases: ``paired`` (epochs over the 3D warps, pairs within a face group, L_gen on) then
-``unpaired`` (epochs over the real photos, targets sampled).  The position in the data
+``unpaired`` (epochs over the real photos, targets sampled); with ``train.speech`` the second
+phase is ``speech`` (the LRW training frames of ``RUN/lrw-fits``, 40 parameters, targets sampled)
+and the warps' 30 parameters get zero speech.  The position in the data
 (phase, epoch, batch) is a pure function of the step, the seed and the dataset sizes, so a
 resumed run continues with exactly the batches an uninterrupted run would have seen.
 
@@ -35,8 +37,8 @@ from pipeline.atomic import atomic_write_text
 from pipeline.config import Config, ConfigError
 from train import checkpoint as ck
 from pipeline.split import holdout_rows
-from train.data import (PairedDataset, ResumableBatchSampler, RowSubset, UnpairedDataset, open_stage,
-                        params_to_width, uint8_to_float)
+from train.data import (PairedDataset, ResumableBatchSampler, RowSubset, UnpairedDataset, open_speech_split,
+                        open_stage, params_to_width, uint8_to_float)
 from train.variants import Variant, get_variant
 
 log = logging.getLogger("slidergan.train")
@@ -44,7 +46,7 @@ log = logging.getLogger("slidergan.train")
 
 @dataclass
 class Phase:
-    name: str            # "paired" | "unpaired"
+    name: str            # "paired" | "unpaired" | "speech" (LRW frames, unpaired: train.speech)
     epochs: int
     dataset: Any
     batches_per_epoch: int
@@ -223,7 +225,10 @@ class Trainer:
                 phases.append(Phase("paired", int(t["epochs_paired"]), ds, 0))
                 if int(t["eval_every"]) > 0:
                     self.val_set = self._val_pairs(full, held)
-        if t["epochs_unpaired"] > 0:
+        speech_stage = t.get("speech_data") if t["speech"] else None
+        if speech_stage:
+            self._speech_phase(phases, str(speech_stage), S)
+        elif t["epochs_unpaired"] > 0:
             real = UnpairedDataset(fits, fit_p, S)
             phases.append(Phase("unpaired", int(t["epochs_unpaired"]),
                                 real if train_rows is None else RowSubset(real, train_rows), 0))
@@ -244,6 +249,23 @@ class Trainer:
         for p, n in zip(phases, cap_phase_steps([p.steps for p in phases], self.max_steps)):
             p.run_steps = n
         self.total_steps = sum(p.run_steps for p in phases)
+
+    def _speech_phase(self, phases: list, stage: str, S: int) -> None:
+        """Phase 2 of ``train.speech``: the ``split == "train"`` frames of the fit-lrw stage
+        ``RUN/<train.speech_data>`` with their 40-vectors, unpaired (random targets: shuffled
+        other frames' 40-vectors + noise, :meth:`sample_targets`), for ``train.epochs_speech``
+        epochs (null: ``epochs_unpaired``). Phase 1 (warps) pads its 30 parameters with zero speech."""
+        t = self.t
+        epochs = int(t["epochs_unpaired"] if t.get("epochs_speech") is None else t["epochs_speech"])
+        if epochs < 0:
+            raise ConfigError(f"train.epochs_speech must be >= 0, got {epochs}")
+        if epochs == 0:
+            return
+        lrw, rows, p = open_speech_split(self.data, stage, "train", self.E)
+        n_vid = len(np.unique(lrw.read("group").astype(np.int64)[rows])) if "group" in lrw.datasets else 0
+        self._say(f"speech phase: {len(rows)} training frames of {n_vid} videos in {lrw.dir} "
+                  f"({int(p.shape[1])} parameters: {self.E - 10} expression + 10 speech)")
+        phases.append(Phase("speech", epochs, RowSubset(UnpairedDataset(lrw, p, S), rows), 0))
 
     def build_model(self) -> None:
         t = self.t

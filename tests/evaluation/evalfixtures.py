@@ -63,8 +63,7 @@ def build_eval_run(root: Path) -> Path:
     """A run folder: model.h5, fits/ (24 photos, 8 identities, labels, the 3D fit: p_id,
     camera, align = identity, the photos as files under photos/ so the warp oracle can warp
     them), 4dfab-params/ (4 identities x 2 sessions x 3 frames, identities 2-3 held out, with
-    p_id and camera), lrw/ (2 x 4 frames)."""
-    import h5py
+    p_id and camera), lrw-fits/ (3 videos x 4 frames, 2 of them test split; build_lrw_fits)."""
     from PIL import Image
 
     from pipeline.testing import make_stage
@@ -99,24 +98,39 @@ def build_eval_run(root: Path) -> Path:
         "p_exp": rng.uniform(-1, 1, (m, 30)).astype(np.float32), "split": (ids >= 2).astype(np.int8),
         "p_id": (rng.normal(size=(m, 5)) * 0.3).astype(np.float32), "camera": np.repeat(cam32[None], m, 0)},
         chunk_size=8)
-    lrw = root / "lrw"
-    keys, seqs, frames = [], [], []
-    cam = camera_fitting_view(model.mean.reshape(-1, 3), (48, 48), fill=0.6)
-    for s in range(2):
-        (lrw / f"seq{s}").mkdir(parents=True)
-        for f in range(4):
-            k = f"seq{s}/{f:03d}.jpg"
-            Image.fromarray(smooth_images(rng, 1, 48)[0]).save(lrw / k, quality=95)
-            keys.append(k), seqs.append(s), frames.append(f)
-    with h5py.File(lrw / "truth.h5", "w") as h:
-        h["key"] = np.array(keys, object).astype("S")
-        h["sequence"] = np.array(seqs, np.int64)
-        h["frame"] = np.array(frames, np.int64)
-        h["identity"] = np.array(seqs, np.int64)
-        h["p_id"] = rng.normal(size=(8, 5)).astype(np.float32) * 0.3
-        h["p_exp"] = rng.uniform(-1, 1, (8, 40)).astype(np.float32)
-        h["camera"] = np.repeat(cam[None].astype(np.float32), 8, 0)
+    build_lrw_fits(root, model, rng)
     return root
+
+
+def build_lrw_fits(root: Path, model, rng, videos=("A/train/A_00001", "A/test/A_00002", "B/test/B_00003"),
+                   frames: int = 4) -> Path:
+    """A fit-lrw stage (``root/lrw-fits``, the rows of workflows/stages/fit_lrw.py) and its videos
+    (``root/lrw/lipread_mp4/<id>.mp4``, SIZE x SIZE, so the oracle can decode frame a): one fixed
+    camera per video, the crops are the frames (align = identity), p_exp 40-wide."""
+    from fitting.lrw import write_video
+    from render.camera import camera_fitting_view
+
+    cam = camera_fitting_view(model.mean.reshape(-1, 3), (SIZE, SIZE), fill=0.6).astype(np.float32)
+    vroot = root / "lrw" / "lipread_mp4"
+    rows = {k: [] for k in ("key", "video", "word", "split", "group", "frame", "image", "p_exp", "p_id", "camera",
+                            "align")}
+    for v, vid in enumerate(videos):
+        ims = smooth_images(rng, frames)
+        (vroot / vid).parent.mkdir(parents=True, exist_ok=True)
+        write_video(vroot / f"{vid}.mp4", ims)
+        p_id = (rng.normal(size=5) * 0.3).astype(np.float32)
+        for f in range(frames):
+            rows["key"].append(f"{vid}#{f:03d}"), rows["video"].append(vid)
+            rows["word"].append(vid.split("/")[0]), rows["split"].append(vid.split("/")[1])
+            rows["group"].append(v), rows["frame"].append(f), rows["image"].append(ims[f])
+            rows["p_exp"].append(rng.uniform(-1, 1, 40).astype(np.float32)), rows["p_id"].append(p_id)
+            rows["camera"].append(cam), rows["align"].append(np.array([[1, 0, 0], [0, 1, 0]], np.float32))
+    data = {k: (v if k in ("key", "video", "word", "split") else np.stack(v)) for k, v in rows.items()}
+    data["group"] = data["group"].astype(np.int64)
+    data["frame"] = data["frame"].astype(np.int16)
+    from pipeline.testing import make_stage
+
+    return make_stage(root / "lrw-fits", "fit-lrw", data, chunk_size=8, attrs={"videos": str(vroot)})
 
 
 def build_checkpoints(root: Path) -> dict:

@@ -62,6 +62,15 @@ def test_metrics_json(report):
     assert "parameters" in data["rad"]["reasons"]["lrw_ied"]
     assert data["rad-2"]["extra"]["lrw_ied"] is not None
     assert data["rad-2"]["extra"]["lrw_pairs"] == 4
+    # Table 3's baselines: copy-input is the ratio's denominator; the oracle warps the decoded frame a
+    base = data["baselines"]
+    assert base["copy-input"]["extra"]["lrw_ied_vs_copy"] == 1.0
+    assert base["copy-input"]["extra"]["lrw_ied"] == pytest.approx(data["rad-2"]["extra"]["lrw_ied_identity"])
+    assert base["oracle-3d"]["extra"]["lrw_ied"] is not None, base["oracle-3d"]["reasons"]
+    assert base["oracle-3d"]["extra"]["lrw_ied"] != base["copy-input"]["extra"]["lrw_ied"]
+    assert data["rad-2"]["extra"]["lrw_ied_vs_copy"] == pytest.approx(
+        data["rad-2"]["extra"]["lrw_ied"] / base["copy-input"]["extra"]["lrw_ied"])
+    assert data["rad"]["extra"]["lrw_ied_vs_copy"] is None and "parameters" in data["rad"]["reasons"]["lrw_ied_vs_copy"]
 
 
 def test_copy_input_row_is_the_unedited_input(report, eval_run, checkpoints):
@@ -141,6 +150,8 @@ def test_index_html_is_self_contained(report):
     assert "<link" not in page and "<script" not in page
     assert "Table 1" in page and "Table 4" in page and "Table 2" in page and "Table 3" in page
     assert (out / "rad-2" / "speech.png").is_file() and not (out / "rad" / "speech.png").exists()
+    assert (out / "rad-2" / "speech_transfer.png").is_file() and not (out / "rad" / "speech_transfer.png").exists()
+    assert "src='rad-2/speech_transfer.png'" in page
     assert page.index("src='curves.png'") < page.index("Table 1")          # curves near the top
     for table in page.split("<h2>")[1:]:
         if table.startswith(("Table", "Independent", "Identity")):
