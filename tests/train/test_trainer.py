@@ -142,7 +142,8 @@ def test_no_warps_skips_paired_phase_and_speech_pads(tmp_path, capsys):
     run = make_tiny_run(tmp_path / "run", faces=4, warps=False, fab=False)
     out = tmp_path / "t"
     assert cli(["train", "--data", str(run), "--variant", "rad-no-id", "--out", str(out), "--steps", "2",
-                *_sets(["train.speech=true", "train.batch_size=2", "train.epochs_unpaired=1"])]) == 0
+                *_sets(["train.speech=true", "train.speech_data=null", "train.batch_size=2",
+                        "train.epochs_unpaired=1"])]) == 0
     text = capsys.readouterr().out
     assert "skipping the paired phase" in text and "unpaired: 1 epochs x 2 batches" in text
     ck = torch.load(out / "checkpoints" / "latest.pt", weights_only=True)

@@ -1,7 +1,8 @@
 """slidergan demo: every stage on the offline demo world, then the HTML report.
 
-make-demo -> fit-emotionet -> render-warps -> project-4dfab -> fit-lrw -> train (rad, ganimation)
--> evaluate.  Each step is its own ``slidergan`` process, so a re-run reuses whatever
+make-demo -> fit-emotionet -> render-warps -> project-4dfab -> fit-lrw -> train (rad, ganimation,
+rad-speech: 40 parameters, ``train.speech=true``; and the reader) side by side -> evaluate.
+Each step is its own ``slidergan`` process, so a re-run reuses whatever
 finished: stages skip complete shards, training resumes from (or stops at) its latest
 checkpoint, and the evaluation is skipped when its inputs (checkpoints + config) are
 unchanged.
@@ -28,6 +29,8 @@ def add_arguments(p):
                    help="variants to train and compare (default rad,ganimation)")
     p.add_argument("--steps", type=int, default=None, metavar="N", help="cap training steps per variant")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-speech", dest="speech", action="store_false",
+                   help="do not train the 40-parameter (expression + speech) RaD model rad-speech")
 
 
 def _digest(paths: list[Path], extra: str) -> str:
@@ -65,13 +68,26 @@ def run(args) -> int:
                            "--out", str(R / "warps"), *stage])
     run_step("project-4dfab", ["project-4dfab", "--meshes", str(R / "4dfab"), "--model", model,
                             "--out", str(R / "4dfab-params"), *stage])
-    _step("fit-lrw", ["fit-lrw", "--videos", str(R / "lrw" / "lipread_mp4"), "--speech", str(R / "lrw" / "lrw3d"),
+    run_step("fit-lrw", ["fit-lrw", "--videos", str(R / "lrw" / "lipread_mp4"), "--speech", str(R / "lrw" / "lrw3d"),
                       "--model", model, "--out", str(R / "lrw-fits"), *stage])
     ckpts, jobs = [], {}
     for v in variants:
         argv = ["train", "--data", str(R), "--variant", v, "--out", str(R / "train" / v), *common]
         if args.steps:
             argv += ["--steps", str(args.steps)]
+        jobs[f"train {v}"] = (argv, R / "train" / f"{v}.log")
+        ckpts.append(R / "train" / v / "checkpoints" / "latest.pt")
+    if args.speech:
+        # the 40-parameter model (docs/speech.md): phase 1 on the warps with zero speech, phase 2 on
+        # the LRW training frames of RUN/lrw-fits; its steps are capped (train.demo_speech_steps) so
+        # that it shares the second core with the short GANimation and reader runs
+        v = "rad-speech"
+        cap = int(cfg.section("train").get("demo_speech_steps", 0) or 0)
+        steps = min(x for x in (args.steps, cap) if x) if (args.steps or cap) else 0
+        argv = ["train", "--data", str(R), "--variant", "rad", "--out", str(R / "train" / v), *common,
+                "--set", "train.speech=true"]
+        if steps:
+            argv += ["--steps", str(steps)]
         jobs[f"train {v}"] = (argv, R / "train" / f"{v}.log")
         ckpts.append(R / "train" / v / "checkpoints" / "latest.pt")
     import importlib.util

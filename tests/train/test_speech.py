@@ -1,0 +1,108 @@
+"""train.speech: phase 1 on the warps with zero speech, phase 2 (``speech``) on the training
+split of the fit-lrw stage (RUN/lrw-fits) with 40-wide random targets; the preset; errors."""
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import ConfigError, load_config
+from pipeline.testing import make_stage
+from tiny import TINY_TRAIN, face_image, make_tiny_run
+from train.trainer import Trainer
+from workflows.cli import main as cli
+
+SPLITS = {"W/train/W_00001": "train", "W/test/W_00002": "test", "W/train/W_00003": "train", "W/val/W_00004": "val"}
+
+
+def add_lrw_fits(run, width=40, frames=4, size=32, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = {k: [] for k in ("key", "video", "split", "group", "frame", "image", "p_exp")}
+    for g, (vid, split) in enumerate(SPLITS.items()):
+        for f in range(frames):
+            p = rng.uniform(-1, 1, width).astype(np.float32)
+            rows["key"].append(f"{vid}#{f:03d}"), rows["video"].append(vid), rows["split"].append(split)
+            rows["group"].append(g), rows["frame"].append(f), rows["p_exp"].append(p)
+            rows["image"].append(face_image(g, p, size))
+    data = {k: (np.stack(v) if k in ("group", "frame", "image", "p_exp") else v) for k, v in rows.items()}
+    data["group"] = data["group"].astype(np.int64)
+    return make_stage(run / "lrw-fits", "fit-lrw", data, chunk_size=5)
+
+
+@pytest.fixture(scope="module")
+def speech_run(tmp_path_factory):
+    run = make_tiny_run(tmp_path_factory.mktemp("speech") / "run", faces=4, fab=False)
+    add_lrw_fits(run)
+    return run
+
+
+def _cfg(*extra):
+    return load_config(None, list(TINY_TRAIN) + ["train.speech=true", "train.batch_size=2", *extra])
+
+
+def test_phases_data_and_targets(speech_run, tmp_path):
+    tr = Trainer(speech_run, tmp_path / "t", _cfg("train.epochs_speech=3"), variant="rad-no-id", echo=lambda m: None)
+    tr.gen = torch.Generator().manual_seed(0)
+    tr.build_data()
+    assert [(p.name, p.epochs) for p in tr.phases] == [("paired", 1), ("speech", 3)]
+    paired, speech = tr.phases[0].dataset, tr.phases[1].dataset
+    # phase 1: the warps' 30 parameters with zero speech
+    item = paired[0]
+    assert item["p_trg"].shape == (40,) and torch.all(item["p_trg"][30:] == 0) and torch.any(item["p_trg"][:30] != 0)
+    # phase 2: exactly the 8 training frames (2 train videos x 4), each with its own 40-vector and crop
+    from pipeline.shards import ShardSet
+    lrw = ShardSet(speech_run / "lrw-fits")
+    split = np.array([s.decode() if isinstance(s, bytes) else s for s in lrw.read("split")])
+    p_all = lrw.read("p_exp")
+    assert len(speech) == 8 and tr.phases[1].batches_per_epoch == 4
+    seen = set()
+    for j in range(len(speech)):
+        it = speech[j]
+        r = int(speech.rows[j])
+        assert split[r] == "train"
+        np.testing.assert_array_equal(it["p"].numpy(), p_all[r])
+        np.testing.assert_array_equal(it["image"].permute(1, 2, 0).numpy(), lrw.read("image", r))
+        seen.add(r)
+    assert seen == set(np.nonzero(split == "train")[0].tolist())
+    # random targets: another frame's 40-vector (speech part included) + U(-0.1, 0.1)
+    p = torch.stack([speech[j]["p"] for j in range(4)])
+    trg = tr.sample_targets(p)
+    assert trg.shape == (4, 40)
+    d = (trg[:, None, :] - p[None, :, :]).abs().amax(-1)          # [target, source]
+    assert torch.all(d.min(1).values <= 0.1 + 1e-6)               # each target is some frame's vector + noise
+    assert torch.any(d.diagonal() > 0.1)                           # not (all) the frame's own
+
+
+def test_trains_40_parameters_through_both_phases(speech_run, tmp_path, capsys):
+    from tiny import TINY_TRAIN as T
+    sets = []
+    for s in list(T) + ["train.speech=true", "train.batch_size=2", "train.epochs_speech=1"]:
+        sets += ["--set", s]
+    out = tmp_path / "t"
+    assert cli(["train", "--data", str(speech_run), "--variant", "rad-no-id", "--out", str(out), "--steps", "6",
+                *sets]) == 0
+    text = capsys.readouterr().out
+    assert "speech phase: 8 training frames of 2 videos" in text and "speech: 1 epochs x 4 batches" in text
+    ck = torch.load(out / "checkpoints" / "latest.pt", weights_only=True)
+    assert ck["model_config"]["c_dim"] == 40 and ck["phase"] == "speech"
+    assert [p[0] for p in ck["data_order"]["phases"]] == ["paired", "speech"]
+
+
+def test_errors(tmp_path, speech_run):
+    bare = make_tiny_run(tmp_path / "bare", faces=4, warps=False, fab=False)
+    with pytest.raises(ConfigError, match="no fit-lrw stage here.*fit-lrw"):
+        Trainer(bare, tmp_path / "t", _cfg(), echo=lambda m: None).build_data()
+    narrow = make_tiny_run(tmp_path / "narrow", faces=4, warps=False, fab=False)
+    add_lrw_fits(narrow, width=30)
+    with pytest.raises(ConfigError, match=r"p_exp is \[30\] wide; train.speech needs 40"):
+        Trainer(narrow, tmp_path / "t", _cfg(), echo=lambda m: None).build_data()
+    with pytest.raises(ConfigError, match="epochs_speech must be >= 0"):
+        Trainer(speech_run, tmp_path / "t", _cfg("train.epochs_speech=-1"), echo=lambda m: None).build_data()
+
+
+def test_paper_speech_preset():
+    cfg = load_config("paper-speech", [])
+    paper = load_config("paper", [])
+    t, tp = cfg.section("train"), paper.section("train")
+    assert t["speech"] is True and t["speech_data"] == "lrw-fits"
+    assert {k: v for k, v in t.items() if k not in ("speech", "speech_data", "epochs_speech")} == \
+        {k: v for k, v in tp.items() if k not in ("speech", "speech_data", "epochs_speech")}
+    assert load_config(None, []).section("train")["speech"] is False
