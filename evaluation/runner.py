@@ -422,8 +422,8 @@ def evaluate(checkpoints: Sequence[str | Path], run: str | Path, out: str | Path
     base_results = {}
     for b in baselines:
         base_results[b.name] = _evaluate_one(b, sh)
-    _ratios_to_copy(results, base_results)
-    _lrw_ratios_to_copy(results, base_results)
+    _ratio_to_copy(results, base_results, "ied", lambda res: "no IED")
+    _ratio_to_copy(results, base_results, "lrw_ied", lambda res: res.reasons.get("lrw_ied", "no Table 3 IED"))
     for name, res in list(results.items()) + list(base_results.items()):
         log(f"  {name}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                       for k, v in res.metrics.items() if k in metrics_keys()))
@@ -550,29 +550,19 @@ def _evaluate_one(net, sh: _Shared) -> _Result:
     return res
 
 
-def _ratios_to_copy(results: dict, base_results: dict) -> None:
-    """``ied_vs_copy`` = ied / copy-input's ied, for every model and baseline."""
+def _ratio_to_copy(results: dict, base_results: dict, key: str, missing) -> None:
+    """``<key>_vs_copy`` = key / copy-input's key, for every model and baseline (Table 1's ``ied``,
+    Table 3's ``lrw_ied``; the goal: <= 0.85). ``missing(res)`` is the reason when a row has no
+    value; the label of ``key`` names what copy-input lacks."""
+    label = {"ied": "IED", "lrw_ied": "Table 3 IED"}[key]
     copy = base_results.get(COPY)
-    c = copy.metrics.get("ied") if copy is not None else None
+    c = copy.metrics.get(key) if copy is not None else None
     for res in list(results.values()) + list(base_results.values()):
-        v = res.metrics.get("ied")
+        v = res.metrics.get(key)
         if v is not None and c is not None and c > 0:
-            res.metrics["ied_vs_copy"] = float(v / c)
+            res.metrics[f"{key}_vs_copy"] = float(v / c)
         else:
-            res.fail(["ied_vs_copy"], "no IED" if v is None else f"no {COPY} IED to divide by")
-
-
-def _lrw_ratios_to_copy(results: dict, base_results: dict) -> None:
-    """Table 3's ``lrw_ied_vs_copy`` = lrw_ied / copy-input's lrw_ied (the goal: <= 0.85)."""
-    copy = base_results.get(COPY)
-    c = copy.metrics.get("lrw_ied") if copy is not None else None
-    for res in list(results.values()) + list(base_results.values()):
-        v = res.metrics.get("lrw_ied")
-        if v is not None and c is not None and c > 0:
-            res.metrics["lrw_ied_vs_copy"] = float(v / c)
-        else:
-            res.fail(["lrw_ied_vs_copy"], res.reasons.get("lrw_ied", "no Table 3 IED") if v is None
-                     else f"no {COPY} Table 3 IED to divide by")
+            res.fail([f"{key}_vs_copy"], missing(res) if v is None else f"no {COPY} {label} to divide by")
 
 
 def _training_numbers(res: _Result, net: Networks) -> None:

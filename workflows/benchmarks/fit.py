@@ -50,8 +50,9 @@ def run(ctx) -> dict:
     from fitting.fit import FitOptions, LandmarkFitter, landmark_error, landmark_errors
     from fitting.landmarks import LandmarkCalibration, get_detector
     from fitting.model import MorphableModel
+    from fitting.photo import resolve_calibration
     from pipeline.config import load_config
-    from workflows.stages.fit import build_stage, fit_gate, resolve_calibration
+    from workflows.stages.fit import build_stage, fit_gate
 
     world = Path(ctx.world)
     model = MorphableModel.load(world / "model.h5")

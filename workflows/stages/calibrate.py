@@ -47,6 +47,15 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def stage_calibration(setting, model_path: str, domain: str) -> tuple[str | None, str, str | None]:
+    """The landmark calibration a fitting stage uses: ``(path or None, note, sha256 of the file
+    or None)`` (fitting.photo.resolve_calibration; the hash goes into the stage's params)."""
+    from fitting.photo import resolve_calibration
+
+    path, note = resolve_calibration(setting, model_path, domain)
+    return path, note, (file_sha256(path) if path is not None else None)
+
+
 def render_pairs(model_path: str, params: dict, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
     """Calibration renders ``start..stop-1`` (a Dask task) -> ``(detected [m, 68, 2], true [m, 68, 2])``
     for the ``m`` renders where dlib found a face."""

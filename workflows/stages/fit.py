@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 
 from fitting.photo import (fit_gate, fit_settings, image_domain, load_calibration,  # noqa: F401 (fit_gate: the bench's)
-                           resolve_calibration, validate)
+                           validate)
 from pipeline.stage import ChunkResult, Stage
 
 _CACHE: dict = {}
@@ -75,13 +75,10 @@ class FitStage(Stage):
         self.seed = int(seed)
         self._model_hash = _model_hash(self.model_path)
         self.image_domain = image_domain(self.cfg["image_domain"], inputs.root)
-        self.calibration, self.calibration_note = resolve_calibration(
-            self.cfg["landmark_calibration"], self.model_path, self.image_domain)
-        self._calibration_hash = None
-        if self.calibration is not None:
-            from workflows.stages.calibrate import file_sha256
+        from workflows.stages.calibrate import stage_calibration
 
-            self._calibration_hash = file_sha256(self.calibration)
+        self.calibration, self.calibration_note, self._calibration_hash = stage_calibration(
+            self.cfg["landmark_calibration"], self.model_path, self.image_domain)
 
     # ------------------------------------------------------------------ Stage API
     def input_keys(self) -> list[str]:

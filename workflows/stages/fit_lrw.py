@@ -66,7 +66,7 @@ class FitLrwStage(Stage):
 
     def __init__(self, videos, speech, model_path: str, fit_cfg: dict, lrw_cfg: dict,
                  metadata: Optional[dict] = None, metadata_source: str = "", image_domain: str = "photo"):
-        from fitting.photo import fit_settings, resolve_calibration
+        from fitting.photo import fit_settings
         from pipeline.config import schema_section
         from workflows.stages.warps import checked_model_hash
 
@@ -79,13 +79,10 @@ class FitLrwStage(Stage):
         self.metadata_source = metadata_source
         self.image_domain = image_domain
         self._model_hash = checked_model_hash(self.model_path)
-        self.calibration, self.calibration_note = resolve_calibration(
-            self.fit_cfg["landmark_calibration"], self.model_path, self.image_domain)
-        self._calibration_hash = None
-        if self.calibration is not None:
-            from workflows.stages.calibrate import file_sha256
+        from workflows.stages.calibrate import stage_calibration
 
-            self._calibration_hash = file_sha256(self.calibration)
+        self.calibration, self.calibration_note, self._calibration_hash = stage_calibration(
+            self.fit_cfg["landmark_calibration"], self.model_path, self.image_domain)
 
     # ------------------------------------------------------------------ Stage API
     def input_keys(self) -> list[str]:
