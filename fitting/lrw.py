@@ -142,11 +142,12 @@ def encode_video(frames: np.ndarray, fps: int = FPS, codec: str = "libx264", crf
     with av.open(buf, "w", format="mp4") as c:
         s = c.add_stream(codec, rate=int(fps))
         s.width, s.height, s.pix_fmt = W, H, "yuv420p"
-        if codec == "libx264":
-            s.options = {"crf": str(int(crf)), "preset": "medium", "threads": "1"}
+        if codec == "libx264":     # threads on both layers: libavcodec's count is what x264 gets
+            s.options = {"crf": str(int(crf)), "preset": "medium", "threads": "1",
+                         "x264-params": "threads=1:lookahead-threads=1:sliced-threads=0"}
         else:
             s.options = {"qscale": "2", "threads": "1"}
-            s.thread_count = 1
+        s.thread_count = 1
         for img in frames:
             for packet in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
                 c.mux(packet)
