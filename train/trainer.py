@@ -51,10 +51,21 @@ class Phase:
     dataset: Any
     batches_per_epoch: int
     run_steps: int = 0   # steps this run takes in the phase (its full length unless capped)
+    mix: int = 0         # train.paired_mix: after every `mix` batches of this phase one paired warp batch (0 = none)
 
     @property
     def steps(self) -> int:
-        return self.epochs * self.batches_per_epoch
+        own = self.epochs * self.batches_per_epoch
+        return own + (own // self.mix if self.mix else 0)
+
+    def split(self, s: int) -> tuple[int, int, bool]:
+        """Step ``s`` of the phase -> (own batches before it, mixed paired batches before it, is paired).
+
+        With ``mix`` m the steps run m own batches, then one paired batch, and so on."""
+        if not self.mix:
+            return s, 0, False
+        j = s // (self.mix + 1)
+        return s - j, j, s % (self.mix + 1) == self.mix
 
 
 def cap_phase_steps(steps: list[int], cap: int) -> list[int]:
@@ -154,7 +165,7 @@ class Trainer:
         self.amp = bool(t["amp"]) and self.device.type == "cuda"
         self.E = 40 if t["speech"] else 30
         self.lam = {k: float(t[f"lambda_{k}"]) for k in ("adv", "adv_d", "exp", "rec", "gen", "id", "att", "gp")}
-        for key in ("d_warmup_steps", "g_ramp_steps"):
+        for key in ("d_warmup_steps", "g_ramp_start", "g_ramp_steps", "paired_mix"):
             if int(t[key]) < 0:
                 raise ConfigError(f"train.{key} must be >= 0, got {t[key]}")
         if not self.variant.use_gen:
@@ -208,7 +219,9 @@ class Trainer:
         train_rows, held_groups = self._holdout(fits)
         phases: list[Phase] = []
         bs = int(t["batch_size"])
-        if self.variant.paired and t["epochs_paired"] > 0:
+        mix = int(t["paired_mix"])
+        self.paired_set = None             # the training warps (phase 1, and the batches mixed into later phases)
+        if self.variant.paired and (t["epochs_paired"] > 0 or mix > 0):
             warps = open_stage(self.data, "warps", required=False)
             if warps is None:
                 self._say(f"note: {self.data / 'warps'} has no shard stage; skipping the paired phase")
@@ -222,7 +235,9 @@ class Trainer:
                 if held_groups is not None:   # warps of held-out photos share their group
                     held = np.isin(warps.read("group").astype(np.int64), held_groups)
                     ds = RowSubset(full, np.nonzero(~held)[0])
-                phases.append(Phase("paired", int(t["epochs_paired"]), ds, 0))
+                self.paired_set = ds
+                if t["epochs_paired"] > 0:
+                    phases.append(Phase("paired", int(t["epochs_paired"]), ds, 0))
                 if int(t["eval_every"]) > 0:
                     self.val_set = self._val_pairs(full, held)
         speech_stage = t.get("speech_data") if t["speech"] else None
@@ -234,6 +249,10 @@ class Trainer:
                                 real if train_rows is None else RowSubset(real, train_rows), 0))
         if not phases:
             raise ConfigError("nothing to train: train.epochs_paired and train.epochs_unpaired are 0")
+        if mix > 0 and self.paired_set is not None:
+            for p in phases:
+                if p.name != "paired":
+                    p.mix = mix
         smallest = min(len(p.dataset) for p in phases)
         if smallest < bs * self.world:
             self._say(f"note: batch size {bs} lowered to {max(1, smallest // self.world)} "
@@ -242,6 +261,8 @@ class Trainer:
         self.batch_size = bs
         for p in phases:
             p.batches_per_epoch = ResumableBatchSampler.count(len(p.dataset), bs, self.world)
+        if self.paired_set is not None and len(self.paired_set) < bs * self.world:
+            raise ConfigError(f"train.paired_mix: {len(self.paired_set)} training warps, fewer than one batch")
         self.phases = phases
         total = sum(p.steps for p in phases)
         if total <= 0:
@@ -309,7 +330,8 @@ class Trainer:
         """(phase index, epoch, batch in epoch) of global step ``step``."""
         for i, p in enumerate(self.phases):
             if step < p.run_steps or i == len(self.phases) - 1:
-                return i, step // max(1, p.batches_per_epoch), step % max(1, p.batches_per_epoch)
+                own = p.split(step)[0]
+                return i, own // max(1, p.batches_per_epoch), own % max(1, p.batches_per_epoch)
             step -= p.run_steps
         raise AssertionError
 
@@ -323,11 +345,13 @@ class Trainer:
 
     def g_ramp(self, step: int) -> float:
         """Factor on G's adversarial and expression weights: 0 before ``d_warmup_steps`` (G does
-        not train), then linear up to 1 over ``g_ramp_steps`` (paper preset: no warm-up, no ramp)."""
+        not train) + ``g_ramp_start`` (G learns from L_gen, L_rec, L_id, L_att only), then linear up
+        to 1 over ``g_ramp_steps`` (paper preset: no warm-up, no delay, no ramp)."""
+        start = int(self.t["d_warmup_steps"]) + int(self.t["g_ramp_start"])
         ramp = int(self.t["g_ramp_steps"])
         if ramp <= 0:
-            return 1.0
-        return float(min(1.0, max(0.0, (step - int(self.t["d_warmup_steps"])) / ramp)))
+            return 1.0 if step >= start else 0.0
+        return float(min(1.0, max(0.0, (step - start) / ramp)))
 
     @torch.no_grad()
     def validate(self) -> dict:
@@ -674,22 +698,46 @@ class Trainer:
             self._stop = "another rank"
         return flag.item() > 0
 
+    def _stream(self, ph: int, dataset, epoch: int, start: int):
+        """Batches of ``dataset`` in the seeded order of phase index ``ph``, from batch ``start``
+        of epoch ``epoch`` on, epoch after epoch (the caller stops)."""
+        workers = int(self.t["workers"])
+        bpe = ResumableBatchSampler.count(len(dataset), self.batch_size, self.world)
+        epoch, b = epoch + start // bpe, start % bpe
+        while True:
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(epoch)
+            sampler = ResumableBatchSampler(len(dataset), self.batch_size, self.seed * 10 + ph, epoch, b,
+                                            self.rank, self.world)
+            yield from DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
+                                  pin_memory=self.device.type == "cuda", persistent_workers=False,
+                                  prefetch_factor=4 if workers > 0 else None)
+            epoch, b = epoch + 1, 0
+
+    def _phase_batches(self, ph: int, s: int):
+        """(batch, paired) for the steps of phase ``ph`` from its step ``s`` on: the phase's own
+        batches, with one paired warp batch after every ``mix`` of them when ``train.paired_mix``
+        is set (the paired stream continues phase 1's epochs; a pure function of the step)."""
+        phase = self.phases[ph]
+        own0, mixed0, _ = phase.split(s)
+        own = self._stream(ph, phase.dataset, 0, own0)
+        if not phase.mix:
+            for batch in own:
+                yield batch, phase.name == "paired"
+            return
+        paired = self._stream(0, self.paired_set, int(self.t["epochs_paired"]), mixed0)
+        while True:
+            yield (next(paired), True) if phase.split(s)[2] else (next(own), False)
+            s += 1
+
     def _loop(self, step, t0, done, acc, every_ck, every_log, every_img, delay, last_saved):
         t = self.t
         while step < self.total_steps:
-            ph, epoch, b = self.position(step)
+            ph, epoch, _ = self.position(step)
             phase = self.phases[ph]
-            paired = phase.name == "paired"
-            if paired:
-                phase.dataset.set_epoch(epoch)
-            sampler = ResumableBatchSampler(len(phase.dataset), self.batch_size, self.seed * 10 + ph, epoch,
-                                            b, self.rank, self.world)
-            workers = int(t["workers"])
-            loader = DataLoader(phase.dataset, batch_sampler=sampler, num_workers=workers,
-                                pin_memory=self.device.type == "cuda",
-                                persistent_workers=False, prefetch_factor=4 if workers > 0 else None)
-            phase_end = sum(p.run_steps for p in self.phases[:ph + 1])
-            for batch in loader:
+            phase_start = sum(p.run_steps for p in self.phases[:ph])
+            phase_end = phase_start + phase.run_steps
+            for batch, paired in self._phase_batches(ph, step - phase_start):
                 m = self.train_step(batch, paired, step)
                 step += 1
                 done += 1
@@ -701,7 +749,7 @@ class Trainer:
                         ev = int(t["eval_every"])
                         if ev > 0 and (step % ev == 0 or step == self.total_steps):
                             acc.update({k: (v, 1) for k, v in self.validate().items()})
-                        self._log(step, phase.name, epoch, acc, t0, done)
+                        self._log(step, phase.name, self.position(step - 1)[1], acc, t0, done)
                         acc = {}
                     if step % every_img == 0:
                         self._log_images(step, batch, paired)
@@ -712,7 +760,7 @@ class Trainer:
                     time.sleep(delay)
                 if self._should_stop():
                     return step, last_saved
-                if step >= phase_end:
+                if step >= phase_end or step >= self.total_steps:
                     break
         return step, last_saved
 

@@ -69,3 +69,38 @@ def test_bad_device_is_a_config_error(tmp_path):
     from pipeline.config import ConfigError
     with pytest.raises(ConfigError, match="train.device must be"):
         _trainer(tmp_path, ["train.device=gpu0"])
+
+
+def test_ramp_waits_g_ramp_start_steps_after_the_warm_up(tmp_path):
+    tr = _trainer(tmp_path, ["train.d_warmup_steps=10", "train.g_ramp_start=20", "train.g_ramp_steps=40"])
+    assert [tr.g_ramp(s) for s in (0, 29, 30, 50, 70, 500)] == [0.0, 0.0, 0.0, 0.5, 1.0, 1.0]
+    jump = _trainer(tmp_path, ["train.g_ramp_start=5", "train.g_ramp_steps=0"])
+    assert [jump.g_ramp(s) for s in (0, 4, 5, 6)] == [0.0, 0.0, 1.0, 1.0]
+    paper = _trainer(tmp_path, ["train.g_ramp_start=0", "train.g_ramp_steps=0"])
+    assert paper.g_ramp(0) == 1.0
+
+
+def test_paired_mix_interleaves_one_warp_batch_after_every_n_own_batches():
+    ph = Phase("unpaired", 2, None, 6, mix=3)
+    assert ph.steps == 12 + 4
+    naive_own, naive_mixed, kinds = 0, 0, []
+    for s in range(ph.steps):                        # the definition, step by step
+        paired = (s + 1) % 4 == 0
+        assert ph.split(s) == (naive_own, naive_mixed, paired)
+        kinds.append(paired)
+        naive_mixed += paired
+        naive_own += not paired
+    assert kinds.count(True) == 4 and naive_own == 12
+    assert Phase("unpaired", 2, None, 6).split(7) == (7, 0, False)
+
+
+def test_position_of_a_mixed_phase_counts_its_own_batches(tmp_path):
+    tr = _with_phases(_trainer(tmp_path), 0, [("paired", 1, 3), ("unpaired", 2, 4)])
+    tr.phases[1].mix = 2
+    for p in tr.phases:
+        p.run_steps = p.steps
+    tr.total_steps = sum(p.run_steps for p in tr.phases)
+    assert tr.phases[1].steps == 12
+    # unpaired steps 0,1 own; 2 paired; 3,4 own; 5 paired; 6,7 own (epoch 1 starts at own batch 4)
+    assert [tr.position(3 + s) for s in (0, 1, 3, 4, 6, 7)] == [
+        (1, 0, 0), (1, 0, 1), (1, 0, 2), (1, 0, 3), (1, 1, 0), (1, 1, 1)]

@@ -211,3 +211,34 @@ def test_training_seed_changes_init_but_not_the_held_out_split(tiny_run, tmp_pat
     assert np.array_equal(a.val_set.rows, b.val_set.rows)
     wa, wb = next(iter(a.G.parameters())), next(iter(b.G.parameters()))
     assert not torch.equal(wa, wb)
+
+
+def test_paired_mix_batches_are_a_function_of_the_step(tiny_run, tmp_path):
+    # the photo phase with train.paired_mix=2: own, own, warps, own, own, warps, ...; the warp
+    # stream continues phase 1's epochs, and starting the phase at any step gives the same batches
+    cfg = load_config(None, TINY_TRAIN + ["train.epochs_paired=1", "train.epochs_unpaired=3", "train.paired_mix=2",
+                                          "train.identity_weights=null"])
+    tr = Trainer(tiny_run, tmp_path / "mix", cfg, variant="rad")
+    tr.build_data()
+    ph = [p.name for p in tr.phases].index("unpaired")
+    phase = tr.phases[ph]
+    assert phase.mix == 2 and phase.steps == 3 * phase.batches_per_epoch * 3 // 2
+
+    def seq(start, n):
+        out, it = [], tr._phase_batches(ph, start)
+        for _ in range(n):
+            batch, paired = next(it)
+            assert paired == ("target" in batch)
+            out.append((paired, tuple(batch["index"].tolist())))
+        it.close()
+        return out
+
+    full = seq(0, phase.steps)
+    assert [k for k, _ in full] == [s % 3 == 2 for s in range(phase.steps)]
+    assert seq(5, phase.steps - 5) == full[5:]
+    assert seq(4, 3) == full[4:7]
+    own = [ix for k, ix in full if not k]
+    assert len({i for ix in own[:phase.batches_per_epoch] for i in ix}) == 4 * phase.batches_per_epoch   # no repeats
+    first_p1 = tuple(next(tr._phase_batches(0, 0))[0]["index"].tolist())
+    mixed = [ix for k, ix in full if k]
+    assert mixed[0] != first_p1                              # not phase 1's epoch 0 again
