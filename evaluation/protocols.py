@@ -80,6 +80,11 @@ class RealEdits:
     d_out: np.ndarray         # [N,E] D(outputs)
     extra: dict = field(default_factory=dict)
 
+    def head(self, n: int) -> "RealEdits":
+        """The first ``n`` edits (all arrays cut alike; ``extra`` kept)."""
+        return RealEdits(self.inputs[:n], self.p_fit[:n], self.p_trg[:n], self.outputs[:n], self.d_fit[:n],
+                         self.d_out[:n], dict(self.extra))
+
 
 def target_permutation(n: int, seed: int = 0) -> np.ndarray:
     """A fixed permutation of range(n) without fixed points when n > 1 (a cyclic shift of a shuffle)."""

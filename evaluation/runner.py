@@ -42,6 +42,7 @@ class EvalOptions:
     test_fraction: float = 0.17
     identity: str = "auto"            # auto | dlib | pixels | PATH (train-identity / ArcFace weights)
     refit: bool = True
+    refit_images: int = 0             # refit only the first N edits (0 = all test_images)
     figures: bool = True
     lrw_pairs: int = 32
     max_per_class: int = 200          # labelled photos per expression class (classifier, presets)
@@ -66,7 +67,7 @@ class EvalOptions:
         opt = cls(**kw)
         if opt.grid_step <= 0 or opt.grid_step > 2:
             raise ConfigError(f"evaluate.grid_step must be in (0, 2], got {opt.grid_step}")
-        for k in ("pairs", "test_images", "lrw_pairs", "max_per_class"):
+        for k in ("pairs", "test_images", "lrw_pairs", "max_per_class", "refit_images"):
             if getattr(opt, k) < 0:
                 raise ConfigError(f"evaluate.{k} must be >= 0, got {getattr(opt, k)}")
         if not 0 < opt.test_fraction < 1:
@@ -517,10 +518,12 @@ def _evaluate_one(net, sh: _Shared) -> _Result:
         elif model is None:
             res.fail(refit_keys, data.missing.get("model", "no 3DMM"))
         else:
-            _guard(res, refit_keys, lambda: P.refit_error(sh.refitter, ed), log)
+            n = opt.refit_images or len(ed.outputs)       # the refit costs seconds per image
+            edr = ed.head(n)
+            _guard(res, refit_keys, lambda: P.refit_error(sh.refitter, edr), log)
             if "floor" not in sh.refit_cache:   # same photos for every checkpoint: once
                 try:
-                    sh.refit_cache["floor"] = P.refit_floor_errors(sh.refitter, ed.inputs, ed.p_fit)
+                    sh.refit_cache["floor"] = P.refit_floor_errors(sh.refitter, edr.inputs, edr.p_fit)
                 except Exception as e:  # noqa: BLE001 — the floor is context, not a metric
                     sh.refit_cache["floor"] = {"refit_real_floor": None, "refit_real_floor_vertex": None,
                                                "refit_real_floor_n": 0}
