@@ -82,8 +82,9 @@ class RealEdits:
 
     def head(self, n: int) -> "RealEdits":
         """The first ``n`` edits (all arrays cut alike; ``extra`` kept)."""
-        return RealEdits(self.inputs[:n], self.p_fit[:n], self.p_trg[:n], self.outputs[:n], self.d_fit[:n],
-                         self.d_out[:n], dict(self.extra))
+        cut = [None if a is None else a[:n] for a in (self.inputs, self.p_fit, self.p_trg, self.outputs,
+                                                       self.d_fit, self.d_out)]
+        return RealEdits(*cut, dict(self.extra))
 
 
 def target_permutation(n: int, seed: int = 0) -> np.ndarray:

@@ -170,6 +170,8 @@ def test_refit_error_plumbing():
     ed = protocols.RealEdits(inputs=None, p_fit=p_trg, p_trg=p_trg, outputs=outs, d_fit=None, d_out=None)
     res = protocols.refit_error(fitter, ed)
     assert res["refit_no_face"] == 1 and res["refit_n"] == 3
+    head = protocols.refit_error(fitter, ed.head(2))             # evaluate.refit_images: the first N edits
+    assert head["refit_no_face"] == 0 and head["refit_n"] == 2
     # the reference: the stage's options for detected landmarks (fit.sigma_detected)
     fit = LandmarkFitter(model, fitter.options(1)).fit(np.stack([lms[i] for i in (0, 1, 3)]))
     ref = np.mean([np.linalg.norm(p_trg[i] - fit.p_exp[k]) / np.linalg.norm(p_trg[i]) for k, i in enumerate((0, 1, 3))])
