@@ -126,3 +126,28 @@ def test_warps_options_prefer_the_warps_stage(tmp_path):
     assert opts == {"space": "full", "mouth": False, "supersample": 2, "backend": "fast"} and "_stage.json" in where
     opts, where = warps_options(tmp_path / "none", {"space": "crop"})
     assert opts == {"space": "crop"} and "config" in where
+
+
+def test_gap_left_is_the_share_of_copy_to_oracle_still_to_go():
+    from evaluation.baselines import COPY, ORACLE
+    from evaluation.runner import _gap_left, _Result
+
+    def row(name, v):
+        r = _Result(type("N", (), {"name": name})())
+        if v is not None:
+            r.metrics["reader_vertex_error_trg"] = v
+        else:
+            r.fail(["reader_vertex_error_trg"], "no reader")
+        return r
+
+    models = {"good": row("good", 0.9), "bad": row("bad", 1.7), "none": row("none", None)}
+    base = {COPY: row(COPY, 1.5), ORACLE: row(ORACLE, 0.7)}
+    _gap_left(models, base, "reader_vertex_error_trg")
+    k = "reader_vertex_error_trg_gap"
+    assert models["good"].metrics[k] == pytest.approx((0.9 - 0.7) / (1.5 - 0.7))
+    assert models["bad"].metrics[k] == pytest.approx(1.25)
+    assert base[COPY].metrics[k] == pytest.approx(1.0) and base[ORACLE].metrics[k] == pytest.approx(0.0)
+    assert models["none"].metrics[k] is None and models["none"].reasons[k] == "no reader"
+    flat = {COPY: row(COPY, 0.7), ORACLE: row(ORACLE, 0.7)}
+    _gap_left({"m": row("m", 0.8)}, flat, "reader_vertex_error_trg")
+    assert flat[COPY].reasons[k] == "oracle-3d is no better than copy-input"
