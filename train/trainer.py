@@ -345,9 +345,11 @@ class Trainer:
 
     def g_ramp(self, step: int) -> float:
         """Factor on G's adversarial and expression weights: 0 before ``d_warmup_steps`` (G does
-        not train) + ``g_ramp_start`` (G learns from L_gen, L_rec, L_id, L_att only), then linear up
-        to 1 over ``g_ramp_steps`` (paper preset: no warm-up, no delay, no ramp)."""
-        start = int(self.t["d_warmup_steps"]) + int(self.t["g_ramp_start"])
+        not train) + ``g_ramp_start`` (G learns from L_gen, L_rec, L_id, L_att only; variants
+        without L_gen on warps have nothing to learn from first and skip the delay), then linear
+        up to 1 over ``g_ramp_steps`` (paper preset: no warm-up, no delay, no ramp)."""
+        delay = int(self.t["g_ramp_start"]) if self.variant.use_gen and self.variant.paired else 0
+        start = int(self.t["d_warmup_steps"]) + delay
         ramp = int(self.t["g_ramp_steps"])
         if ramp <= 0:
             return 1.0 if step >= start else 0.0

@@ -76,6 +76,10 @@ def test_ramp_waits_g_ramp_start_steps_after_the_warm_up(tmp_path):
     assert [tr.g_ramp(s) for s in (0, 29, 30, 50, 70, 500)] == [0.0, 0.0, 0.0, 0.5, 1.0, 1.0]
     jump = _trainer(tmp_path, ["train.g_ramp_start=5", "train.g_ramp_steps=0"])
     assert [jump.g_ramp(s) for s in (0, 4, 5, 6)] == [0.0, 0.0, 1.0, 1.0]
+    for v in ("ganimation", "rad-no-gen"):        # no L_gen: nothing to learn before the GAN terms
+        other = Trainer(tmp_path, tmp_path / v, load_config(None, ["train.g_ramp_start=20", "train.g_ramp_steps=40"]),
+                        variant=v)
+        assert other.g_ramp(0) == 0.0 and other.g_ramp(20) == 0.5
     paper = _trainer(tmp_path, ["train.g_ramp_start=0", "train.g_ramp_steps=0"])
     assert paper.g_ramp(0) == 1.0
 
