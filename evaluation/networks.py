@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from pipeline.config import ConfigError
 
 
 @dataclass
@@ -59,45 +56,31 @@ class PseudoNetwork:
 
 
 def load_checkpoint(path: str | os.PathLike, device: str = "cpu", name: str | None = None) -> Networks:
-    """Load a ``slidergan-ckpt/1`` file and rebuild G and D in eval mode.
+    """Load a ``slidergan-ckpt/1`` file (or a training folder) with the one loader,
+    :func:`train.checkpoint.load_checkpoint` (every check; D required), and rebuild G and D
+    in eval mode on ``device``.  Problems raise ConfigError (one line)."""
+    from train.checkpoint import load_checkpoint as load, load_networks, resolve_checkpoint
 
-    Raises ConfigError (one line) for a missing or malformed checkpoint.
-    """
-    import torch
-
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(p, map_location=device, weights_only=True)
-    except Exception as e:  # noqa: BLE001 — any unreadable file is a usage error here
-        raise ConfigError(f"cannot read checkpoint {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
-    if not isinstance(ckpt, dict) or not all(k in ckpt for k in ("model_config", "G", "D")):
-        raise ConfigError(f"{path}: not a SliderGAN checkpoint (needs model_config, G, D)")
-    from model.networks import ModelConfigError, load_from_checkpoint_state
-
-    try:
-        G, D, meta = load_from_checkpoint_state(ckpt)
-    except ModelConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
-    cfg = meta["model_config"]
-    G.to(device)
-    D.to(device)
-    variant = str(ckpt.get("variant", "model"))
+    p = resolve_checkpoint(path)
+    ckpt = load(p, device, require=("D",))
+    G, D = load_networks(ckpt, device, p)
+    cfg = dict(ckpt["model_config"])
+    variant = str(ckpt["variant"])
     n = int(cfg["c_dim"])  # conditioning width E (validate_model_config requires it)
     step = ckpt.get("step", -1)
     return Networks(name=name or variant, variant=variant, G=G, D=D, n_params=n, path=str(p),
                     step=int(step) if step is not None else -1, model_config=cfg, device=device)
 
 
-def to_tensor(images, device: str = "cpu"):
-    """uint8 [B,H,W,3] (or float in [0,1]) -> torch float [B,3,H,W] in [-1, 1]."""
+def to_tensor(images, device: str = "cpu", size=None):
+    """uint8 [B,H,W,3] (or float in [0,1]) -> torch float [B,3,H,W] in [-1, 1] (resized to
+    ``size`` when given): the layout change around ``model.networks.to_network_input``."""
     import torch
 
-    a = np.asarray(images)
-    a = a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a.astype(np.float32)
-    t = torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2)
-    return (t * 2.0 - 1.0).to(device)
+    from model.networks import to_network_input
+
+    t = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(device)
+    return to_network_input(t, size)
 
 
 def from_tensor(t) -> np.ndarray:
@@ -116,16 +99,6 @@ def _regressed(out):
     return out[1]
 
 
-def _resize(t, size: int):
-    """Bilinear (antialiased when shrinking) resize of [B,3,h,w] to [B,3,size,size]."""
-    import torch.nn.functional as F
-
-    if t.shape[-1] == size and t.shape[-2] == size:
-        return t
-    return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False,
-                         antialias=bool(t.shape[-1] > size))
-
-
 def _net_size(nets: Networks, h: int) -> int:
     return int(nets.model_config.get("image_size", h)) if nets.model_config else h
 
@@ -135,8 +108,10 @@ def generate(nets: Networks, images, p, batch_size: int = 16) -> np.ndarray:
 
     ``p`` is cut or zero-padded to the checkpoint's width E (a 30-parameter checkpoint
     ignores speech parameters; a 40-parameter one gets zero speech for a 30-vector).
-    Images of another side than the checkpoint's ``image_size`` are resized for G and the
-    result resized back, so outputs always match the inputs' size.
+    Images of another side than the checkpoint's ``image_size`` go through
+    ``model.networks.apply_generator``: G sees them resized, its colour and mask are resized
+    back and composed with the full-size input (pixels the mask leaves alone are the input's
+    exactly; docs/INTERFACES.md, "Images for G and D"), so outputs match the inputs' size.
     """
     imgs = np.asarray(images)
     pp = fit_width(np.asarray(p, np.float32), nets.n_params)
@@ -149,18 +124,14 @@ def generate(nets: Networks, images, p, batch_size: int = 16) -> np.ndarray:
         return out
     import torch
 
+    from model.networks import apply_generator
+
     outs = []
     with torch.no_grad():
         for s in range(0, len(imgs), batch_size):
             x = to_tensor(imgs[s:s + batch_size], nets.device)
-            h, w = x.shape[-2:]
             c = torch.from_numpy(pp[s:s + batch_size]).to(nets.device)
-            y = _generated(nets.G(_resize(x, _net_size(nets, h)), c))
-            if y.shape[-2:] != (h, w):
-                import torch.nn.functional as F
-
-                y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False,
-                                  antialias=bool(y.shape[-1] > w))
+            y = _generated(apply_generator(nets.G, x, c, _net_size(nets, x.shape[-2])))
             outs.append(from_tensor(y))
     if not outs:
         return np.zeros((0,) + imgs.shape[1:3] + (3,), np.float32)
@@ -178,8 +149,7 @@ def regress(nets: Networks, images, batch_size: int = 32) -> np.ndarray:
     outs = []
     with torch.no_grad():
         for s in range(0, len(imgs), batch_size):
-            x = to_tensor(imgs[s:s + batch_size], nets.device)
-            x = _resize(x, _net_size(nets, x.shape[-1]))
+            x = to_tensor(imgs[s:s + batch_size], nets.device, _net_size(nets, imgs.shape[1]))
             outs.append(_regressed(nets.D(x)).detach().float().reshape(len(x), -1).cpu().numpy())
     if not outs:
         return np.zeros((0, nets.n_params), np.float32)

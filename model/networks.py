@@ -206,20 +206,51 @@ def load_from_checkpoint_state(ckpt: Mapping[str, Any]) -> tuple[Generator, Disc
     return G, D, meta
 
 
-def apply_generator(G: Generator, x: torch.Tensor, p: torch.Tensor, image_size: int) -> tuple:
-    """Run G on images of any size: resize ``x [B,3,H,W]`` (in [-1,1]) to the network's
-    ``image_size`` (antialiased bilinear), edit with ``p [B,E]``, resize the outputs back.
+def resize_images(t: torch.Tensor, size) -> torch.Tensor:
+    """The one resize of images for G and D (trainer, reader, evaluation, editor):
+    ``t [..., C, h, w]`` float -> ``[..., C, H, W]`` with ``size`` an int (square) or ``(H, W)``.
 
-    Returns ``(out [B,3,H,W], colour [B,3,H,W], mask [B,1,H,W])``.  When H == W == image_size
-    nothing is resized, so ``out`` keeps the input exactly where the mask is 0."""
+    Bilinear with ``align_corners=False`` (pixel centres, corner-origin), antialiased when
+    either side shrinks (torch's separable triangle filter widened by the scale factor);
+    ``t`` itself is returned when it already has that size.  For square inputs this is bit
+    for bit the trainer's historical conversion (antialias iff the width shrinks)."""
     import torch.nn.functional as F
 
+    H, W = (int(size[0]), int(size[1])) if isinstance(size, (tuple, list, torch.Size)) else (int(size),) * 2
+    h, w = t.shape[-2:]
+    if (h, w) == (H, W):
+        return t
+    lead = t.shape[:-3]
+    out = F.interpolate(t.reshape(-1, *t.shape[-3:]), size=(H, W), mode="bilinear", align_corners=False,
+                        antialias=bool(h > H or w > W))
+    return out.reshape(*lead, t.shape[-3], H, W)
+
+
+def to_network_input(images: torch.Tensor, size=None) -> torch.Tensor:
+    """Images -> what G and D see: float32 ``[..., 3, S, S]`` in [-1, 1].
+
+    ``images [..., 3, h, w]``: uint8 (``x / 127.5 - 1``) or float in [0, 1] (``2 x - 1``),
+    resized to ``size`` (int or ``(H, W)``; None keeps h, w) by :func:`resize_images`."""
+    if images.dtype == torch.uint8:
+        t = images.float().div_(127.5).sub_(1.0)
+    else:
+        t = images.float() * 2.0 - 1.0
+    return t if size is None else resize_images(t, size)
+
+
+def apply_generator(G: Generator, x: torch.Tensor, p: torch.Tensor, image_size: int) -> tuple:
+    """Run G on images of any size: resize ``x [B,3,H,W]`` (in [-1,1]) to the network's
+    ``image_size`` (:func:`resize_images`), edit with ``p [B,E]``, resize G's colour and mask
+    back to H x W (same function) and compose them with the full-size input.
+
+    Returns ``(out [B,3,H,W], colour [B,3,H,W], mask [B,1,H,W])``.  Where the mask is 0
+    ``out`` is the input exactly, at any size (the paper's ``I_gen = M * C + (1 - M) * I_org``
+    at the image's resolution: resampling only touches what G paints).  When
+    H == W == image_size nothing is resized and this is ``G(x, p)``."""
     H, W = x.shape[-2:]
     if (H, W) == (image_size, image_size):
         return G(x, p)
-    xs = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False,
-                       antialias=max(H, W) > image_size)
-    _, colour, mask = G(xs, p)
-    colour = F.interpolate(colour, size=(H, W), mode="bilinear", align_corners=False)
-    mask = F.interpolate(mask, size=(H, W), mode="bilinear", align_corners=False).clamp(0, 1)
+    _, colour, mask = G(resize_images(x, image_size), p)
+    colour = resize_images(colour, (H, W))
+    mask = resize_images(mask, (H, W)).clamp(0, 1)
     return compose(x, colour, mask), colour, mask

@@ -66,17 +66,77 @@ def list_steps(out: str | Path) -> list[int]:
     return sorted(int(m.group(1)) for p in folder.iterdir() for m in [STEP_RE.match(p.name)] if m)
 
 
-def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
-    """Load one checkpoint (weights_only); ConfigError with one line when unreadable."""
+def _first_line(e: BaseException) -> str:
+    text = str(e).splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file from a file or a folder: a training folder ``T`` (its newest complete
+    checkpoint, :func:`latest_checkpoint`), ``T/checkpoints``, or a folder with ``latest.pt``.
+    ConfigError (one line) when there is none."""
+    p = Path(path)
+    if p.is_dir():
+        found = latest_checkpoint(p) or (latest_checkpoint(p.parent) if p.name == "checkpoints" else None)
+        p = found if found is not None else p / "latest.pt"
+    if not p.is_file():
+        raise ConfigError(f"checkpoint not found: {path}")
+    return p
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu", *, variant: str | None = None,
+                    require: tuple[str, ...] = ()) -> dict:
+    """The one checkpoint loader (trainer resume, evaluation, editor, compare).
+
+    ``path``: a file or a folder (:func:`resolve_checkpoint`).  Loads with
+    ``weights_only=True`` and checks, each failure a :class:`ConfigError` of one line:
+    the file exists and unpickles; ``format == "slidergan-ckpt/1"``; ``variant`` is a
+    non-empty string (equal to ``variant`` when given); ``model_config`` passes
+    ``model.networks.validate_model_config``; ``G`` (and every key in ``require``, e.g.
+    ``("D",)``) is present.  Weights are matched against ``model_config`` by
+    :func:`load_networks`."""
+    from model.networks import ModelConfigError, validate_model_config
+
+    p = resolve_checkpoint(path)
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise ConfigError(f"checkpoint not found: {path}") from None
-    except Exception as e:  # noqa: BLE001 — corrupt / foreign file: one line
-        raise ConfigError(f"cannot load checkpoint {path}: {str(e).splitlines()[0] if str(e) else e}") from None
+        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 — corrupt / foreign / truncated file: one line
+        raise ConfigError(f"cannot load checkpoint {p}: not a readable checkpoint ({_first_line(e)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ConfigError(f"{path} is not a {FORMAT} checkpoint")
+        fmt = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ConfigError(f"{p}: not a SliderGAN checkpoint (format {fmt!r}: the file is not a {FORMAT} checkpoint)")
+    got = ckpt.get("variant")
+    if not isinstance(got, str) or not got:
+        raise ConfigError(f"{p}: checkpoint has no variant name (got {got!r})")
+    if variant is not None and got != variant:
+        raise ConfigError(f"{p} holds a {got!r} run, not {variant!r}")
+    for k in ("model_config", "G", *require):
+        if ckpt.get(k) is None:
+            raise ConfigError(f"{p}: checkpoint has no {k!r} entry")
+    if not isinstance(ckpt["model_config"], dict):
+        raise ConfigError(f"{p}: model_config is a {type(ckpt['model_config']).__name__}, not a dict")
+    try:
+        validate_model_config(ckpt["model_config"])
+    except ModelConfigError as e:
+        raise ConfigError(f"{p}: {str(e).splitlines()[0]}") from None
     return ckpt
+
+
+def load_networks(ckpt: dict, device: Any = "cpu", path: str | Path = "checkpoint") -> tuple:
+    """``(G, D)`` in eval mode on ``device`` with a loaded checkpoint's weights (D is None when
+    the checkpoint has none); ConfigError (one line) when they do not fit its model_config."""
+    from model.networks import ModelConfigError, load_from_checkpoint_state
+
+    try:
+        G, D, _ = load_from_checkpoint_state({k: v for k, v in ckpt.items() if v is not None})
+    except (ModelConfigError, KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"{path}: weights do not match its model_config ({str(e).splitlines()[0]})") from None
+    if ckpt.get("D") is None:
+        D = None
+    G.to(device).eval()
+    if D is not None:
+        D.to(device).eval()
+    return G, D
 
 
 def latest_checkpoint(out: str | Path) -> Path | None:

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
+from model.networks import to_network_input
 from pipeline.config import ConfigError
 from pipeline.shards import ShardSet
 
@@ -109,14 +109,9 @@ def to_uint8_chw(img: np.ndarray) -> torch.Tensor:
 
 
 def uint8_to_float(u8: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 [...,3,h,w] -> float32 [...,3,size,size] in [-1,1] (antialiased bilinear resize)."""
-    t = u8.float().div_(127.5).sub_(1.0)
-    if t.shape[-1] != size or t.shape[-2] != size:
-        lead = t.shape[:-3]
-        t = F.interpolate(t.reshape(-1, *t.shape[-3:]), size=(size, size), mode="bilinear",
-                          align_corners=False, antialias=t.shape[-1] > size)
-        t = t.reshape(*lead, 3, size, size)
-    return t
+    """uint8 [...,3,h,w] -> float32 [...,3,size,size] in [-1,1]: ``model.networks.to_network_input``,
+    the one conversion G and D get everywhere (antialiased bilinear, docs/INTERFACES.md)."""
+    return to_network_input(u8, size)
 
 
 def to_tensor_image(img: np.ndarray, size: int) -> torch.Tensor:

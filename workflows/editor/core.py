@@ -15,10 +15,11 @@ import numpy as np
 import torch
 
 from pipeline.config import ConfigError
+from train.checkpoint import FORMAT as CHECKPOINT_FORMAT  # noqa: F401 (re-exported)
+from train.checkpoint import load_checkpoint as _load_checkpoint, load_networks, resolve_checkpoint
 from workflows.editor import fitbridge
 from workflows.editor.imaging import ImageInputError, paste_back, to_uint8
 
-CHECKPOINT_FORMAT = "slidergan-ckpt/1"
 # the 3D blendshape view: grey clay under an ambient + key SH light (render.lighting)
 RENDER_ALBEDO = 0.72
 RENDER_AMBIENT = 0.6
@@ -59,43 +60,18 @@ def _regression_output(out) -> torch.Tensor:
 
 
 def load_checkpoint(path, device: str = "cpu") -> dict:
-    """Read a ``slidergan-ckpt/1`` checkpoint (docs/INTERFACES.md) safely
-    (``weights_only=True``); bad files raise :class:`ConfigError` with one line."""
-    p = Path(path)
-    if p.is_dir():
-        cand = p / "checkpoints" / "latest.pt"
-        p = cand if cand.is_file() else p / "latest.pt"
-    if not p.is_file():
-        raise ConfigError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(p, map_location=device, weights_only=True)
-    except Exception as e:  # noqa: BLE001 — any unpickling/zip failure is a bad file
-        raise ConfigError(f"{p}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        fmt = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ConfigError(f"{p}: not a SliderGAN checkpoint (format {fmt!r}, expected {CHECKPOINT_FORMAT!r})")
-    for k in ("model_config", "G"):
-        if k not in ckpt:
-            raise ConfigError(f"{p}: checkpoint has no {k!r} entry")
+    """:func:`train.checkpoint.load_checkpoint` (a file or a training folder; every check,
+    one-line :class:`ConfigError`) plus ``ckpt["_path"]``, the file actually read."""
+    p = resolve_checkpoint(path)
+    ckpt = _load_checkpoint(p, device)
     ckpt["_path"] = str(p)
     return ckpt
 
 
 def build_from_checkpoint(ckpt: dict, device: str = "cpu"):
-    """(G, D) in eval mode with the checkpoint's weights (D is None when it has none)."""
-    from model.networks import ModelConfigError, load_from_checkpoint_state
-
-    try:
-        G, D, _ = load_from_checkpoint_state({k: v for k, v in ckpt.items() if v is not None})
-    except (ModelConfigError, KeyError, TypeError, ValueError) as e:
-        raise ConfigError(f"{ckpt.get('_path', 'checkpoint')}: weights do not match its model_config "
-                          f"({str(e).splitlines()[0]})") from None
-    if ckpt.get("D") is None:
-        D = None
-    G.to(device).eval()
-    if D is not None:
-        D.to(device).eval()
-    return G, D
+    """(G, D) in eval mode with the checkpoint's weights (D is None when it has none):
+    :func:`train.checkpoint.load_networks`."""
+    return load_networks(ckpt, device, ckpt.get("_path", "checkpoint"))
 
 
 def find_model_file(checkpoint_path) -> Path | None:
