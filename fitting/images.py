@@ -1,4 +1,5 @@
-"""Robust photo loading: every input either becomes an RGB uint8 array or a reject reason.
+"""Robust photo loading: every input either becomes an RGB uint8 array or a reject reason
+(and :func:`encode_jpeg`, the demo world's photo encoder).
 
 The one decoder of the project: the fit stage reads files with :func:`load_image`, the
 editor decodes uploads and files with :func:`decode_image` (``workflows/editor/imaging.py``
@@ -123,3 +124,16 @@ def _decode(source, max_pixels: int, min_side: int) -> np.ndarray:
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ImageReject("unreadable", f"unexpected decoded shape {rgb.shape}")
     return np.ascontiguousarray(rgb, dtype=np.uint8)
+
+
+def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
+    """The JPEG bytes of an RGB ``uint8 [H, W, 3]`` image at ``quality`` (PIL, default
+    subsampling): how the demo world stores its photos and frames, and how the landmark
+    calibration degrades its renders like them."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()

@@ -288,29 +288,3 @@ def apply_correspondence(mesh: Mesh, index_map: np.ndarray, triangles: np.ndarra
                         f"mesh has {mesh.n_vertices}")
     colours = None if mesh.colours is None else mesh.colours[index_map]
     return Mesh(mesh.vertices[index_map], np.asarray(triangles, np.int64), colours)
-
-
-def write_obj(path, vertices, triangles, colours=None, tcoords=None, texture_name=None) -> None:
-    """Write an OBJ (vertex colours as ``v x y z r g b``; or ``vt`` + ``mtllib`` when
-    ``tcoords``/``texture_name`` are given).  Atomic (temp name + rename).  Used by tests."""
-    path = Path(path)
-    lines = []
-    if texture_name is not None:
-        mtl = path.with_suffix(".mtl")
-        mtl.write_text(f"newmtl material0\nmap_Kd {texture_name}\n")
-        lines.append(f"mtllib {mtl.name}")
-    v = np.asarray(vertices, np.float64)
-    if colours is not None:
-        vc = np.hstack([v, np.asarray(colours, np.float64)])
-        lines += ["v " + " ".join(f"{x:.7g}" for x in r) for r in vc]
-    else:
-        lines += ["v %.7g %.7g %.7g" % tuple(r) for r in v]
-    t = np.asarray(triangles, np.int64) + 1
-    if tcoords is not None:
-        lines += ["vt %.7g %.7g" % tuple(r) for r in np.asarray(tcoords)]
-        lines += [f"f {a}/{a} {b}/{b} {c}/{c}" for a, b, c in t]
-    else:
-        lines += [f"f {a} {b} {c}" for a, b, c in t]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)

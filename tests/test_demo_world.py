@@ -125,7 +125,8 @@ def test_sessions_ramp_and_sequences_smooth(tiny_world):
 def test_items_do_not_depend_on_chunking(tiny_world, tmp_path):
     """Re-generating two photos and a mesh as a different chunk in a fresh folder gives
     byte-identical files (determinism for a seed, independent of chunking/process)."""
-    from workflows.stages.demo_world import params_hash, run_chunk
+    from workflows.demoworld.chunks import run_chunk
+    from workflows.demoworld.params import params_hash
 
     marker = json.loads((tiny_world / "_demo.json").read_text())
     params = marker["params"]
@@ -170,17 +171,18 @@ def test_preview_sheet(tiny_world):
 def test_killed_run_resumes_only_missing_chunks(tiny_world, tmp_path):
     """A run that stopped after some chunks (no _demo.json) is completed by the next run,
     which regenerates only the missing chunk, identically."""
+    from workflows.demoworld import params as dwp
     from workflows.stages import demo_world as dw
 
     params = json.loads((tiny_world / "_demo.json").read_text())["params"]
     params.update(faces=4, identities=2, identities_4dfab=1, sessions_4dfab=1, frames_4dfab=1,
                   lrw_sequences=1, lrw_frames=2)
-    P = dw.WorldParams(**{k: v for k, v in params.items() if k != "generator"})
+    P = dwp.WorldParams(**{k: v for k, v in params.items() if k != "generator"})
     out = tmp_path / "w"
-    (out / dw.CHUNKS).mkdir(parents=True)
+    (out / dwp.CHUNKS).mkdir(parents=True)
     # the model of these params is the tiny world's (same seed and sizes): reuse it
     shutil.copy(tiny_world / "model.h5", out / "model.h5")
-    (out / dw.CHUNKS / "params_hash").write_text(dw.params_hash(P.to_dict()) + "\n")
+    (out / dwp.CHUNKS / "params_hash").write_text(dwp.params_hash(P.to_dict()) + "\n")
     dw.build_world(out, P, chunk_size=2, progress=False, log=lambda *a: None)
     assert json.loads((out / "_demo.json").read_text())["counts"] == {"emotionet": 4, "4dfab": 1, "lrw": 2}
     photo = (out / "emotionet/00003.jpg").read_bytes()
@@ -188,7 +190,7 @@ def test_killed_run_resumes_only_missing_chunks(tiny_world, tmp_path):
     mtime = keep.stat().st_mtime_ns
     # "kill": the marker was never written and the second photo chunk never finished
     (out / "_demo.json").unlink()
-    (out / dw.CHUNKS / "emotionet-00001.npz").unlink()
+    (out / dwp.CHUNKS / "emotionet-00001.npz").unlink()
     (out / "emotionet/00003.jpg").unlink()
     dw.build_world(out, P, chunk_size=2, progress=False, log=lambda *a: None)
     assert (out / "emotionet/00003.jpg").read_bytes() == photo
@@ -201,14 +203,15 @@ def test_perspective_photos(tiny_world, model):
     """demo.camera_dist > 0 gives true-perspective photos whose landmarks are the
     perspective projection of the true shape, inside the image."""
     import render
-    from workflows.stages import demo_world as dw
+    from workflows.demoworld import params as dwp
+    from workflows.demoworld import scene as dws
 
     params = json.loads((tiny_world / "_demo.json").read_text())["params"]
     params["camera_dist"] = 4.0
-    P = dw.WorldParams(**{k: v for k, v in params.items() if k != "generator"})
+    P = dwp.WorldParams(**{k: v for k, v in params.items() if k != "generator"})
     from fitting.demo_model import expression_prototypes
 
-    row, img = dw.render_photo(model, expression_prototypes(model), P, 2)
+    row, img = dws.render_photo(model, expression_prototypes(model), P, 2)
     assert row["camera"][6] == 4.0 and img.shape[:2] == tuple(row["size"])
     V = model.instance(row["p_id"], row["p_exp"])
     np.testing.assert_allclose(render.project(V[model.landmarks], row["camera"]), row["landmarks"], atol=1e-3)
@@ -240,7 +243,8 @@ def test_landmark_calibration_of_the_demo_model(tiny_world, model):
     renders the calibrated detections are nearer the model's landmarks than dlib's own."""
     from fitting.demo_model import expression_prototypes
     from fitting.landmarks import LandmarkCalibration
-    from workflows.stages import demo_world as dw
+    from workflows.demoworld import params as dwp
+    from workflows.demoworld import scene as dws
 
     cal = LandmarkCalibration.load(tiny_world / "model.lmcal.npz")
     m = cal.meta
@@ -248,11 +252,11 @@ def test_landmark_calibration_of_the_demo_model(tiny_world, model):
     assert m["fitted_on"] == m["detected"] > m["held_out"] and m["model_hash"] == model.hash
     assert m["nme_calibrated"] < m["nme_raw"]
     params = json.loads((tiny_world / "_demo.json").read_text())["params"]
-    P = dw.WorldParams(**{k: v for k, v in params.items() if k != "generator"})
+    P = dwp.WorldParams(**{k: v for k, v in params.items() if k != "generator"})
     truth = _truth(tiny_world / "emotionet/truth.h5")
     protos = expression_prototypes(model)
     for i in range(3):
-        row, _ = dw.render_photo(model, protos, P, i, domain="calib")
+        row, _ = dws.render_photo(model, protos, P, i, domain="calib")
         assert not np.allclose(row["p_exp"], truth["p_exp"][i]) and not np.allclose(row["p_id"], truth["p_id"][i])
 
 

@@ -10,7 +10,7 @@ def test_videos_speech_and_landmarks_match_the_truth(tiny_world):
 
     from fitting.lrw import SpeechSource, landmarks_path, read_video, read_video_landmarks, read_word_txt, scan_videos
     from fitting.model import MorphableModel
-    from workflows.stages.demo_world import lrw_video_id
+    from workflows.demoworld.params import lrw_video_id
 
     model = MorphableModel.load(tiny_world / "model.h5")
     with h5py.File(tiny_world / "lrw/truth.h5", "r") as f:
@@ -42,7 +42,8 @@ def test_lrw_files_do_not_depend_on_chunking(tiny_world, tmp_path):
     import json
     import shutil
 
-    from workflows.stages.demo_world import lrw_video_id, params_hash, run_chunk
+    from workflows.demoworld.chunks import run_chunk
+    from workflows.demoworld.params import lrw_video_id, params_hash
 
     params = json.loads((tiny_world / "_demo.json").read_text())["params"]
     shutil.copy(tiny_world / "model.h5", tmp_path / "model.h5")

@@ -80,7 +80,7 @@ def _cleanup(pids):
 
 POOL = """
 import time
-from workflows.stages.demo_world import run_tasks
+from pipeline.tasks import run_tasks
 run_tasks(time.sleep, [(300,)] * 2, "local", 2, False, local_scheduler="processes")
 """
 

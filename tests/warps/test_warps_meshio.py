@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fitting.meshio import (MeshError, find_meshes, load_correspondence, parse_mesh_key, read_mesh, sample_texture,
-                            write_obj)
+from fitting.meshio import MeshError, find_meshes, load_correspondence, parse_mesh_key, read_mesh, sample_texture
+from fitting.meshwrite import write_obj
 
 
 def _quad():

@@ -165,7 +165,8 @@ def test_project_4dfab_split_groups_cameras(tiny_4dfab):
 
 
 def test_project_4dfab_rejects_and_correspondence(tiny_world, tmp_path):
-    from fitting.meshio import read_mesh, write_obj
+    from fitting.meshio import read_mesh
+    from fitting.meshwrite import write_obj
 
     src = sorted((tiny_world / "4dfab").rglob("*.obj"))[0]
     mesh = read_mesh(src)

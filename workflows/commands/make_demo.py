@@ -44,7 +44,7 @@ def params_from_args(args):
     """The :class:`WorldParams` of a command line (config, then --set, then flags)."""
     from pipeline.config import ConfigError
     from workflows.common import config_from_args
-    from workflows.stages.demo_world import WorldParams
+    from workflows.demoworld.params import WorldParams
 
     cfg = config_from_args(args)
     demo = cfg.section("demo")

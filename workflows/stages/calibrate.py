@@ -13,7 +13,7 @@ where ``fit.landmark_calibration: auto`` finds it for images of its ``meta.domai
 (``render``: it is learned on renders; ``fitting.photo`` does not apply it to real photos
 unless the file is named).  Its ``meta.params_hash`` covers the model's
 hash and every setting, so a re-run with the same inputs does nothing and any change redoes it.
-Glue only: rendering is :func:`workflows.stages.demo_world.render_photo`, the regression is in
+Glue only: rendering is :func:`workflows.demoworld.scene.render_photo`, the regression is in
 ``fitting/landmarks.py``.
 """
 from __future__ import annotations
@@ -61,16 +61,18 @@ def render_pairs(model_path: str, params: dict, start: int, stop: int) -> tuple[
     for the ``m`` renders where dlib found a face."""
     from PIL import Image
 
+    from fitting.images import encode_jpeg
     from fitting.landmarks import get_detector
-    from workflows.stages.demo_world import WorldParams, _jpeg_bytes, load_model_cached, render_photo
+    from workflows.demoworld.params import WorldParams, load_model
+    from workflows.demoworld.scene import render_photo
 
-    model, protos = load_model_cached(model_path)
+    model, protos = load_model(model_path)
     P = WorldParams(**{k: v for k, v in params.items() if k != "generator"})
     det = get_detector()
     D, L = [], []
     for i in range(start, stop):
         row, img = render_photo(model, protos, P, i, domain="calib")
-        img = np.asarray(Image.open(io.BytesIO(_jpeg_bytes(img, P.jpeg_quality))).convert("RGB"))
+        img = np.asarray(Image.open(io.BytesIO(encode_jpeg(img, P.jpeg_quality))).convert("RGB"))
         lm = det.detect(img)
         if lm is not None:
             D.append(lm)
@@ -91,7 +93,7 @@ def build_calibration(model_path: str | os.PathLike, P, faces: int = 2000, ridge
     from fitting.model import read_model_hash
     from pipeline.atomic import atomic_write_bytes
     from pipeline.config import ConfigError
-    from workflows.stages.demo_world import run_tasks
+    from pipeline.tasks import run_tasks
 
     faces = int(faces)
     if faces == 0:

@@ -18,9 +18,8 @@ import numpy as np
 
 from fitting.photo import (fit_gate, fit_settings, image_domain, load_calibration,  # noqa: F401 (fit_gate: the bench's)
                            validate)
+from pipeline.cache import cached
 from pipeline.stage import ChunkResult, Stage
-
-_CACHE: dict = {}
 
 
 def key_group(key: str) -> int:
@@ -50,12 +49,6 @@ def _model_hash(path: str) -> str:
     from fitting.model import read_model_hash
 
     return read_model_hash(path)
-
-
-def _cached(key, make):
-    if key not in _CACHE:
-        _CACHE[key] = make()
-    return _CACHE[key]
 
 
 class FitStage(Stage):
@@ -103,7 +96,7 @@ class FitStage(Stage):
     def _model(self):
         from workflows.stages.warps import load_model       # a corrupt model: ConfigError, exit 2
 
-        return _cached(("model", self.model_path, self._model_hash), lambda: load_model(self.model_path))
+        return cached(("model", self.model_path, self._model_hash), lambda: load_model(self.model_path))
 
     def _calibration(self):
         """The per-process cached :class:`fitting.landmarks.LandmarkCalibration`, or None."""
@@ -111,15 +104,15 @@ class FitStage(Stage):
 
         if self.calibration is None:
             return None
-        return _cached(("calibration", self._calibration_hash), lambda: LandmarkCalibration.load(self.calibration))
+        return cached(("calibration", self._calibration_hash), lambda: LandmarkCalibration.load(self.calibration))
 
     def _photo_fitter(self):
         """The per-process cached :class:`fitting.photo.PhotoFitter` (the editor's and the
         evaluation's fit too)."""
         from fitting.photo import PhotoFitter
 
-        return _cached(("photo", self._model_hash, self._calibration_hash, repr(sorted(self.cfg.items()))),
-                       lambda: PhotoFitter(self._model(), self.cfg, self._calibration(), domain=self.image_domain))
+        return cached(("photo", self._model_hash, self._calibration_hash, repr(sorted(self.cfg.items()))),
+                      lambda: PhotoFitter(self._model(), self.cfg, self._calibration(), domain=self.image_domain))
 
     def _landmarks(self, key: str, path: str, rgb: np.ndarray):
         """-> (lm [68,2], source, raw [68,2]) (:meth:`fitting.photo.PhotoFitter.landmarks`;

@@ -27,21 +27,15 @@ from typing import Optional
 
 import numpy as np
 
+from pipeline.cache import cached
 from pipeline.stage import BadInput, ChunkResult, Stage
 
 LANDMARK_MODES = ("sidecar", "detect", "auto")
-_CACHE: dict = {}
 
 
 def video_group(video_id: str) -> int:
     """Stable non-negative int64 id of a video: first 63 bits of sha256(id)."""
     return int.from_bytes(hashlib.sha256(video_id.encode("utf-8")).digest()[:8], "big") >> 1
-
-
-def _cached(key, make):
-    if key not in _CACHE:
-        _CACHE[key] = make()
-    return _CACHE[key]
 
 
 def read_video_metadata(path: str | os.PathLike) -> dict:
@@ -109,7 +103,7 @@ class FitLrwStage(Stage):
     def _model(self):
         from workflows.stages.warps import load_model       # a corrupt model: ConfigError, exit 2
 
-        return _cached(("model", self.model_path, self._model_hash), lambda: load_model(self.model_path))
+        return cached(("model", self.model_path, self._model_hash), lambda: load_model(self.model_path))
 
     def _n_exp(self) -> int:
         """The model's expression components E (read from model.h5 without loading it)."""
@@ -118,7 +112,7 @@ class FitLrwStage(Stage):
         def read():
             with h5py.File(self.model_path, "r") as f:
                 return int(f["U_exp"].shape[1]), (int(f["U_speech"].shape[1]) if "U_speech" in f else 0)
-        return _cached(("dims", self.model_path, self._model_hash), read)[0]
+        return cached(("dims", self.model_path, self._model_hash), read)[0]
 
     def _fit_speech(self, model) -> int:
         """Speech components fitted jointly with the expression (``lrw.fit_speech`` and a model
@@ -137,14 +131,14 @@ class FitLrwStage(Stage):
         n_exp = model.n_exp + self._fit_speech(model)
         fo = FitOptions.from_config(self.fit_cfg, contour=self._contour(source), sigma=sigma, n_exp=n_exp)
         vo = VideoFitOptions.from_config(self.cfg)
-        return _cached(("video-fitter", self._model_hash, repr(fo), repr(vo)), lambda: VideoFitter(model, fo, vo))
+        return cached(("video-fitter", self._model_hash, repr(fo), repr(vo)), lambda: VideoFitter(model, fo, vo))
 
     def _calibration_obj(self):
         from fitting.landmarks import LandmarkCalibration
 
         if self.calibration is None:
             return None
-        return _cached(("calibration", self._calibration_hash), lambda: LandmarkCalibration.load(self.calibration))
+        return cached(("calibration", self._calibration_hash), lambda: LandmarkCalibration.load(self.calibration))
 
     def _landmarks(self, path: str, frames: np.ndarray):
         """-> (lm [F,68,2], source [F] int8, valid [F] bool); raises LrwReject."""

@@ -21,17 +21,11 @@ from typing import Optional
 
 import numpy as np
 
+from pipeline.cache import cached
 from pipeline.stage import ChunkResult, Stage
 from pipeline.threads import one_blas_thread
 
 METHODS = ("projection", "joint")
-_CACHE: dict = {}
-
-
-def _cached(key, make):
-    if key not in _CACHE:
-        _CACHE[key] = make()
-    return _CACHE[key]
 
 
 def stable_id(text: str) -> int:
@@ -153,14 +147,14 @@ class Project4DFABStage(Stage):
     def _model(self):
         from workflows.stages.warps import load_model
 
-        return _cached(("model", self.model_path, self._model_hash), lambda: load_model(self.model_path))
+        return cached(("model", self.model_path, self._model_hash), lambda: load_model(self.model_path))
 
     def _projector(self):
         from fitting.projection import JointProjector
 
         ridge = float(self.cfg.get("ridge", 0.0))
-        return _cached(("joint", self.model_path, self._model_hash, ridge),
-                       lambda: JointProjector(self._model(), ridge=ridge))
+        return cached(("joint", self.model_path, self._model_hash, ridge),
+                      lambda: JointProjector(self._model(), ridge=ridge))
 
     def _mouth(self):
         """The warps' mouth darkening (:class:`fitting.warp.MouthStretch`), so open mouths in
@@ -170,15 +164,15 @@ class Project4DFABStage(Stage):
         if not bool(self.cfg.get("mouth", True)):
             return None
         model = self._model()
-        return _cached(("mouth", self.model_path, self._model_hash),
-                       lambda: MouthStretch.build(model.mean_shape, model.trilist, model.landmarks))
+        return cached(("mouth", self.model_path, self._model_hash),
+                      lambda: MouthStretch.build(model.mean_shape, model.trilist, model.landmarks))
 
     def _index_map(self):
         from fitting.meshio import load_correspondence
 
         if not self.correspondence:
             return None
-        return _cached(("corr", self.correspondence, self._corr_hash), lambda: load_correspondence(self.correspondence))
+        return cached(("corr", self.correspondence, self._corr_hash), lambda: load_correspondence(self.correspondence))
 
     def load_mesh(self, rel: str):
         """The mesh in model vertex order, or raise ``Reject``."""

@@ -17,16 +17,9 @@ from typing import Optional
 
 import numpy as np
 
+from pipeline.cache import cached
 from pipeline.stage import BadInput, ChunkResult, Stage
 from pipeline.threads import one_blas_thread
-
-_CACHE: dict = {}
-
-
-def _cached(key, make):
-    if key not in _CACHE:
-        _CACHE[key] = make()
-    return _CACHE[key]
 
 
 def _model_hash(path: str) -> str:
@@ -128,7 +121,7 @@ class WarpsStage(Stage):
 
     # ------------------------------------------------------------------ helpers
     def _model(self):
-        return _cached(("model", self.model_path, self._model_hash), lambda: load_model(self.model_path))
+        return cached(("model", self.model_path, self._model_hash), lambda: load_model(self.model_path))
 
     def warper(self):
         from fitting.warp import Warper
@@ -136,9 +129,9 @@ class WarpsStage(Stage):
         c = self.cfg
         opts = (self.crop_size, self.backend, c.get("space", "crop"), bool(c.get("mouth", True)),
                 int(c.get("supersample", 1)))
-        return _cached(("warper", self.model_path, self._model_hash, opts),
-                       lambda: Warper(self._model(), size=opts[0], backend=opts[1], space=opts[2], cavity=opts[3],
-                                      supersample=opts[4]))
+        return cached(("warper", self.model_path, self._model_hash, opts),
+                      lambda: Warper(self._model(), size=opts[0], backend=opts[1], space=opts[2], cavity=opts[3],
+                                     supersample=opts[4]))
 
     def _fits(self):
         from pipeline.shards import ShardSet
@@ -146,7 +139,7 @@ class WarpsStage(Stage):
         def make():
             ds = ShardSet(self.fits_dir)
             return ds, {k: i for i, k in enumerate(ds.keys())}
-        return _cached(("fits", self.fits_dir, self.fits_hash), make)
+        return cached(("fits", self.fits_dir, self.fits_hash), make)
 
     def process_chunk(self, keys: list[str], chunk: int) -> ChunkResult:
         with one_blas_thread():
