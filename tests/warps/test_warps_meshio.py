@@ -1,4 +1,7 @@
-"""fitting.meshio: OBJ/PLY reading in the model's vertex order, textures, errors."""
+"""fitting.meshio: OBJ/PLY reading in the model's vertex order, textures, errors;
+fitting.meshwrite: the OBJ writer."""
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -90,3 +93,41 @@ def test_layout_keys_and_correspondence_files(tmp_path):
     (tmp_path / "bad.txt").write_text("1 -2")
     with pytest.raises(ConfigError):
         load_correspondence(tmp_path / "bad.txt")
+
+
+def test_format_rows_is_printf_fixed_point():
+    """The compiled OBJ row formatter against Python's own ``%.{d}f`` (the reference), on
+    values over eight orders of magnitude; a value that rounds to zero is written unsigned."""
+    from fitting.meshwrite import format_rows
+
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(5000, 3)) * rng.choice([1e-3, 1, 100, 1e5], size=(5000, 1))
+    dec = [6, 6, 4]
+    got = format_rows("v ", v, dec).decode().splitlines()
+    ref = ["v " + " ".join(f"{x:.{d}f}" for x, d in zip(row, dec)) for row in v]
+    ref = [re.sub(r" -(0\.0+)(?= |$)", r" \1", r) for r in ref]
+    assert got == ref
+    assert format_rows("f ", np.array([[1, 2, 30]]), [0, 0, 0]) == b"f 1 2 30\n"
+    for bad in (np.nan, np.inf, 1e13):
+        with pytest.raises(ValueError):
+            format_rows("v ", np.array([[0.0, bad, 0.0]]), dec)
+
+
+def test_write_obj_is_atomic_and_leaves_no_temporary(tmp_path, monkeypatch):
+    """The OBJ is written under a unique temporary name and renamed (pipeline.atomic): a
+    failing write leaves the old file and no temporary; a header line comes first."""
+    import fitting.meshwrite as mw
+
+    V, T = _quad()
+    path = tmp_path / "m.obj"
+    mw.write_obj(path, V, T, header="test mesh")
+    old = path.read_bytes()
+    assert old.startswith(b"# test mesh\nv 0.000000 0.000000 0.000000\n") and old.endswith(b"f 1 2 5\n")
+
+    def broken(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr("pipeline.atomic.commit", broken)      # the temporary is written, the rename fails
+    with pytest.raises(RuntimeError):
+        mw.write_obj(path, V + 1, T)
+    assert path.read_bytes() == old and sorted(p.name for p in tmp_path.iterdir()) == ["m.obj"]
