@@ -1,4 +1,4 @@
-"""Reading a run folder's test material for evaluation (DESIGN.md, Run folder).
+"""Reading a run folder's test material for evaluation (docs/INTERFACES.md, Run folder).
 
 Each source is optional: a missing stage makes the metrics that need it ``null`` with the
 reason recorded in :class:`Unavailable` (never an exception for the user).  A *corrupt*

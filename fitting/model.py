@@ -307,7 +307,7 @@ class MorphableModel:
 
     # ------------------------------------------------------------------ I/O
     def save(self, path: str | os.PathLike) -> Path:
-        """Write ``model.h5`` (DESIGN.md layout) atomically."""
+        """Write ``model.h5`` (docs/INTERFACES.md, Model file) atomically."""
         import h5py
 
         path = Path(path)

@@ -505,7 +505,7 @@ def stage_settings(args: Any) -> dict:
 
 
 def run_stage_from_args(stage: Stage, args: Any, default_chunk_size: int) -> StageReport:
-    """``run_stage`` with the CLI options of DESIGN.md (``workflows.common.add_stage_options``)
+    """``run_stage`` with the stage options of docs/INTERFACES.md (``workflows.common.add_stage_options``)
     and the preset's ``pipeline.max_reject_fraction`` / ``cluster.job_start_timeout``.
 
     Returns the report; ``int(report)`` / ``report.exit_code`` is the command's exit status

@@ -1,4 +1,4 @@
-"""HDF5 shards of schema ``slidergan-shard/1`` (DESIGN.md) and their lazy reader.
+"""HDF5 shards of schema ``slidergan-shard/1`` (docs/INTERFACES.md) and their lazy reader.
 
 Writer: :func:`write_shard` writes one chunk of row-aligned datasets to a temporary name
 and renames it.  Outputs are byte-identical for identical rows: ``track_times=False`` on

@@ -16,7 +16,7 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_stage_options(p: argparse.ArgumentParser, out_required: bool = True) -> None:
-    """The options every shard-stage command accepts (DESIGN.md, Command line)."""
+    """The options every shard-stage command accepts (docs/INTERFACES.md, Command line)."""
     add_config_options(p)
     p.add_argument("--out", required=out_required, metavar="DIR", help="stage output folder")
     p.add_argument("--force", action="store_true", help="recompute every chunk")
