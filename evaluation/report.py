@@ -6,8 +6,8 @@ import math
 import os
 from pathlib import Path
 
-#: discrete expression classes by label (fitting.demo_model.EXPRESSION_NAMES)
-from fitting.demo_model import EXPRESSION_NAMES as EXPRESSIONS  # noqa: E402
+#: discrete expression classes by label (fitting.model.EXPRESSION_NAMES)
+from fitting.model import EXPRESSION_NAMES as EXPRESSIONS  # noqa: E402
 
 #: headline keys of every metrics.json entry (the rest goes to ``extra``)
 METRIC_KEYS = ("ied", "ied_vs_copy", "d_rel_error_fit", "d_rel_error_fit_vertex", "d_rel_error_trg",

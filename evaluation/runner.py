@@ -394,7 +394,7 @@ def evaluate(checkpoints: Sequence[str | Path], run: str | Path, out: str | Path
     if data.model is not None and data.model.n_speech:
         names = names + list(getattr(data.model, "speech_names", []) or
                              [f"speech {i}" for i in range(data.model.n_speech)])
-    from fitting.demo_model import EXPRESSION_NAMES
+    from fitting.model import EXPRESSION_NAMES
 
     # the refit is the fit stage's own fit of a detected photo (fitting.photo), with the run's fit:
     # section, calibration and image domain: only then is it comparable with p_fit

@@ -28,9 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fitting.model import MorphableModel, orthonormalise
-
-EXPRESSION_NAMES = ["neutral", "anger", "disgust", "fear", "happiness", "sadness", "surprise"]
+from fitting.model import EXPRESSION_NAMES, MorphableModel, orthonormalise
 
 # name -> list of (kind, spec).  Displacements are in model units (face half-width = 1).
 # Each blendshape is the sum of its terms.  "bump": Gaussian falloff (sigma) around a

@@ -156,7 +156,7 @@ def collect_inputs(images: str | os.PathLike, root: str | os.PathLike | None = N
     raise InputError(f"images not found: {images} (expected a folder or a list file)")
 
 
-# EmotioNet AUs -> the seven discrete labels (index into fitting.demo_model.EXPRESSION_NAMES:
+# EmotioNet AUs -> the seven discrete labels (index into fitting.model.EXPRESSION_NAMES:
 # neutral, anger, disgust, fear, happiness, sadness, surprise); prototypes after Du et al.
 # (PNAS 2014), the AU definitions EmotioNet's basic categories were derived from.
 _AU_PROTOTYPES = {

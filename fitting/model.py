@@ -38,6 +38,12 @@ class ModelError(ValueError):
 _ARRAYS = ("mean", "U_id", "ev_id", "U_exp", "ev_exp", "U_speech", "ev_speech", "trilist",
            "landmarks", "texture_mean", "U_tex", "ev_tex")
 
+#: the seven discrete expression classes; a label is an index into this list.  Used by the
+#: demo world's ``label`` column, EmotioNet's AU-derived labels (fitting.inputs), the
+#: evaluation's expression recognition (Table 2), the report and the editor's presets;
+#: :func:`fitting.demo_model.expression_prototypes` gives each class a parameter vector.
+EXPRESSION_NAMES = ["neutral", "anger", "disgust", "fear", "happiness", "sadness", "surprise"]
+
 
 @dataclass(eq=False)
 class MorphableModel:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fitting.demo_model import EXPRESSION_NAMES, build_demo_model, expression_prototypes
+from fitting.demo_model import build_demo_model, expression_prototypes
+from fitting.model import EXPRESSION_NAMES
 
 
 @pytest.fixture(scope="module")

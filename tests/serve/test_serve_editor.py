@@ -70,7 +70,8 @@ def test_check_params(serve_editor):
 
 
 def test_prototypes_are_the_fitting_prototypes(serve_editor):
-    from fitting.demo_model import EXPRESSION_NAMES, expression_prototypes
+    from fitting.demo_model import expression_prototypes
+    from fitting.model import EXPRESSION_NAMES
 
     protos = serve_editor.prototypes()
     assert list(protos) == list(EXPRESSION_NAMES)
