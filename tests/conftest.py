@@ -3,21 +3,18 @@ through the real CLI (``python -m workflows ...``), so every downstream test use
 same data the pipeline really produces."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from sgtest import ROOT, TINY_WORLD, _sets, slidergan  # noqa: F401,E402
+from tests.helpers import TINY_WORLD, sets, slidergan
 
 
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory) -> Path:
     """A tiny demo world: model.h5, emotionet/, 4dfab/, lrw/ (see TINY_WORLD)."""
     root = tmp_path_factory.mktemp("world")
-    slidergan("make-demo", "--out", root, *_sets(TINY_WORLD))
+    slidergan("make-demo", "--out", root, *sets(TINY_WORLD))
     return root
 
 

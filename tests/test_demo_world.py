@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from sgtest import TINY_WORLD, slidergan
+from tests.helpers import TINY_WORLD, slidergan
 
 SIZES = dict(s.split("=") for s in TINY_WORLD)
 N_FACES = int(SIZES["demo.faces"])
@@ -273,10 +273,7 @@ def test_calibrate_landmarks_command(tiny_world, tmp_path):
     again = slidergan("calibrate-landmarks", "--model", tiny_world / "model.h5", "--out", out, "--faces", "30",
                       "--workers", "1", "--no-progress")
     assert "up to date" in again.stdout and out.stat().st_mtime_ns == mtime
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent / "fitting"))
-    from fit_helpers import tiny_model                    # a model without a texture model
+    from tests.fitting.fit_helpers import tiny_model      # a model without a texture model
 
     tiny_model().save(tmp_path / "plain.h5")
     for args, msg in ((["--model", tmp_path / "none.h5"], "model file not found"),

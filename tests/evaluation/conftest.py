@@ -1,20 +1,7 @@
-"""Fixtures for the evaluation tests (builders in ``evalfixtures.py``).
-
-Also makes ``import evaluation`` resolve to the package, not to this tests folder: the
-editable install's finder runs after the path finder, so without the repository root on
-``sys.path`` the folder ``tests/evaluation`` (a namespace package under pytest's rootdir
-insertion) would shadow the ``evaluation`` package."""
-import sys
-from pathlib import Path
-
+"""Fixtures for the evaluation tests (builders in ``evalfixtures.py``)."""
 import pytest
 
-_HERE = Path(__file__).resolve().parent
-for _p in (str(_HERE.parents[1]), str(_HERE)):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
-
-from evalfixtures import build_checkpoints, build_eval_run  # noqa: E402
+from tests.evaluation.evalfixtures import build_checkpoints, build_eval_run
 
 
 @pytest.fixture(scope="session")

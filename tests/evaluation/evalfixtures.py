@@ -1,10 +1,11 @@
-"""Builders for the evaluation tests (a uniquely named module, so tests can import it
-whatever other folders' ``conftest`` modules are loaded): a tiny synthetic 3DMM, a run
+"""Builders for the evaluation tests: a tiny synthetic 3DMM, a run
 folder made with ``pipeline.testing.make_stage`` (fits, 4dfab-params) plus LRW-style frames,
 and tiny random checkpoints in the ``slidergan-ckpt/1`` format."""
 from pathlib import Path
 
 import numpy as np
+
+from tests import helpers
 
 SIZE = 32   # image side of the fixtures (the real crops are 128; everything reads the size from data)
 
@@ -43,20 +44,6 @@ def smooth_images(rng, n, size=SIZE):
 
     small = rng.integers(0, 256, (n, 6, 6, 3), dtype=np.uint8)
     return np.stack([np.asarray(Image.fromarray(s).resize((size, size), Image.BILINEAR)) for s in small])
-
-
-def save_checkpoint(path, c_dim, variant, seed=0):
-    import torch
-
-    from model.networks import build_networks
-
-    cfg = {"image_size": SIZE, "c_dim": c_dim, "g_conv_dim": 4, "g_repeat": 1, "d_conv_dim": 4, "d_repeat": 3}
-    torch.manual_seed(seed)
-    G, D = build_networks(cfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"format": "slidergan-ckpt/1", "variant": variant, "step": 7, "phase": "unpaired",
-                "model_config": cfg, "G": G.state_dict(), "D": D.state_dict()}, path)
-    return path
 
 
 def build_eval_run(root: Path) -> Path:
@@ -134,9 +121,13 @@ def build_lrw_fits(root: Path, model, rng, videos=("A/train/A_00001", "A/test/A_
 
 
 def build_checkpoints(root: Path) -> dict:
-    return {"rad": save_checkpoint(root / "rad" / "latest.pt", 30, "rad", seed=1),
-            "speech": save_checkpoint(root / "speech" / "latest.pt", 40, "rad", seed=2),
-            "ganimation": save_checkpoint(root / "gan" / "latest.pt", 30, "ganimation", seed=3)}
+    """Tiny random checkpoints for the SIZE x SIZE fixtures: rad (30 parameters), speech (40), ganimation."""
+    def save(name, c_dim, variant, seed):
+        cfg = {"image_size": SIZE, "c_dim": c_dim, "g_conv_dim": 4, "g_repeat": 1, "d_conv_dim": 4, "d_repeat": 3}
+        return helpers.save_checkpoint(root / name / "latest.pt", cfg, variant, step=7, phase="unpaired", seed=seed)
+
+    return {"rad": save("rad", 30, "rad", 1), "speech": save("speech", 40, "rad", 2),
+            "ganimation": save("gan", 30, "ganimation", 3)}
 
 
 def save_tiny_reader(path: Path, n_params: int = 30, seed: int = 0) -> Path:

@@ -1,17 +1,12 @@
 """``slidergan evaluate`` through the real CLI: success, and one-line errors (exit 2)."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import slidergan
 
 
 def cli(*args):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYOPENGL_PLATFORM="osmesa")
-    return subprocess.run([sys.executable, "-m", "workflows", "evaluate", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300, env=env)
+    """``slidergan evaluate ARGS`` (one OpenMP thread); the exit status is the caller's to check."""
+    return slidergan("evaluate", *args, check=False, timeout=300, env={"OMP_NUM_THREADS": "1"})
 
 
 def test_cli_writes_report(eval_run, checkpoints, tmp_path):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from evaluation import curves
-from evalfixtures import SYNTHETIC_LOG
+from tests.evaluation.evalfixtures import SYNTHETIC_LOG
 
 
 def write_log(path, records, tail=""):
@@ -46,7 +46,7 @@ def test_plot_curves(tmp_path):
 
 def test_reader_option(tmp_path):
     pytest.importorskip("train.reader", reason="train/reader.py is not in this checkout")
-    from evalfixtures import save_tiny_reader
+    from tests.evaluation.evalfixtures import save_tiny_reader
 
     from evaluation.runner import EvalOptions, load_reader_option
     from pipeline.config import ConfigError

@@ -21,7 +21,7 @@ OPT = dict(pairs=6, grid_params=2, grid_step=0.5, test_images=4, test_fraction=0
 
 @pytest.fixture(scope="module")
 def report(eval_run, checkpoints, tmp_path_factory):
-    from evalfixtures import save_tiny_reader, training_folder_with_log
+    from tests.evaluation.evalfixtures import save_tiny_reader, training_folder_with_log
 
     root = tmp_path_factory.mktemp("eval")
     out = root / "E"

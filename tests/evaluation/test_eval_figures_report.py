@@ -12,7 +12,7 @@ def test_slider_values():
 
 
 def test_blendshape_renderer_shows_the_parameter():
-    from evalfixtures import tiny_model
+    from tests.evaluation.evalfixtures import tiny_model
 
     model = tiny_model()
     r = figures.BlendshapeRenderer(model, size=48)

@@ -3,7 +3,7 @@ references), the test split, the Fig. 14 material, the 30-parameter reason."""
 import numpy as np
 import pytest
 
-from evalfixtures import SIZE, build_lrw_fits, smooth_images, tiny_model
+from tests.evaluation.evalfixtures import SIZE, build_lrw_fits, smooth_images, tiny_model
 
 
 def _sim(angle_deg, scale, tx, ty, centre=SIZE / 2):

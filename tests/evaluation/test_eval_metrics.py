@@ -138,7 +138,7 @@ def test_hog_matches_pixel_loop():
 
 def test_vertex_errors_match_meshes():
     """The vertex-space twin against meshes built by model.instance (slow, obviously right)."""
-    from evalfixtures import tiny_model
+    from tests.evaluation.evalfixtures import tiny_model
 
     from evaluation import protocols
 

@@ -145,7 +145,7 @@ def test_expression_presets_and_recognition():
 def test_refit_error_plumbing():
     """Detected landmarks of known faces go through the fit stage's fit (fitting.photo) with
     the run's fit: section; photos without a face are counted."""
-    from evalfixtures import tiny_model
+    from tests.evaluation.evalfixtures import tiny_model
     from fitting.fit import LandmarkFitter
     from render.camera import camera_fitting_view, project
 

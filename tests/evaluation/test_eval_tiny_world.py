@@ -4,25 +4,18 @@ import json
 
 import pytest
 
+from tests.helpers import save_checkpoint
+
 
 @pytest.mark.slow
 def test_evaluate_tiny_world(tiny_world, tiny_fits, tiny_4dfab, tmp_path):
     from evaluation.runner import EvalOptions, evaluate
 
-    ck = tmp_path / "T" / "checkpoints" / "latest.pt"
-    ck.parent.mkdir(parents=True)
     opt = EvalOptions(pairs=4, test_images=3, test_fraction=0.3, identity="pixels", lrw_pairs=3, figures=False,
                       device="cpu")
     # a tiny random 40-parameter checkpoint for the stages' 128x128 crops
-    import torch
-
-    from model.networks import build_networks
-
     cfg = {"image_size": 128, "c_dim": 40, "g_conv_dim": 4, "g_repeat": 1, "d_conv_dim": 4, "d_repeat": 4}
-    torch.manual_seed(0)
-    G, D = build_networks(cfg)
-    torch.save({"format": "slidergan-ckpt/1", "variant": "rad", "step": 1, "phase": "paired",
-                "model_config": cfg, "G": G.state_dict(), "D": D.state_dict()}, ck)
+    ck = save_checkpoint(tmp_path / "T" / "checkpoints" / "latest.pt", cfg, step=1)
     res = evaluate([ck], tiny_world, tmp_path / "E", opt, log=lambda m: None)
     m = res["rad"]
     assert m["ied"] is not None, m["reasons"]

@@ -7,7 +7,7 @@ from scipy.optimize import least_squares
 from fitting.align import (apply_affine, invert_affine, reference_shape, similarity_transform,
                            warp_crop)
 
-from fit_helpers import tiny_model
+from tests.fitting.fit_helpers import tiny_model
 
 
 def test_similarity_transform_matches_least_squares_reference():

@@ -10,7 +10,7 @@ from fitting.fit import (FitOptions, LandmarkFitter, _contour_candidates, intero
                          rotation_to_angles, scaled_orthographic_camera)
 from render.camera import camera_rotation, project
 
-from fit_helpers import synthetic_faces, tiny_model
+from tests.fitting.fit_helpers import synthetic_faces, tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from pipeline.shards import ShardSet
-from sgtest import slidergan
+from tests.helpers import slidergan
 
-from fit_helpers import synthetic_faces, tiny_model, write_bad_inputs
+from tests.fitting.fit_helpers import synthetic_faces, tiny_model, write_bad_inputs
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from PIL import Image
 
 from fitting.images import ImageReject, load_image
 
-from fit_helpers import write_bad_inputs
+from tests.fitting.fit_helpers import write_bad_inputs
 
 
 @pytest.fixture(scope="module")

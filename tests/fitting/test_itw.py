@@ -65,7 +65,7 @@ def test_fit_emotionet_with_itw_fitter(tiny_world, tmp_path):
     """--fitter itw through the stage on two listed demo photos (root = the photo folder)."""
     from pipeline.shards import ShardSet
 
-    from sgtest import slidergan
+    from tests.helpers import slidergan
 
     with h5py.File(tiny_world / "emotionet" / "truth.h5", "r") as f:
         keys = [k.decode() if isinstance(k, bytes) else str(k) for k in f["key"][:2]]

@@ -201,7 +201,7 @@ def test_real_photos_with_the_readme_command(demo_model_file, tmp_path):
     from fitting.landmarks import LandmarkCalibration
     from fitting.model import read_model_hash
     from pipeline.shards import ShardSet
-    from sgtest import slidergan
+    from tests.helpers import slidergan
 
     model_path, _ = demo_model_file
     rng = np.random.default_rng(0)

@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from sgtest import slidergan
+from tests.helpers import slidergan
 
 OPTS = ("--workers", "1", "--no-progress", "--cluster", "local")
 

@@ -7,7 +7,7 @@ import pytest
 
 from fitting.lrw import (LrwInputError, LrwReject, SpeechSource, encode_video, landmarks_path, read_video,
                          read_video_landmarks, read_word_txt, scan_videos, word_txt, write_video)
-from helpers_lrw import moving_frames, write_lrw_tree
+from tests.lrw.helpers_lrw import moving_frames, write_lrw_tree
 
 
 @pytest.mark.parametrize("codec", ["libx264", "mpeg4"])

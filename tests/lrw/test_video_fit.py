@@ -9,8 +9,6 @@ import pytest
 
 from fitting.video import VideoFitOptions, VideoFitter, fill_missing, gaussian_smooth, smooth_cameras
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fitting"))   # fit_helpers.tiny_model
-
 
 def _slow_smooth(x, sigma):
     """Reference: per frame, the renormalised Gaussian over every frame within 3 sigma."""
@@ -73,7 +71,7 @@ def _video(model, F=10, seed=0, yaw=0.2):
 
 def test_video_fit_shares_identity_and_recovers_expression():
     from fitting.fit import FitOptions, LandmarkFitter
-    from fit_helpers import tiny_model
+    from tests.fitting.fit_helpers import tiny_model
 
     model = tiny_model(K=8, E=6)
     p_id, p_exp, cam, lm = _video(model, F=12)
@@ -96,7 +94,7 @@ def test_video_fit_shares_identity_and_recovers_expression():
 
 def test_video_fit_with_missing_frames():
     from fitting.fit import FitOptions
-    from fit_helpers import tiny_model
+    from tests.fitting.fit_helpers import tiny_model
 
     model = tiny_model(K=8, E=6)
     p_id, p_exp, cam, lm = _video(model, F=10, seed=3)

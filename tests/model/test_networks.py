@@ -5,6 +5,7 @@ import torch.nn as nn
 
 from model.networks import (Discriminator, Generator, ModelConfigError, build_networks, compose,
                             load_from_checkpoint_state)
+from tests.helpers import checkpoint_state
 
 CFG = {"image_size": 32, "c_dim": 5, "g_conv_dim": 8, "g_repeat": 2, "d_conv_dim": 8, "d_repeat": 3}
 
@@ -70,10 +71,9 @@ def test_build_networks_validates():
 
 
 def test_load_from_checkpoint_state_round_trip():
-    torch.manual_seed(2)
-    G, D = build_networks(CFG)
-    ckpt = {"format": "slidergan-ckpt/1", "variant": "rad", "step": 7, "phase": "paired",
-            "model_config": dict(CFG), "G": G.state_dict(), "D": D.state_dict()}
+    ckpt = checkpoint_state(CFG, step=7, seed=2)
+    G, _ = build_networks(CFG)
+    G.load_state_dict(ckpt["G"])
     G2, D2, meta = load_from_checkpoint_state(ckpt)
     x, c = torch.randn(1, 3, 32, 32), torch.randn(1, 5)
     G.eval()

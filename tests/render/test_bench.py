@@ -1,8 +1,6 @@
 """The render benchmark runs and reports its keys (no timing assertions)."""
 from types import SimpleNamespace
 
-from render_testutil import ROOT_ON_PATH  # noqa: F401, I001  (first: puts the package on sys.path)
-
 
 def test_render_benchmark_keys(tiny_world, tmp_path):
     from workflows.benchmarks import render as bench

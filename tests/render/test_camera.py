@@ -4,7 +4,6 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from render_testutil import ROOT_ON_PATH  # noqa: F401, I001  (first: puts the package on sys.path)
 from render.camera import (camera_fitting_view, make_camera, project, project_torch, rotation_matrix,
                            to_camera_frame)
 

@@ -3,7 +3,6 @@ against their numpy references."""
 import numpy as np
 import pytest
 
-from render_testutil import template  # noqa: F401, I001  (fixture; first: puts the package on sys.path)
 from render.lighting import (AMBIENT, random_light, sh_basis, shade, shade_reference, vertex_normals,
                              vertex_normals_reference)
 from render.raster import rasterize, rasterize_reference

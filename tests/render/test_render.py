@@ -3,7 +3,6 @@ texture sampling."""
 import numpy as np
 import pytest
 
-from render_testutil import template  # noqa: F401, I001  (fixture; first: puts the package on sys.path)
 import render
 from render.camera import camera_fitting_view, make_camera, project
 

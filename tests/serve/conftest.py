@@ -1,14 +1,12 @@
 """Fixtures for the slider editor: a tiny randomly-initialised checkpoint in the real
-checkpoint format, an Editor on the tiny demo world, a live server on a free 127.0.0.1
-port (uvicorn in a thread) and a headless system Chromium driven by Selenium."""
+checkpoint format (``tests.helpers.save_checkpoint``), an Editor on the tiny demo world, a
+live server on a free 127.0.0.1 port (uvicorn in a thread) and a headless system Chromium
+driven by Selenium."""
 from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -17,64 +15,10 @@ from pathlib import Path
 
 import pytest
 
-# tests/<part>/ folders are named like the packages they test; with tests/ on sys.path
-# (pytest's rootdir conftest) ``import render`` can resolve to tests/render as a namespace
-# package.  Put the repository root first so the real packages win.
-_ROOT = str(Path(__file__).resolve().parents[2])
-if sys.path[0] != _ROOT:
-    sys.path.insert(0, _ROOT)
-for _name in ("render", "fitting", "model", "train"):
-    if _name in sys.modules and getattr(sys.modules[_name], "__file__", None) is None:
-        del sys.modules[_name]
+from tests.helpers import save_checkpoint
 
-# 64x64 like the demo preset's network (shard crops are 128: the editor resizes as the trainer does)
-TINY_MODEL_CONFIG = {"image_size": 64, "c_dim": 30, "g_conv_dim": 8, "g_repeat": 1, "d_conv_dim": 8,
-                     "d_repeat": 2}
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-
-
-def save_checkpoint(path: Path, model_config: dict = TINY_MODEL_CONFIG, seed: int = 0) -> Path:
-    """A randomly initialised (G, D) saved as ``slidergan-ckpt/1`` (docs/INTERFACES.md)."""
-    import torch
-
-    from model.networks import build_networks
-
-    torch.manual_seed(seed)
-    G, D = build_networks(model_config)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"format": "slidergan-ckpt/1", "variant": "rad", "step": 0, "phase": 1,
-                "model_config": dict(model_config), "G": G.state_dict(), "D": D.state_dict()}, path)
-    return path
-
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def run_cli(*args, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python -m workflows ARGS`` from the repository root (text output)."""
-    env = dict(os.environ, PYOPENGL_PLATFORM="osmesa")
-    proc = subprocess.run([sys.executable, "-m", "workflows", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, env=env)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"slidergan {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-    return proc
-
-
-# helpers handed to the tests as fixtures (test modules import nothing from conftest files)
-@pytest.fixture(scope="session")
-def tiny_model_config() -> dict:
-    return dict(TINY_MODEL_CONFIG)
-
-
-@pytest.fixture(scope="session")
-def make_checkpoint():
-    return save_checkpoint
-
-
-@pytest.fixture(scope="session")
-def cli():
-    return run_cli
 
 
 @pytest.fixture(scope="session")

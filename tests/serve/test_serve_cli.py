@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import ROOT, slidergan
 
 
 @pytest.fixture(scope="module")
@@ -23,13 +23,13 @@ def params_file(tmp_path_factory):
     return path
 
 
-def test_edit_pastes_the_editor_output_back(tiny_world, serve_ckpt, serve_editor, params_file, tmp_path, cli):
+def test_edit_pastes_the_editor_output_back(tiny_world, serve_ckpt, serve_editor, params_file, tmp_path):
     from workflows.editor.fitbridge import read_landmarks_sidecar
     from workflows.editor.imaging import read_image_file
 
     photo = tiny_world / "emotionet" / "00002.jpg"
     out = tmp_path / "edited.png"
-    proc = cli("edit", photo, "--checkpoint", serve_ckpt, "--model", tiny_world / "model.h5",
+    proc = slidergan("edit", photo, "--checkpoint", serve_ckpt, "--model", tiny_world / "model.h5",
                      "--params", params_file, "--out", out, "--paste-back")
     assert f"wrote {out}" in proc.stdout and "landmarks sidecar" in proc.stdout
     got = np.asarray(Image.open(out))
@@ -41,19 +41,19 @@ def test_edit_pastes_the_editor_output_back(tiny_world, serve_ckpt, serve_editor
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left
 
 
-def test_edit_takes_inline_json_and_the_preset(tiny_world, serve_ckpt, params_file, tmp_path, cli):
+def test_edit_takes_inline_json_and_the_preset(tiny_world, serve_ckpt, params_file, tmp_path):
     """README: ``--params '{"smile": 1.0, "jaw_open": 0.5}'``; ``--config/--set`` reach the fit."""
     photo = tiny_world / "emotionet" / "00002.jpg"
     base = ["edit", photo, "--checkpoint", serve_ckpt, "--model", tiny_world / "model.h5"]
-    cli(*base, "--params", params_file, "--out", tmp_path / "file.png")
-    cli(*base, "--params", '{"smile": 0.8, "jaw_open": 0.5}', "--out", tmp_path / "inline.png")
+    slidergan(*base, "--params", params_file, "--out", tmp_path / "file.png")
+    slidergan(*base, "--params", '{"smile": 0.8, "jaw_open": 0.5}', "--out", tmp_path / "inline.png")
     assert np.array_equal(np.asarray(Image.open(tmp_path / "file.png")), np.asarray(Image.open(tmp_path / "inline.png")))
-    cli(*base, "--params", " [" + ", ".join(["0.0"] * 30) + "]", "--out", tmp_path / "list.png")
-    proc = cli(*base, "--params", "nothing-here.json", "--out", tmp_path / "x.png", check=False)
+    slidergan(*base, "--params", " [" + ", ".join(["0.0"] * 30) + "]", "--out", tmp_path / "list.png")
+    proc = slidergan(*base, "--params", "nothing-here.json", "--out", tmp_path / "x.png", check=False)
     assert proc.returncode == 2 and "neither inline JSON" in proc.stderr
     # the fit: section of the preset is the editor's: an impossible face size rejects the photo
-    proc = cli(*base, "--params", params_file, "--out", tmp_path / "y.png", "--config", "demo",
-               "--set", "fit.min_face_px=100000", check=False)
+    proc = slidergan(*base, "--params", params_file, "--out", tmp_path / "y.png", "--config", "demo",
+                     "--set", "fit.min_face_px=100000", check=False)
     assert proc.returncode == 2 and "the face is too small" in proc.stderr, proc.stderr
     assert not (tmp_path / "y.png").exists()
 
@@ -66,7 +66,7 @@ def test_edit_takes_inline_json_and_the_preset(tiny_world, serve_ckpt, params_fi
     ("ckpt", "checkpoint not found"),
     ("out", "--out must end in .png"),
 ])
-def test_edit_errors_are_one_line_exit_2(case, message, tiny_world, serve_ckpt, tmp_path, cli):
+def test_edit_errors_are_one_line_exit_2(case, message, tiny_world, serve_ckpt, tmp_path):
     photo = tiny_world / "emotionet" / "00000.jpg"
     p = tmp_path / "p.json"
     p.write_text({"short": "[1, 2, 3]", "json": "[1, 2,", "list": '"smile"'}.get(case, "[]"))
@@ -78,15 +78,15 @@ def test_edit_errors_are_one_line_exit_2(case, message, tiny_world, serve_ckpt, 
         image.write_text("hello")
     args = ["edit", image, "--checkpoint", tmp_path / "nope.pt" if case == "ckpt" else serve_ckpt,
             "--model", tiny_world / "model.h5", "--params", p, "--out", tmp_path / ("o.gif" if case == "out" else "o.png")]
-    proc = cli(*args, check=False)
+    proc = slidergan(*args, check=False)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr
     assert not (tmp_path / "o.png").exists()
 
 
-def test_serve_starts_answers_and_stops(tiny_world, serve_ckpt, cli):
-    bad = cli("serve", "--checkpoint", serve_ckpt.parent / "missing.pt", check=False)
+def test_serve_starts_answers_and_stops(tiny_world, serve_ckpt):
+    bad = slidergan("serve", "--checkpoint", serve_ckpt.parent / "missing.pt", check=False)
     assert bad.returncode == 2 and "checkpoint not found" in bad.stderr
     env = dict(os.environ, PYOPENGL_PLATFORM="osmesa")
     proc = subprocess.Popen([sys.executable, "-m", "workflows", "serve", "--checkpoint", serve_ckpt,

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from pipeline.config import ConfigError
+from tests.helpers import TINY_MODEL_CONFIG, save_checkpoint
 from workflows.editor.app import SessionStore
 from workflows.editor.core import Editor, load_checkpoint
 from workflows.editor.imaging import ImageInputError, read_image_file
@@ -26,7 +27,7 @@ def demo_face(serve_editor, tiny_world):
 
 
 # ---------------------------------------------------------------- checkpoint + parameters
-def test_checkpoint_errors_are_one_line(tmp_path, tiny_world, make_checkpoint, tiny_model_config):
+def test_checkpoint_errors_are_one_line(tmp_path, tiny_world):
     with pytest.raises(ConfigError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "missing.pt")
     junk = tmp_path / "junk.pt"
@@ -37,21 +38,21 @@ def test_checkpoint_errors_are_one_line(tmp_path, tiny_world, make_checkpoint, t
     torch.save({"format": "something-else/1"}, other)
     with pytest.raises(ConfigError, match="not a SliderGAN checkpoint"):
         load_checkpoint(other)
-    bad = make_checkpoint(tmp_path / "bad.pt")
+    bad = save_checkpoint(tmp_path / "bad.pt")
     ck = torch.load(bad, weights_only=True)
-    ck["model_config"] = dict(tiny_model_config, g_conv_dim=16)  # weights no longer fit
+    ck["model_config"] = dict(TINY_MODEL_CONFIG, g_conv_dim=16)  # weights no longer fit
     torch.save(ck, bad)
     with pytest.raises(ConfigError, match="do not match its model_config"):
         Editor.from_files(bad, tiny_world / "model.h5")
     with pytest.raises(ConfigError, match="no 3DMM found"):
-        Editor.from_files(make_checkpoint(tmp_path / "ok.pt"))
+        Editor.from_files(save_checkpoint(tmp_path / "ok.pt"))
 
 
-def test_model_found_next_to_a_run_checkpoint(tiny_world, tmp_path, make_checkpoint):
+def test_model_found_next_to_a_run_checkpoint(tiny_world, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "model.h5").symlink_to(tiny_world / "model.h5")
-    ck = make_checkpoint(run / "train" / "rad" / "checkpoints" / "latest.pt")
+    ck = save_checkpoint(run / "train" / "rad" / "checkpoints" / "latest.pt")
     ed = Editor.from_files(run / "train" / "rad")  # a training folder works too
     assert ed.n_params == 30 and ed.exp_names[:2] == ["jaw_open", "smile"]
     assert load_checkpoint(ck)["variant"] == "rad"
@@ -115,11 +116,11 @@ def test_edit_is_the_generator_output(serve_editor, demo_face):
 
 
 @pytest.mark.parametrize("change", [{}, {"c_dim": 40, "g_repeat": 2}])
-def test_cached_generator_equals_the_generator(change, tiny_model_config):
+def test_cached_generator_equals_the_generator(change):
     from model.networks import build_networks
     from workflows.editor.core import CachedGenerator
 
-    config = dict(tiny_model_config, **change)
+    config = dict(TINY_MODEL_CONFIG, **change)
     torch.manual_seed(3)
     G, _ = build_networks(config)
     G.eval()
@@ -270,8 +271,8 @@ def test_api_upload_detects_the_face(live_server, tiny_world):
     assert disposition == 'attachment; filename="my_odd_name-edited-full.png"'
 
 
-def test_speech_checkpoint_has_40_named_sliders(tmp_path, tiny_world, make_checkpoint, tiny_model_config, demo_face):
-    ck = make_checkpoint(tmp_path / "speech.pt", dict(tiny_model_config, c_dim=40))
+def test_speech_checkpoint_has_40_named_sliders(tmp_path, tiny_world, demo_face):
+    ck = save_checkpoint(tmp_path / "speech.pt", dict(TINY_MODEL_CONFIG, c_dim=40))
     ed = Editor.from_files(ck, tiny_world / "model.h5")
     assert ed.n_params == 40 and ed.exp_names[30] == "viseme_aa" and ed.exp_names[:30] == ed.model.exp_names
     protos = ed.prototypes()
@@ -321,7 +322,7 @@ def test_editor_fit_equals_the_fit_stage_on_detected_photos(tmp_path, tiny_world
 
     from fitting.landmarks import get_detector
     from pipeline.shards import ShardSet
-    from sgtest import slidergan
+    from tests.helpers import slidergan
 
     photos = tmp_path / "photos"
     photos.mkdir()

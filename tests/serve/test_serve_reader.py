@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from pipeline.config import ConfigError
+from tests.helpers import save_checkpoint, slidergan
 
 SID = "reader-session-0001"
 
@@ -30,14 +31,14 @@ def _save_reader(path, model_hash, n_params=30, seed=0):
 
 
 @pytest.fixture(scope="module")
-def reader_run(tmp_path_factory, tiny_world, make_checkpoint):
+def reader_run(tmp_path_factory, tiny_world):
     """RUN/ with model.h5, train/rad/checkpoints/latest.pt and reader/reader.pt."""
     from fitting.model import read_model_hash
 
     run = tmp_path_factory.mktemp("readerserve") / "run"
     run.mkdir()
     (run / "model.h5").symlink_to(tiny_world / "model.h5")
-    ckpt = make_checkpoint(run / "train" / "rad" / "checkpoints" / "latest.pt")
+    ckpt = save_checkpoint(run / "train" / "rad" / "checkpoints" / "latest.pt")
     _save_reader(run / "reader" / "reader.pt", read_model_hash(tiny_world / "model.h5"))
     return run, ckpt
 
@@ -134,7 +135,7 @@ def test_api_offers_the_reader_for_transfer(reader_editor, tiny_world, face):
     assert "p_reader" in (WEB_DIR / "app.js").read_text()
 
 
-def test_edit_cli_transfers_with_the_reader(reader_run, reader_editor, tiny_world, tmp_path, cli):
+def test_edit_cli_transfers_with_the_reader(reader_run, reader_editor, tiny_world, tmp_path):
     from PIL import Image
 
     from workflows.editor.fitbridge import read_landmarks_sidecar
@@ -143,16 +144,16 @@ def test_edit_cli_transfers_with_the_reader(reader_run, reader_editor, tiny_worl
     run, ckpt = reader_run
     photo, other = tiny_world / "emotionet" / "00000.jpg", tiny_world / "emotionet" / "00001.jpg"
     out = tmp_path / "t.png"
-    proc = cli("edit", photo, "--checkpoint", ckpt, "--params-from", other, "--out", out)
+    proc = slidergan("edit", photo, "--checkpoint", ckpt, "--params-from", other, "--out", out)
     assert "by reader" in proc.stdout
     face2 = reader_editor.prepare(read_image_file(other), landmarks=read_landmarks_sidecar(other))
     p = np.clip(reader_editor.regress(face2, "reader"), -1, 1)
     face1 = reader_editor.prepare(read_image_file(photo), landmarks=read_landmarks_sidecar(photo))
     want = reader_editor.edit(face1, p)
     assert np.abs(np.asarray(Image.open(out)).astype(int) - want.astype(int)).max() <= 1
-    proc = cli("edit", photo, "--checkpoint", ckpt, "--params-from", other, "--regressor", "D",
-               "--reader", "none", "--out", out)
+    proc = slidergan("edit", photo, "--checkpoint", ckpt, "--params-from", other, "--regressor", "D",
+                     "--reader", "none", "--out", out)
     assert "by D" in proc.stdout
-    bad = cli("edit", photo, "--checkpoint", ckpt, "--params-from", other, "--reader", tmp_path / "no.pt",
-              "--out", out, check=False)
+    bad = slidergan("edit", photo, "--checkpoint", ckpt, "--params-from", other, "--reader", tmp_path / "no.pt",
+                    "--out", out, check=False)
     assert bad.returncode == 2 and "reader file not found" in bad.stderr

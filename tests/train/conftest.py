@@ -1,11 +1,8 @@
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from tiny import make_tiny_run  # noqa: E402
+from tests.train.tiny import make_tiny_run
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import torch
 
 from model.identity import build_identity
 from pipeline.config import ConfigError
-from tiny import TINY_TRAIN
+from tests.train.tiny import TINY_TRAIN
 from train import checkpoint as ck
 from workflows.cli import main as cli
 

@@ -5,14 +5,15 @@ one.  Both assertions fail when the trainer is broken (no L_gen, targets ignored
 import json
 
 from pipeline.config import load_config
-from tiny import TINY_TRAIN, make_tiny_run
+from tests.train.tiny import TINY_TRAIN, make_tiny_run
 from train.trainer import Trainer
 
 LEARN = ["train.epochs_unpaired=0", "train.epochs_paired=60", "train.n_critic=1", "train.lr_g=0.001",
          "train.lr_d=0.0002", "train.lambda_id=0.0", "train.g_repeat=2", "train.g_conv_dim=16",
          "train.lambda_adv=1.0", "train.lambda_adv_d=1.0", "train.lambda_exp=10.0", "train.lambda_gen=100.0",
          "train.mask_bias_init=0.0", "train.eval_every=25", "train.log_every=25", "train.val_pairs=24",
-         "train.lr_decay_fraction=0.0", "train.checkpoint_every=100000", "train.tensorboard=false"]
+         "train.lr_decay_fraction=0.0", "train.checkpoint_every=100000", "train.tensorboard=false",
+         "train.g_ramp_start=0", "train.g_ramp_steps=300"]        # the full objective, ramped from step 0
 
 
 def _records(out):

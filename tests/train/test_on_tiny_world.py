@@ -4,7 +4,7 @@ import json
 import torch
 
 from model.networks import load_from_checkpoint_state
-from tiny import TINY_TRAIN
+from tests.train.tiny import TINY_TRAIN
 from train.checkpoint import load_checkpoint
 from workflows.cli import main as cli
 

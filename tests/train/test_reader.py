@@ -16,7 +16,7 @@ import torch
 from pipeline.config import ConfigError, load_config
 from pipeline.shards import ShardSet
 from pipeline.testing import make_stage
-from tiny import make_tiny_run
+from tests.train.tiny import make_tiny_run
 from train.reader import (FORMAT, heldout_warps, load_reader, load_reader_file, reader_metrics, save_reader,
                           train_reader)
 from workflows.cli import main as cli

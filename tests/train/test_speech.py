@@ -6,7 +6,7 @@ import torch
 
 from pipeline.config import ConfigError, load_config
 from pipeline.testing import make_stage
-from tiny import TINY_TRAIN, face_image, make_tiny_run
+from tests.train.tiny import TINY_TRAIN, face_image, make_tiny_run
 from train.trainer import Trainer
 from workflows.cli import main as cli
 
@@ -72,7 +72,7 @@ def test_phases_data_and_targets(speech_run, tmp_path):
 
 
 def test_trains_40_parameters_through_both_phases(speech_run, tmp_path, capsys):
-    from tiny import TINY_TRAIN as T
+    from tests.train.tiny import TINY_TRAIN as T
     sets = []
     for s in list(T) + ["train.speech=true", "train.batch_size=2", "train.epochs_speech=1"]:
         sets += ["--set", s]

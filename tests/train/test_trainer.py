@@ -14,7 +14,7 @@ import torch
 
 from model.networks import build_networks
 from pipeline.config import load_config
-from tiny import TINY_TRAIN, make_tiny_run
+from tests.train.tiny import TINY_TRAIN, make_tiny_run
 from train.checkpoint import latest_checkpoint, load_checkpoint
 from train.trainer import Trainer
 from workflows.cli import main as cli

@@ -10,17 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline.shards import ShardSet
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _cli(*args, check=True):
-    env = dict(os.environ, PYOPENGL_PLATFORM="osmesa")
-    p = subprocess.run([sys.executable, "-m", "workflows", *map(str, args)], cwd=ROOT, capture_output=True,
-                       text=True, timeout=600, env=env)
-    if check and p.returncode != 0:
-        raise AssertionError(f"exit {p.returncode}: {p.stderr[-2000:]}")
-    return p
+from tests.helpers import ROOT, slidergan
 
 
 def _run_inprocess(kind, inputs, model, out, chunk_size, correspondence=None, **over):
@@ -101,9 +91,9 @@ def test_warp_of_fitted_photo_to_its_own_expression_reproduces_it(tiny_world, ti
 
 def test_warps_rerun_is_idempotent_and_deterministic(tiny_warps, tiny_fits, tiny_world, tmp_path):
     before = {p.name: p.stat().st_mtime_ns for p in tiny_warps.glob("shard-*.h5")}
-    p = _cli("render-warps", "--fits", tiny_fits, "--model", tiny_world / "model.h5", "--out", tiny_warps,
-             "--workers", "1", "--chunk-size", "8", "--no-progress", "--set", "warps.faces=8",
-             "--set", "warps.per_face=3")
+    p = slidergan("render-warps", "--fits", tiny_fits, "--model", tiny_world / "model.h5", "--out", tiny_warps,
+                  "--workers", "1", "--chunk-size", "8", "--no-progress", "--set", "warps.faces=8",
+                  "--set", "warps.per_face=3")
     assert "0 chunks computed" in p.stdout + p.stderr or "1 current" in p.stdout + p.stderr
     assert {q.name: q.stat().st_mtime_ns for q in tiny_warps.glob("shard-*.h5")} == before
     # a second folder with other chunking: identical rows
@@ -118,11 +108,11 @@ def test_warps_rerun_is_idempotent_and_deterministic(tiny_warps, tiny_fits, tiny
 
 
 def test_render_warps_bad_input_is_one_line_exit_2(tiny_world, tmp_path):
-    p = _cli("render-warps", "--fits", tmp_path / "nope", "--model", tiny_world / "model.h5", "--out",
-             tmp_path / "w", check=False)
+    p = slidergan("render-warps", "--fits", tmp_path / "nope", "--model", tiny_world / "model.h5", "--out",
+                  tmp_path / "w", check=False)
     assert p.returncode == 2 and "not found" in p.stderr and "Traceback" not in p.stderr
-    p = _cli("render-warps", "--fits", tiny_world / "fits", "--model", tiny_world / "model.h5", "--out",
-             tmp_path / "w", "--set", "warps.distribution=cauchy", check=False)
+    p = slidergan("render-warps", "--fits", tiny_world / "fits", "--model", tiny_world / "model.h5", "--out",
+                  tmp_path / "w", "--set", "warps.distribution=cauchy", check=False)
     assert p.returncode == 2 and "distribution" in p.stderr
 
 
