@@ -65,10 +65,21 @@ def test_report_html_lists_nulls_with_reasons(tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))               # no temp files left
 
 
-def test_expression_names_match_the_demo_model():
-    from fitting.demo_model import EXPRESSION_NAMES
+def test_expression_names_name_the_labels_the_inputs_carry():
+    """The report's column for label c names the expression fitting.inputs gives label c: the
+    EmotioNet AU prototypes of Du et al. (PNAS 2014), written out here from the paper."""
+    from fitting.inputs import label_from_au
 
-    assert report.EXPRESSIONS == list(EXPRESSION_NAMES)
+    def aus(*present):
+        au = np.zeros(60)
+        au[[a - 1 for a in present]] = 1
+        return au
+
+    prototypes = {"neutral": (), "anger": (4, 7, 24), "disgust": (9, 10, 17), "fear": (1, 4, 20, 25),
+                  "happiness": (12, 25), "sadness": (4, 15), "surprise": (1, 2, 25, 26)}
+    assert {name: report.EXPRESSIONS[label_from_au(aus(*a))] for name, a in prototypes.items()} == \
+        {name: name for name in prototypes}
+    assert len(report.EXPRESSIONS) == len(prototypes)
 
 
 def test_unique_names_are_safe_folder_names():

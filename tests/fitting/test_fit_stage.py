@@ -136,7 +136,12 @@ def test_demo_world_fits_match_truth(tiny_world, tiny_fits):
     t_exp = truth["p_exp"][rows][:, :p_exp.shape[1]]
     rel = np.linalg.norm(p_exp - t_exp, axis=1) / np.linalg.norm(t_exp, axis=1)
     assert np.mean(rel) < 0.7, np.mean(rel)                 # landmarks only: loose bound (benchmark has figures)
-    assert np.mean(rel) < np.mean(np.linalg.norm(t_exp, axis=1) / np.linalg.norm(t_exp, axis=1)) - 0.2
+    # against references that do not look at the photo: the best constant guess (the truths'
+    # mean; ~0.95 here, 0.17 fitted) and the other photos' fits (each fit is nearest its own truth)
+    const = np.linalg.norm(t_exp.mean(0) - t_exp, axis=1) / np.linalg.norm(t_exp, axis=1)
+    assert np.mean(rel) < 0.5 * np.mean(const), (np.mean(rel), np.mean(const))
+    dist = np.linalg.norm(p_exp[None, :, :] - t_exp[:, None, :], axis=2)     # [truth i, fit j]
+    assert np.mean(dist.argmin(1) == np.arange(len(rows))) >= 0.9
     cam = ds.read("camera")
     assert np.all(cam[:, 6] == 0)
     assert np.mean(np.abs(cam[:, 1] - truth["camera"][rows, 1])) < 0.1          # yaw (rad)

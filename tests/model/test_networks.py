@@ -1,4 +1,6 @@
 """Generator / discriminator shapes, attention composition, config round trip."""
+import math
+
 import pytest
 import torch
 import torch.nn as nn
@@ -10,15 +12,26 @@ from tests.helpers import checkpoint_state
 CFG = {"image_size": 32, "c_dim": 5, "g_conv_dim": 8, "g_repeat": 2, "d_conv_dim": 8, "d_repeat": 3}
 
 
-def test_generator_shapes_and_ranges():
+def test_generator_shapes_and_heads():
     torch.manual_seed(0)
     G = Generator(conv_dim=8, c_dim=5, repeat_num=2)
     x = torch.rand(2, 3, 32, 32) * 2 - 1
-    out, colour, mask = G(x, torch.randn(2, 5) * 3)
+    c = torch.randn(2, 5) * 3
+    out, colour, mask = G(x, c)
     assert out.shape == (2, 3, 32, 32) and colour.shape == (2, 3, 32, 32) and mask.shape == (2, 1, 32, 32)
-    assert mask.min() >= 0 and mask.max() <= 1
-    assert colour.min() >= -1 and colour.max() <= 1
+    # the heads written out: c tiled over the image and concatenated, tanh colour, logistic mask
+    h = G.main(torch.cat([x, c[:, :, None, None].expand(-1, -1, 32, 32)], 1))
+    conv_c, conv_m = G.colour[0], G.mask[0]
+    z = torch.nn.functional.conv2d(h, conv_c.weight, padding=3)
+    want_colour = (torch.exp(z) - torch.exp(-z)) / (torch.exp(z) + torch.exp(-z))
+    want_mask = 1 / (1 + torch.exp(-torch.nn.functional.conv2d(h, conv_m.weight, conv_m.bias, padding=3)))
+    assert torch.allclose(colour, want_colour, atol=1e-6) and torch.allclose(mask, want_mask, atol=1e-6)
     assert torch.allclose(out, mask * colour + (1 - mask) * x)
+    assert not torch.allclose(G(x, -c)[0], out, atol=1e-3)            # the parameters reach the output
+    # mask_bias_init is the mask's logit where the head's weights are zero
+    G3 = Generator(conv_dim=8, c_dim=5, repeat_num=1, mask_bias_init=-3.0)
+    torch.nn.init.zeros_(G3.mask[0].weight)
+    assert torch.allclose(G3(x, c)[2], torch.full((2, 1, 32, 32), 1 / (1 + math.exp(3.0))))
     with pytest.raises(ValueError, match="c of shape"):
         G(x, torch.randn(2, 4))
 

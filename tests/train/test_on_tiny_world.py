@@ -22,7 +22,7 @@ def test_train_on_pipeline_stages(tiny_world, tiny_fits, tiny_warps, tiny_4dfab,
     G, D, meta = load_from_checkpoint_state(ck)
     with torch.no_grad():
         y, _, m = G(torch.zeros(1, 3, 32, 32), torch.zeros(1, 30))
-    assert y.shape == (1, 3, 32, 32) and 0 <= float(m.min()) and float(m.max()) <= 1
+    assert y.shape == (1, 3, 32, 32) and torch.isfinite(y).all() and torch.isfinite(m).all()   # no NaN weights
     rec = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rec and all(v == v for r in rec for v in r.values() if isinstance(v, float))   # no NaN
 
