@@ -278,7 +278,8 @@ class Editor:
 
     def prototypes(self) -> dict[str, list[float]]:
         """The seven discrete expressions as normalised vectors of width E (name -> [E])."""
-        from fitting.demo_model import EXPRESSION_NAMES, expression_prototypes
+        from fitting.demo_model import expression_prototypes
+        from fitting.model import EXPRESSION_NAMES
 
         P = np.asarray(expression_prototypes(self.model), np.float32)
         out = np.zeros((P.shape[0], self.n_params), np.float32)
