@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,58 +31,18 @@ from torch.utils.data import DataLoader
 from model import losses as L
 from model.identity import build_identity
 from model.networks import build_networks, model_config_from_train
-from pipeline.atomic import atomic_write_text
 from pipeline.config import Config, ConfigError
 from train import checkpoint as ck
 from pipeline.split import holdout_rows
 from train.data import (PairedDataset, ResumableBatchSampler, RowSubset, UnpairedDataset, open_speech_split,
                         open_stage, params_to_width, uint8_to_float)
+from train.runlog import RunLog
+from train.schedule import Phase, cap_phase_steps, lr_factor, position, ramp
 from train.variants import Variant, get_variant
 
+__all__ = ["Trainer", "Phase", "cap_phase_steps"]
+
 log = logging.getLogger("slidergan.train")
-
-
-@dataclass
-class Phase:
-    name: str            # "paired" | "unpaired" | "speech" (LRW frames, unpaired: train.speech)
-    epochs: int
-    dataset: Any
-    batches_per_epoch: int
-    run_steps: int = 0   # steps this run takes in the phase (its full length unless capped)
-    mix: int = 0         # train.paired_mix: after every `mix` batches of this phase one paired warp batch (0 = none)
-
-    @property
-    def steps(self) -> int:
-        own = self.epochs * self.batches_per_epoch
-        return own + (own // self.mix if self.mix else 0)
-
-    def split(self, s: int) -> tuple[int, int, bool]:
-        """Step ``s`` of the phase -> (own batches before it, mixed paired batches before it, is paired).
-
-        With ``mix`` m the steps run m own batches, then one paired batch, and so on."""
-        if not self.mix:
-            return s, 0, False
-        j = s // (self.mix + 1)
-        return s - j, j, s % (self.mix + 1) == self.mix
-
-
-def cap_phase_steps(steps: list[int], cap: int) -> list[int]:
-    """Steps run in each phase under a total cap (0 = no cap).
-
-    A cap shortens every phase in proportion to its length, each keeping >= 1 step while the
-    cap allows, so a smoke run still goes through the paired and the unpaired phase; the
-    last phase takes what is left (never more than its length)."""
-    total = sum(steps)
-    if cap <= 0 or cap >= total:
-        return list(steps)
-    out, left = [], cap
-    for i, n in enumerate(steps):
-        rest = len(steps) - 1 - i
-        share = left if rest == 0 else max(1, min(left - rest, int(cap * n / total)))
-        take = max(0, min(n, share))
-        out.append(take)
-        left -= take
-    return out
 
 
 def _dist_info() -> tuple[int, int]:
@@ -172,7 +130,7 @@ class Trainer:
             self.lam["gen"] = 0.0
         if not self.variant.use_id:
             self.lam["id"] = 0.0
-        self._tb = None
+        self.runlog = RunLog(self.out, bool(t.get("tensorboard", True)) and self.rank == 0, echo=self._say)
 
     # -- setup ----------------------------------------------------------------------------
     def _say(self, msg: str) -> None:
@@ -327,21 +285,12 @@ class Trainer:
 
     # -- schedule -------------------------------------------------------------------------
     def position(self, step: int) -> tuple[int, int, int]:
-        """(phase index, epoch, batch in epoch) of global step ``step``."""
-        for i, p in enumerate(self.phases):
-            if step < p.run_steps or i == len(self.phases) - 1:
-                own = p.split(step)[0]
-                return i, own // max(1, p.batches_per_epoch), own % max(1, p.batches_per_epoch)
-            step -= p.run_steps
-        raise AssertionError
+        """(phase index, epoch, batch in epoch) of global step ``step`` (:func:`train.schedule.position`)."""
+        return position(self.phases, step)
 
     def lr_factor(self, step: int) -> float:
         """1 until the last ``lr_decay_fraction`` of training, then linear down to 0 at the end."""
-        frac = float(self.t["lr_decay_fraction"])
-        start = self.total_steps * (1.0 - frac)
-        if frac <= 0 or step < start:
-            return 1.0
-        return max(0.0, (self.total_steps - step) / max(1e-9, self.total_steps - start))
+        return lr_factor(step, self.total_steps, float(self.t["lr_decay_fraction"]))
 
     def g_ramp(self, step: int) -> float:
         """Factor on G's adversarial and expression weights: 0 before ``d_warmup_steps`` (G does
@@ -349,11 +298,9 @@ class Trainer:
         without L_gen on warps have nothing to learn from first and skip the delay), then linear
         up to 1 over ``g_ramp_steps`` (paper preset: no warm-up, no delay, no ramp)."""
         delay = int(self.t["g_ramp_start"]) if self.variant.use_gen and self.variant.paired else 0
-        start = int(self.t["d_warmup_steps"]) + delay
-        ramp = int(self.t["g_ramp_steps"])
-        if ramp <= 0:
-            return 1.0 if step >= start else 0.0
-        return float(min(1.0, max(0.0, (step - start) / ramp)))
+        if int(self.t["g_ramp_steps"]) <= 0 and delay == 0:
+            return 1.0
+        return ramp(step, int(self.t["d_warmup_steps"]) + delay, int(self.t["g_ramp_steps"]))
 
     @torch.no_grad()
     def validate(self) -> dict:
@@ -553,48 +500,8 @@ class Trainer:
         return int(ckpt["step"])
 
     # -- logging --------------------------------------------------------------------------
-    def _tb_writer(self, start: int):
-        if self._tb is None and self.rank == 0 and self.t.get("tensorboard", True):
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                self._tb = SummaryWriter(str(self.out / "tb"), purge_step=start if start > 0 else None)
-            except ImportError:
-                self._say("note: tensorboard not installed; writing metrics.jsonl only")
-                self._tb = False
-        return self._tb or None
-
-    def _trim_metrics(self, start: int) -> None:
-        path = self.out / "metrics.jsonl"
-        if not path.is_file():
-            return
-        keep = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= start:
-                    keep.append(line)
-            except ValueError:
-                pass                     # a line cut by kill -9
-        atomic_write_text(path, "".join(k + "\n" for k in keep))
-
-    def _log(self, step: int, phase: str, epoch: int, acc: dict, t0: float, steps_done: int) -> None:
-        rec = {"step": step, "phase": phase, "epoch": epoch}
-        rec.update({k: s / n for k, (s, n) in sorted(acc.items())})
-        rec["it_per_s"] = steps_done / max(1e-9, time.perf_counter() - t0)
-        self._say(f"step {step}/{self.total_steps} {phase} epoch {epoch}: "
-                  + " ".join(f"{k} {rec[k]:.4g}" for k in ("loss_d", "loss_g", "g_gen", "mask_mean") if k in rec)
-                  + f" ({rec['it_per_s']:.2f} it/s)")
-        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(rec) + "\n")
-        tb = self._tb_writer(step)
-        if tb:
-            for k, v in rec.items():
-                if isinstance(v, float):
-                    tb.add_scalar(f"{'loss' if k[:2] in ('d_', 'g_') or k.startswith('loss') else 'stats'}/{k}", v, step)
-            tb.flush()
-
     def _log_images(self, step: int, batch: dict, paired: bool) -> None:
-        tb = self._tb_writer(step)
-        if not tb:
+        if self.runlog.writer(step) is None:
             return
         n = min(4, batch["image"].shape[0])
         x = self.images(batch["image"][:n])
@@ -602,8 +509,7 @@ class Trainer:
         with torch.no_grad():
             out, colour, mask = self.G(x, p_trg.to(self.device))
         trg = self.images(batch["target"][:n]) if paired else torch.full_like(x, -1.0)   # black: no target
-        tb.add_image("grid/input|mask|colour|output|target", image_grid([x, mask, colour, out, trg]), step)
-        tb.flush()
+        self.runlog.image(step, "grid/input|mask|colour|output|target", image_grid([x, mask, colour, out, trg]))
 
     def sample_targets_eval(self, p: torch.Tensor) -> torch.Tensor:
         """Targets for the image grid without touching the training RNG: the batch rolled by one."""
@@ -621,8 +527,7 @@ class Trainer:
         try:
             return self._run()
         finally:
-            if self._tb:
-                self._tb.close()
+            self.runlog.close()
             if lock is not None:
                 lock.release()
 
@@ -645,7 +550,7 @@ class Trainer:
             start = self.restore(ck.load_checkpoint(latest))
             self._say(f"resuming {self.variant.name} from {latest} (step {start})")
         if self.rank == 0:
-            self._trim_metrics(start)
+            self.runlog.trim(start)
         t = self.t
         desc = ", ".join(f"{p.name}: {p.epochs} epochs x {p.batches_per_epoch} batches"
                          + (f", capped at {p.run_steps} steps" if p.run_steps < p.steps else "")
@@ -751,7 +656,7 @@ class Trainer:
                         ev = int(t["eval_every"])
                         if ev > 0 and (step % ev == 0 or step == self.total_steps):
                             acc.update({k: (v, 1) for k, v in self.validate().items()})
-                        self._log(step, phase.name, self.position(step - 1)[1], acc, t0, done)
+                        self.runlog.record(step, self.total_steps, phase.name, self.position(step - 1)[1], acc, t0, done)
                         acc = {}
                     if step % every_img == 0:
                         self._log_images(step, batch, paired)
@@ -776,13 +681,3 @@ def _plain(obj: Any) -> Any:
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     return str(obj)
-
-
-def seconds_per_step(trainer: Trainer, batch: dict, paired: bool, n: int) -> float:  # used by the benchmark
-    t0 = time.perf_counter()
-    for i in range(n):
-        trainer.train_step(batch, paired, i)
-    if trainer.device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / n
-

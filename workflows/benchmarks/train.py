@@ -20,7 +20,7 @@ def run(ctx) -> dict:
     from pipeline.config import load_config
     from pipeline.testing import make_stage
     from train.checkpoint import save_identity_file
-    from train.trainer import Trainer, seconds_per_step
+    from train.trainer import Trainer
 
     gpu = torch.cuda.is_available()
     preset = "paper" if gpu else "demo"
@@ -56,3 +56,14 @@ def run(ctx) -> dict:
     s = seconds_per_step(tr, batch, False, nc * cycles)
     return {"train_it_per_s": 1.0 / s, "train_device": torch.cuda.get_device_name(0) if gpu else "cpu",
             "train_preset": preset, "train_batch": tr.batch_size, "train_image_size": int(t["image_size"])}
+
+
+def seconds_per_step(trainer, batch: dict, paired: bool, n: int) -> float:
+    """Mean wall seconds of ``n`` train steps on one fixed batch (synchronised on a GPU)."""
+    import time
+    t0 = time.perf_counter()
+    for i in range(n):
+        trainer.train_step(batch, paired, i)
+    if trainer.device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / n
