@@ -24,3 +24,7 @@ def test_fit_benchmark_keys(tiny_world, tmp_path):
     for key in ("fit_exp_rel_error_detected_uncalibrated", "fit_exp_rel_error_detected_photometric_uncalibrated",
                 "fit_photometric_s_per_face_uncalibrated"):
         assert isinstance(out[key], float) and out[key] > 0, key
+    # the headline keys (issue 20): the path real photos take, ours and menpo3d's, in this run
+    from tests.fitting.test_fit_bench_realistic import check
+
+    check(out)
