@@ -27,4 +27,4 @@ def test_fit_benchmark_keys(tiny_world, tmp_path):
     # the headline keys (issue 20): the path real photos take, ours and menpo3d's, in this run
     from tests.fitting.test_fit_bench_realistic import check
 
-    check(out)
+    check(out, need_same_faces=False)           # full settings: the gate may reject a fit of 2

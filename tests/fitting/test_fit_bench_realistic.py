@@ -22,7 +22,9 @@ def realistic_keys(world, n=2):
     return realistic(world, keys, p_true, cfg, n, warm=False), keys, p_true
 
 
-def check(out, n=2):
+def check(out, n=2, need_same_faces=True):
+    """The realistic keys of ``out`` exist and agree; ``need_same_faces``: both fitters kept a
+    photo (else the errors may be None: a gate rejected every fit of one of them)."""
     for key in ("fit_realistic_faces_per_s", "fit_baseline_realistic_faces_per_s", "fit_realistic_speedup_vs_baseline",
                 "fit_realistic_photo_domain_faces_per_s", "fit_realistic_faces_per_s_wall",
                 "fit_baseline_realistic_faces_per_s_wall"):
@@ -34,6 +36,8 @@ def check(out, n=2):
     assert 0 <= out["fit_realistic_same_faces"] <= min(out["fit_realistic_kept"], out["fit_baseline_realistic_kept"])
     assert max(out["fit_realistic_kept"], out["fit_baseline_realistic_kept"], out["fit_realistic_photo_domain_kept"]) <= n
     # both fitters saw the tiny world's detected photos and kept some: errors over the same faces
+    if not need_same_faces and out["fit_realistic_same_faces"] == 0:
+        return
     assert out["fit_realistic_same_faces"] >= 1, out
     for prefix in ("fit_exp_rel_error_detected_realistic", "fit_baseline_exp_rel_error_detected",
                    "fit_vertex_rel_error_detected_realistic", "fit_baseline_vertex_rel_error_detected"):
