@@ -161,6 +161,7 @@ class Trainer:
         rows = np.nonzero(held)[0] if held.any() else np.arange(len(held))
         k = min(len(rows), int(self.t["val_pairs"]))
         fixed = copy.copy(paired)
+        fixed.seed = self.split_seed      # the sources too: every training seed validates on the same pairs
         fixed.set_epoch(0)
         self._say(f"validation: {k} {'held-out' if held.any() else 'training'} warp pairs "
                   f"every {self.t['eval_every']} steps")

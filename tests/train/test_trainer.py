@@ -209,6 +209,10 @@ def test_training_seed_changes_init_but_not_the_held_out_split(tiny_run, tmp_pat
     a, b = runs[None], runs[3]
     assert a.seed == a.split_seed == b.split_seed != b.seed == 3
     assert np.array_equal(a.val_set.rows, b.val_set.rows)
+    rows = a.val_set.rows                                              # and the same sources
+    assert [a.val_set.ds.source_of(i) for i in rows] == [b.val_set.ds.source_of(i) for i in rows]
+    trained = b.phases[0].dataset                                      # while training draws its own
+    assert any(trained.source_of(i) != b.val_set.ds.source_of(i) for i in range(len(trained)))
     wa, wb = next(iter(a.G.parameters())), next(iter(b.G.parameters()))
     assert not torch.equal(wa, wb)
 
