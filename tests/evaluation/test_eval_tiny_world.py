@@ -12,7 +12,7 @@ def test_evaluate_tiny_world(tiny_world, tiny_fits, tiny_4dfab, tmp_path):
     from evaluation.runner import EvalOptions, evaluate
 
     opt = EvalOptions(pairs=4, test_images=3, test_fraction=0.3, identity="pixels", lrw_pairs=3, figures=False,
-                      device="cpu")
+                      refit_images=1, device="cpu")
     # a tiny random 40-parameter checkpoint for the stages' 128x128 crops
     cfg = {"image_size": 128, "c_dim": 40, "g_conv_dim": 4, "g_repeat": 1, "d_conv_dim": 4, "d_repeat": 4}
     ck = save_checkpoint(tmp_path / "T" / "checkpoints" / "latest.pt", cfg, step=1)
