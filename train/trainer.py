@@ -40,8 +40,6 @@ from train.runlog import RunLog
 from train.schedule import Phase, cap_phase_steps, lr_factor, position, ramp
 from train.variants import Variant, get_variant
 
-__all__ = ["Trainer", "Phase", "cap_phase_steps"]
-
 log = logging.getLogger("slidergan.train")
 
 

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from pipeline.config import load_config
-from train.trainer import Phase, Trainer, cap_phase_steps
+from train.schedule import Phase, cap_phase_steps
+from train.trainer import Trainer
 
 
 def _trainer(tmp_path, sets=()):
