@@ -22,7 +22,7 @@ _C2 = 1.092548
 _C3 = 0.315392
 _C4 = 0.546274
 _A = np.array([np.pi] + [2 * np.pi / 3] * 3 + [np.pi / 4] * 5)
-#: the same constants for other implementations of the basis (fitting.photometric's torch one)
+#: the same constants for other implementations of the basis (fitting.photometric_energy's torch one)
 SH_C = (_C0, _C1, _C2, _C3, _C4)
 SH_A = tuple(float(a) for a in _A)
 

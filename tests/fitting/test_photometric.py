@@ -8,7 +8,8 @@ import torch
 
 import render
 from fitting.demo_model import build_demo_model
-from fitting.photometric import PhotometricOptions, PhotometricRefiner, bilinear, sh_basis_torch
+from fitting.photometric import PhotometricOptions, PhotometricRefiner
+from fitting.photometric_energy import bilinear, sh_basis_torch
 from render.camera import camera_rotation, make_camera, project
 from render.lighting import sh_basis
 

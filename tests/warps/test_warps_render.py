@@ -1,12 +1,13 @@
-"""fitting.warp: geometry helpers against slow references, and the Warper on a synthetic
+"""fitting.warp (+ warp_image, warp_mesh): geometry helpers against slow references, and the Warper on a synthetic
 photo whose truth is known (the tiny demo world's 3DMM rendered by the test itself)."""
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from fitting.warp import (MouthStretch, Warper, boundary_loops, nearest_vertices, fill_occluded, fold_align, inpaint,
-                          is_similarity, warp_affine)
+from fitting.warp import Warper
+from fitting.warp_image import fold_align, inpaint, is_similarity, warp_affine
+from fitting.warp_mesh import MouthStretch, boundary_loops, fill_occluded, nearest_vertices
 from render.camera import make_camera, project
 
 
@@ -309,7 +310,7 @@ def test_fast_render_path_equals_render_render(scene):
 def test_mouth_cavity_closes_a_mouth_hole():
     """A flat 'face' with a hole where the mouth is: rendered plainly the background shows
     through the hole; with the cavity cap the hole is dark (below the lip colour)."""
-    from fitting.warp import MouthCavity
+    from fitting.warp_mesh import MouthCavity
     from render import render
     from render.camera import make_camera
 
@@ -342,7 +343,7 @@ def test_large_photo_texture_matches_small_photo(scene):
     a box-reduced copy; the texture agrees with the one from the original photo."""
     from PIL import Image
 
-    from fitting.warp import texture_resolution
+    from fitting.warp_image import texture_resolution
 
     f = 6
     H, W = scene.photo.shape[:2]

@@ -69,7 +69,7 @@ def group_camera(seed: int, group_name: str, model, size: int, yaw: float, pitch
     reference shape is folded into the camera (weak perspective)."""
     from fitting.align import reference_shape, similarity_transform
     from fitting.sampling import item_rng
-    from fitting.warp import fold_align
+    from fitting.warp_image import fold_align
     from render.camera import make_camera, project
 
     rng = item_rng(seed, group_name, 0, purpose="camera")
@@ -157,9 +157,9 @@ class Project4DFABStage(Stage):
                       lambda: JointProjector(self._model(), ridge=ridge))
 
     def _mouth(self):
-        """The warps' mouth darkening (:class:`fitting.warp.MouthStretch`), so open mouths in
+        """The warps' mouth darkening (:class:`fitting.warp_mesh.MouthStretch`), so open mouths in
         vertex-coloured meshes look like they do in the 3D-warped training images."""
-        from fitting.warp import MouthStretch
+        from fitting.warp_mesh import MouthStretch
 
         if not bool(self.cfg.get("mouth", True)):
             return None
