@@ -184,14 +184,16 @@ def build_networks(model_config: Mapping[str, Any], mask_bias_init: float = 0.0)
 def load_from_checkpoint_state(ckpt: Mapping[str, Any]) -> tuple[Generator, Discriminator, dict]:
     """``(G, D, meta)`` from a loaded checkpoint dict (``torch.load(..., weights_only=True)``).
 
-    G and D are in eval mode on the CPU; ``meta`` holds ``variant``, ``step``, ``phase``,
-    ``model_config`` and ``format``.  Raises :class:`ModelConfigError` on a dict that is not a
+    G and D are in eval mode on the CPU; G holds ``G_ema`` (the weight average,
+    ``train.g_ema_halflife``) when the checkpoint has it, else ``G``; ``meta`` holds ``variant``,
+    ``step``, ``phase``, ``model_config``, ``format`` and ``generator_weights`` (which of the two).  Raises :class:`ModelConfigError` on a dict that is not a
     SliderGAN checkpoint or whose weights do not fit the stored ``model_config``.
     """
     if not isinstance(ckpt, Mapping) or "model_config" not in ckpt or "G" not in ckpt:
         raise ModelConfigError("not a SliderGAN checkpoint (no model_config/G)")
     G, D = build_networks(ckpt["model_config"])
-    for name, net in (("G", G), ("D", D)):
+    g_key = "G_ema" if "G_ema" in ckpt else "G"        # the weight average, when the run kept one
+    for name, net in ((g_key, G), ("D", D)):
         if name not in ckpt:
             continue
         try:
@@ -202,6 +204,7 @@ def load_from_checkpoint_state(ckpt: Mapping[str, Any]) -> tuple[Generator, Disc
     G.eval()
     D.eval()
     meta = {k: ckpt.get(k) for k in ("format", "variant", "step", "phase")}
+    meta["generator_weights"] = g_key
     meta["model_config"] = dict(ckpt["model_config"])
     return G, D, meta
 

@@ -75,3 +75,13 @@ def ramp(step: int, start: int, steps: int) -> float:
     if steps <= 0:
         return 1.0 if step >= start else 0.0
     return float(min(1.0, max(0.0, (step - start) / steps)))
+
+
+def ema_beta(halflife: int, updates: int) -> float:
+    """Decay of G's weight average after ``updates`` generator updates: ``0.5 ** (1 / halflife)``
+    (the average's weight on an update halves every ``halflife`` updates), capped by
+    ``(1 + updates) / (10 + updates)`` so the first updates are not dominated by the initial
+    weights (the bias-free warm-up of TensorFlow's ExponentialMovingAverage with num_updates)."""
+    if halflife <= 0:
+        return 0.0
+    return float(min(0.5 ** (1.0 / halflife), (1.0 + updates) / (10.0 + updates)))

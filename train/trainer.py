@@ -37,7 +37,7 @@ from pipeline.split import holdout_rows
 from train.data import (PairedDataset, ResumableBatchSampler, RowSubset, UnpairedDataset, open_speech_split,
                         open_stage, params_to_width, uint8_to_float)
 from train.runlog import RunLog
-from train.schedule import Phase, cap_phase_steps, lr_factor, position, ramp
+from train.schedule import Phase, cap_phase_steps, ema_beta, lr_factor, position, ramp
 from train.variants import Variant, get_variant
 
 log = logging.getLogger("slidergan.train")
@@ -98,6 +98,8 @@ class Trainer:
                          ("workers", 0), ("keep_checkpoints", 0)):
             if t[key] < low:
                 raise ConfigError(f"train.{key} must be >= {low}, got {t[key]}")
+        if not 0.0 <= float(t["paired_identity_fraction"]) < 1.0:
+            raise ConfigError(f"train.paired_identity_fraction must be in [0, 1), got {t['paired_identity_fraction']}")
         if not 0.0 <= t["lr_decay_fraction"] <= 1.0:
             raise ConfigError(f"train.lr_decay_fraction must be in [0, 1], got {t['lr_decay_fraction']}")
         if t["target"] not in ("shuffle", "uniform", "normal"):
@@ -121,7 +123,7 @@ class Trainer:
         self.amp = bool(t["amp"]) and self.device.type == "cuda"
         self.E = 40 if t["speech"] else 30
         self.lam = {k: float(t[f"lambda_{k}"]) for k in ("adv", "adv_d", "exp", "rec", "gen", "id", "att", "gp")}
-        for key in ("d_warmup_steps", "g_ramp_start", "g_ramp_steps", "paired_mix"):
+        for key in ("d_warmup_steps", "g_ramp_start", "g_ramp_steps", "paired_mix", "g_ema_halflife"):
             if int(t[key]) < 0:
                 raise ConfigError(f"train.{key} must be >= 0, got {t[key]}")
         if not self.variant.use_gen:
@@ -253,6 +255,10 @@ class Trainer:
         except ValueError as e:
             raise ConfigError(str(e)) from None
         self.G, self.D = G.to(self.device), D.to(self.device)
+        # the exponential moving average of G's weights (train.g_ema_halflife; None = off): what
+        # validation, checkpoints' inference weights ("G_ema") and evaluation use
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False) if int(t["g_ema_halflife"]) > 0 else None
+        self.g_updates = 0
         betas = (float(t["beta1"]), float(t["beta2"]))
         self.opt_G = torch.optim.Adam(self.G.parameters(), lr=float(t["lr_g"]), betas=betas)
         self.opt_D = torch.optim.Adam(self.D.parameters(), lr=float(t["lr_d"]), betas=betas)
@@ -323,8 +329,8 @@ class Trainer:
             x, y = self.images(src), self.images(trg)
             p_trg, wrong = p_trg.to(self.device), wrong.to(self.device)
             with self._autocast():
-                out, _, mask = self.G(x, p_trg)
-                out_w = self.G(x, wrong)[0]
+                out, _, mask = self.G_eval(x, p_trg)
+                out_w = self.G_eval(x, wrong)[0]
                 r = self.D(y)[1]
             n = len(x)
             sums["val_l1"] += float((out.float() - y).abs().mean()) * n
@@ -362,6 +368,17 @@ class Trainer:
             return (torch.rand(B, E, generator=self.gen) * 2 - 1).to(p.device)
         return (torch.randn(B, E, generator=self.gen) * 0.5).clamp(-1, 1).to(p.device)
 
+    def identity_pairs(self, step: int, n: int) -> torch.Tensor | None:
+        """Bool [n] on the device: the items of step ``step``'s paired batch whose target becomes
+        their own source (``train.paired_identity_fraction``; CycleGAN's identity mapping read
+        through L_gen: G(I, p_I) = I). A pure function of (seed, step), so resume stays exact and
+        the target sampler's stream is untouched. None when the fraction is 0."""
+        frac = float(self.t["paired_identity_fraction"])
+        if frac <= 0:
+            return None
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        return (torch.rand(n, generator=g) < frac).to(self.device)
+
     def _autocast(self):
         if self.amp:
             return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -388,6 +405,10 @@ class Trainer:
         if paired:
             p_trg = batch["p_trg"].to(dev, non_blocking=True)
             x_trg = self.images(batch["target"])
+            keep = self.identity_pairs(step, len(x))
+            if keep is not None:              # these items: "edit" the source to its own parameters
+                x_trg = torch.where(keep.view(-1, 1, 1, 1), x, x_trg)
+                p_trg = torch.where(keep.view(-1, 1), p, p_trg)
         else:
             p_trg, x_trg = self.sample_targets(p), None
         f = self.lr_factor(step)
@@ -456,10 +477,28 @@ class Trainer:
                      g_gen=g_gen.item(), g_id=g_id.item(), g_att=g_att.item(),
                      grad_norm_g=_grad_norm(self.G.parameters()), **L.mask_stats(mask))
             self.opt_G.step()
+            self._update_ema()
         finally:
             for q in self.D.parameters():
                 q.requires_grad_(True)
         return m
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """G_ema <- beta * G_ema + (1 - beta) * G after each generator update (:func:`ema_beta`)."""
+        self.g_updates += 1
+        if self.G_ema is None:
+            return
+        beta = ema_beta(int(self.t["g_ema_halflife"]), self.g_updates)
+        for e, q in zip(self.G_ema.parameters(), self.G.parameters()):
+            e.lerp_(q.detach(), 1.0 - beta)
+        for e, q in zip(self.G_ema.buffers(), self.G.buffers()):
+            e.copy_(q)
+
+    @property
+    def G_eval(self):
+        """The generator that validation and the image grids run: G_ema when it is on, else G."""
+        return self.G if self.G_ema is None else self.G_ema
 
     # -- state ----------------------------------------------------------------------------
     def state(self, step: int) -> dict:
@@ -472,6 +511,8 @@ class Trainer:
             "total_steps": int(self.total_steps),
             "model_config": dict(self.model_config), "train_config": _plain(self.t),
             "G": self.G.state_dict(), "D": self.D.state_dict(),
+            **({"G_ema": self.G_ema.state_dict()} if self.G_ema is not None else {}),
+            "g_updates": int(self.g_updates),
             "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
             "scaler": dict(self.scaler_state),
             "rng": dict(ck.get_rng_state(), target=self.gen.get_state()),
@@ -491,6 +532,9 @@ class Trainer:
             self._say(f"warning: data or epochs changed since the checkpoint ({order.get('phases')} -> {now}); "
                       "continuing from its step with the new data order")
         self.G.load_state_dict(ckpt["G"])
+        if self.G_ema is not None:     # a checkpoint from before the EMA was switched on starts it at G
+            self.G_ema.load_state_dict(ckpt.get("G_ema", ckpt["G"]))
+        self.g_updates = int(ckpt.get("g_updates", 0))
         self.D.load_state_dict(ckpt["D"])
         self.opt_G.load_state_dict(ckpt["opt_G"])
         self.opt_D.load_state_dict(ckpt["opt_D"])
@@ -506,7 +550,7 @@ class Trainer:
         x = self.images(batch["image"][:n])
         p_trg = batch["p_trg"][:n].to(self.device) if paired else self.sample_targets_eval(batch["p"][:n])
         with torch.no_grad():
-            out, colour, mask = self.G(x, p_trg.to(self.device))
+            out, colour, mask = self.G_eval(x, p_trg.to(self.device))
         trg = self.images(batch["target"][:n]) if paired else torch.full_like(x, -1.0)   # black: no target
         self.runlog.image(step, "grid/input|mask|colour|output|target", image_grid([x, mask, colour, out, trg]))
 

@@ -92,7 +92,8 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_run, tmp_path):
     a = load_checkpoint(out / "checkpoints" / "latest.pt")
     b = load_checkpoint(tmp_path / "ref" / "checkpoints" / "latest.pt")
     assert a["step"] == b["step"] == 20
-    for net in ("G", "D"):
+    assert ("G_ema" in a) == ("G_ema" in b)
+    for net in ("G", "D", "G_ema") if "G_ema" in a else ("G", "D"):
         assert a[net].keys() == b[net].keys()
         for k in a[net]:
             assert torch.equal(a[net][k], b[net][k]), f"{net}.{k} differs after resume"
@@ -246,3 +247,69 @@ def test_paired_mix_batches_are_a_function_of_the_step(tiny_run, tmp_path):
     first_p1 = tuple(next(tr._phase_batches(0, 0))[0]["index"].tolist())
     mixed = [ix for k, ix in full if k]
     assert mixed[0] != first_p1                              # not phase 1's epoch 0 again
+
+
+def test_generator_weight_average_follows_its_recurrence_and_is_what_inference_loads(tiny_run, tmp_path):
+    # train.g_ema_halflife: after every G update G_ema = beta_n * G_ema + (1 - beta_n) * G, checked
+    # against the recurrence run by hand in float64 on the weights G had after each update
+    from model.networks import load_from_checkpoint_state
+    from train.schedule import ema_beta
+    cfg = load_config(None, TINY_TRAIN + ["train.n_critic=2", "train.g_ema_halflife=3", "train.identity_weights=null",
+                                          "train.lambda_id=0.0"])
+    tr = Trainer(tiny_run, tmp_path / "ema", cfg, variant="rad-no-id", steps=1000).setup()
+    ds = tr.phases[0].dataset
+    batch = torch.utils.data.default_collate([ds[i] for i in range(4)])
+    ref = {k: v.double().clone() for k, v in tr.G.state_dict().items()}
+    n = 0
+    for step in range(8):
+        tr.train_step(batch, True, step)
+        if (step + 1) % 2 == 0:                       # a G update
+            n += 1
+            b = min(0.5 ** (1 / 3), (1 + n) / (10 + n))
+            assert ema_beta(3, n) == b
+            ref = {k: b * ref[k] + (1 - b) * v.double() for k, v in tr.G.state_dict().items()}
+    assert tr.g_updates == n == 4
+    ema = tr.G_ema.state_dict()
+    for k in ref:
+        assert torch.allclose(ema[k].double(), ref[k], atol=1e-6), k
+    assert any(not torch.allclose(ema[k], tr.G.state_dict()[k]) for k in ema)    # it is not G itself
+    state = tr.state(8)
+    G, _, meta = load_from_checkpoint_state(state)
+    assert meta["generator_weights"] == "G_ema"
+    for k, v in G.state_dict().items():
+        assert torch.equal(v, ema[k])
+    # resume restores the average and the update count
+    tr2 = Trainer(tiny_run, tmp_path / "ema2", cfg, variant="rad-no-id", steps=1000).setup()
+    tr2.restore(state)
+    assert tr2.g_updates == 4
+    for k, v in tr2.G_ema.state_dict().items():
+        assert torch.equal(v, ema[k])
+    assert ema_beta(0, 5) == 0.0
+
+
+def test_identity_pairs_are_a_function_of_the_step_and_become_the_targets(tiny_run, tmp_path, monkeypatch):
+    # train.paired_identity_fraction: the chosen items of a paired batch get their own source as
+    # target (image and parameters), in L_gen and in D's target regression
+    from model import losses
+    cfg = load_config(None, TINY_TRAIN + ["train.paired_identity_fraction=0.25", "train.identity_weights=null",
+                                          "train.n_critic=1"])
+    tr = Trainer(tiny_run, tmp_path / "idp", cfg, variant="rad-no-id", steps=1000).setup()
+    tr2 = Trainer(tiny_run, tmp_path / "idp2", cfg, variant="rad-no-id", steps=1000).setup()
+    masks = [tr.identity_pairs(s, 8) for s in range(400)]
+    assert all(torch.equal(m, tr2.identity_pairs(s, 8)) for s, m in enumerate(masks))
+    rate = float(torch.stack(masks).float().mean())
+    assert 0.21 < rate < 0.29, rate
+    assert len({tuple(m.tolist()) for m in masks}) > 50            # not one pattern repeated
+    ds = tr.phases[0].dataset
+    batch = torch.utils.data.default_collate([ds[i] for i in range(8)])
+    step = next(s for s, m in enumerate(masks) if 0 < int(m.sum()) < 8)
+    keep = masks[step]
+    seen = []
+    real_l1 = losses.l1_loss
+    monkeypatch.setattr(losses, "l1_loss", lambda a, b: seen.append(b.detach().clone()) or real_l1(a, b))
+    tr.train_step(batch, True, step)
+    x, y = tr.images(batch["image"]), tr.images(batch["target"])
+    target = seen[-1]                                                 # g_gen is the last L1 of the step
+    assert torch.equal(target[keep], x[keep]) and torch.equal(target[~keep], y[~keep])
+    off = load_config(None, TINY_TRAIN + ["train.identity_weights=null"])
+    assert Trainer(tiny_run, tmp_path / "off", off, variant="rad-no-id").identity_pairs(3, 8) is None
