@@ -130,7 +130,8 @@ def test_warps_options_prefer_the_warps_stage(tmp_path):
 
 def test_gap_left_is_the_share_of_copy_to_oracle_still_to_go():
     from evaluation.baselines import COPY, ORACLE
-    from evaluation.runner import _gap_left, _Result
+    from evaluation.registry import Result as _Result
+    from evaluation.tables import gap_left as _gap_left
 
     def row(name, v):
         r = _Result(type("N", (), {"name": name})())

@@ -48,7 +48,7 @@ def test_reader_option(tmp_path):
     pytest.importorskip("train.reader", reason="train/reader.py is not in this checkout")
     from tests.evaluation.evalfixtures import save_tiny_reader
 
-    from evaluation.runner import EvalOptions, load_reader_option
+    from evaluation.options import EvalOptions, load_reader_option
     from pipeline.config import ConfigError
 
     assert load_reader_option(EvalOptions(reader="none"), tmp_path) == (None, "disabled (evaluate.reader=none)")

@@ -84,7 +84,7 @@ def test_expression_names_name_the_labels_the_inputs_carry():
 
 def test_unique_names_are_safe_folder_names():
     from evaluation.networks import Networks
-    from evaluation.runner import unique_names
+    from evaluation.options import unique_names
 
     nets = [Networks(name="", variant=v, G=None, D=None, n_params=30)
             for v in ("rad", "rad", "../x y", "", "rad", "models", "copy-input", "reader")]

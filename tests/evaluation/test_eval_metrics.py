@@ -90,7 +90,7 @@ def test_identity_embedder_selection(tmp_path):
     """auto picks train-identity weights next to the checkpoint's training folder, else dlib."""
     import torch
 
-    from evaluation.runner import EvalOptions, make_identity_embedder
+    from evaluation.options import EvalOptions, make_identity_embedder
     from model.identity import IdentityEmbedder
 
     run = tmp_path / "run"
