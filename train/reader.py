@@ -51,6 +51,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from model.networks import resize_images
 from model.reader import ReaderConfigError, build_reader
 from pipeline.atomic import atomic_write_with
 from pipeline.config import Config, ConfigError
@@ -230,7 +231,8 @@ class Reader:
 
     @torch.no_grad()
     def predict_tensor(self, x: torch.Tensor, batch: int = 128) -> torch.Tensor:
-        """x float [N,3,H,W] in [-1,1] (any H, W: resized like ``uint8_to_float``) -> [N,E]
+        """x float [N,3,H,W] in [-1,1] (any H, W: ``model.networks.resize_images``, as in
+        ``uint8_to_float``) -> [N,E]
         float32 on ``x``'s device.  Gradients do not flow (the reader is an instrument)."""
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"predict_tensor expects [N,3,H,W], got {list(x.shape)}")
@@ -238,9 +240,7 @@ class Reader:
         outs = []
         for a in range(0, x.shape[0], batch):
             t = x[a:a + batch].to(self.device, torch.float32)
-            if t.shape[-2:] != (S, S):
-                t = F.interpolate(t, size=(S, S), mode="bilinear", align_corners=False,
-                                  antialias=t.shape[-1] > S)
+            t = resize_images(t, S)                   # the one resize (model.networks); t itself at S x S
             outs.append(self.net(t).float())
         out = torch.cat(outs) if outs else torch.zeros((0, self.n_params))
         return out.to(x.device)
