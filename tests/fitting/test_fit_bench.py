@@ -14,7 +14,7 @@ def test_fit_benchmark_keys(tiny_world, tmp_path):
                 "fit_exp_rel_error_detected_photometric_accepted", "fit_photometric_residual_median"):
         assert isinstance(out[key], float) and out[key] > 0, key
     assert out["fit_exp_rel_error"] < 0.5
-    assert out["fit_photometric_faces"] == 4 and 0 <= out["fit_photometric_rejected"] <= 4
+    assert out["fit_photometric_faces"] == 4                   # quick mode: the first 4 detected faces
     # the refinement improves on the landmark-only fit of the same detections
     assert out["fit_exp_rel_error_detected_photometric"] < out["fit_exp_rel_error_detected_same_faces"]
     assert out["fit_photometric_residual_median"] < 0.05
