@@ -11,6 +11,11 @@ and the warps' 30 parameters get zero speech.  The position in the data
 (phase, epoch, batch) is a pure function of the step, the seed and the dataset sizes, so a
 resumed run continues with exactly the batches an uninterrupted run would have seen.
 
+Code: this module holds the config checks, the networks, :meth:`Trainer.train_step`, the
+checkpoint state and the loop; ``train/phases.py`` the held-out split, the phases and their
+batch streams; ``train/validation.py`` the validation records and image grids;
+``train/schedule.py`` the step arithmetic; ``train/runlog.py`` metrics.jsonl and TensorBoard.
+
 Tensor shapes: x [B,3,S,S] in [-1,1]; p, p_trg [B,E]; masks [B,1,S,S]; critic patches
 [B,1,S/2^r,S/2^r].
 """
@@ -26,18 +31,17 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from model import losses as L
 from model.identity import build_identity
 from model.networks import build_networks, model_config_from_train
 from pipeline.config import Config, ConfigError
 from train import checkpoint as ck
-from pipeline.split import holdout_rows
-from train.data import (PairedDataset, ResumableBatchSampler, RowSubset, UnpairedDataset, open_speech_split,
-                        open_stage, params_to_width, uint8_to_float)
+from train.data import uint8_to_float
+from train.phases import TrainerData
 from train.runlog import RunLog
-from train.schedule import Phase, cap_phase_steps, ema_beta, lr_factor, position, ramp
+from train.schedule import ema_beta, lr_factor, position, ramp
+from train.validation import TrainerValidation
 from train.variants import Variant, get_variant
 
 log = logging.getLogger("slidergan.train")
@@ -59,21 +63,8 @@ def _grad_norm(params) -> float:
     return float(torch.stack(sq).sum().sqrt()) if sq else 0.0
 
 
-def image_grid(rows: list[torch.Tensor]) -> torch.Tensor:
-    """Columns (input | mask | colour | output | target) side by side, one row per sample.
 
-    rows: tensors [N,C,S,S] in [-1,1] (masks [N,1,S,S] in [0,1], shown grey) -> [3, N*S, 5*S] in [0,1].
-    """
-    cols = []
-    for t in rows:
-        t = t.detach().float().cpu()
-        t = t.expand(-1, 3, -1, -1) if t.shape[1] == 1 else (t + 1) / 2
-        cols.append(t.clamp(0, 1))
-    grid = torch.cat(cols, dim=3)                   # [N,3,S,5S]
-    return torch.cat(list(grid), dim=1)             # [3,N*S,5S]
-
-
-class Trainer:
+class Trainer(TrainerData, TrainerValidation):
     """Build everything from a run folder and a config, then :meth:`run`.
 
     ``Trainer(data, out, cfg, variant=None, steps=None)``; ``cfg`` is the whole preset
@@ -137,116 +128,6 @@ class Trainer:
         if self.rank == 0:
             self.echo(msg)
 
-    def _holdout(self, fits):
-        """(train rows of fits, groups of held-out rows) under the evaluation's identity split
-        (``evaluate.test_fraction``, global seed; pipeline.split.holdout_rows), or (None, None)
-        when ``train.holdout`` is off or nothing is held out."""
-        if not bool(self.t.get("holdout", True)) or "identity" not in fits.datasets:
-            return None, None
-        frac = float(self.cfg.section("evaluate").get("test_fraction", 0.17)) if "evaluate" in self.cfg else 0.17
-        keys = np.asarray(fits.keys(), object) if "key" in fits.datasets else None
-        test = holdout_rows(fits.read("identity").astype(np.int64), keys, frac, self.split_seed)
-        if not test.any() or test.all():
-            return None, None
-        self._say(f"holding out {int(test.sum())} of {len(test)} photos for evaluation "
-                  f"(evaluate.test_fraction {frac}, split by identity)")
-        groups = fits.read("group").astype(np.int64)[test] if "group" in fits.datasets else None
-        return np.nonzero(~test)[0], groups
-
-    def _val_pairs(self, paired: PairedDataset, held: np.ndarray) -> RowSubset:
-        """The fixed validation pairs: up to ``train.val_pairs`` held-out warps (the warps of the
-        photos evaluation holds out), or training warps when nothing is held out (then the curve
-        measures fitting, not generalisation). Read from a copy of the paired dataset fixed at
-        epoch 0, so validating never changes the sources of the training epoch in progress."""
-        rows = np.nonzero(held)[0] if held.any() else np.arange(len(held))
-        k = min(len(rows), int(self.t["val_pairs"]))
-        fixed = copy.copy(paired)
-        fixed.seed = self.split_seed      # the sources too: every training seed validates on the same pairs
-        fixed.set_epoch(0)
-        self._say(f"validation: {k} {'held-out' if held.any() else 'training'} warp pairs "
-                  f"every {self.t['eval_every']} steps")
-        return RowSubset(fixed, np.sort(rows[np.random.default_rng([self.split_seed, 17]).permutation(len(rows))[:k]]))
-
-    def build_data(self) -> None:
-        t, S = self.t, int(self.t["image_size"])
-        self.val_set, self._val_batches = None, None
-        if int(t["val_pairs"]) < 0 or int(t["eval_every"]) < 0:
-            raise ConfigError("train.val_pairs and train.eval_every must be >= 0")
-        fits = open_stage(self.data, "fits", required=True)
-        fit_p = params_to_width(fits.read("p_exp"), self.E, str(fits.dir), bool(t["speech"]))
-        self.fits = fits
-        train_rows, held_groups = self._holdout(fits)
-        phases: list[Phase] = []
-        bs = int(t["batch_size"])
-        mix = int(t["paired_mix"])
-        self.paired_set = None             # the training warps (phase 1, and the batches mixed into later phases)
-        if self.variant.paired and (t["epochs_paired"] > 0 or mix > 0):
-            warps = open_stage(self.data, "warps", required=False)
-            if warps is None:
-                self._say(f"note: {self.data / 'warps'} has no shard stage; skipping the paired phase")
-            else:
-                warp_p = params_to_width(warps.read("p_exp"), self.E, str(warps.dir), bool(t["speech"]))
-                ds = full = PairedDataset(fits, fit_p, warps, warp_p, S, seed=self.seed)
-                if ds.n_lonely:
-                    self._say(f"note: {ds.n_lonely} warps have no other image of their face; "
-                              "they are paired with themselves")
-                held = np.zeros(len(warps), bool)
-                if held_groups is not None:   # warps of held-out photos share their group
-                    held = np.isin(warps.read("group").astype(np.int64), held_groups)
-                    ds = RowSubset(full, np.nonzero(~held)[0])
-                self.paired_set = ds
-                if t["epochs_paired"] > 0:
-                    phases.append(Phase("paired", int(t["epochs_paired"]), ds, 0))
-                if int(t["eval_every"]) > 0:
-                    self.val_set = self._val_pairs(full, held)
-        speech_stage = t.get("speech_data") if t["speech"] else None
-        if speech_stage:
-            self._speech_phase(phases, str(speech_stage), S)
-        elif t["epochs_unpaired"] > 0:
-            real = UnpairedDataset(fits, fit_p, S)
-            phases.append(Phase("unpaired", int(t["epochs_unpaired"]),
-                                real if train_rows is None else RowSubset(real, train_rows), 0))
-        if not phases:
-            raise ConfigError("nothing to train: train.epochs_paired and train.epochs_unpaired are 0")
-        if mix > 0 and self.paired_set is not None:
-            for p in phases:
-                if p.name != "paired":
-                    p.mix = mix
-        smallest = min(len(p.dataset) for p in phases)
-        if smallest < bs * self.world:
-            self._say(f"note: batch size {bs} lowered to {max(1, smallest // self.world)} "
-                      f"(only {smallest} samples)")
-            bs = max(1, smallest // self.world)
-        self.batch_size = bs
-        for p in phases:
-            p.batches_per_epoch = ResumableBatchSampler.count(len(p.dataset), bs, self.world)
-        if self.paired_set is not None and len(self.paired_set) < bs * self.world:
-            raise ConfigError(f"train.paired_mix: {len(self.paired_set)} training warps, fewer than one batch")
-        self.phases = phases
-        total = sum(p.steps for p in phases)
-        if total <= 0:
-            raise ConfigError("nothing to train: 0 steps (fewer samples than one batch?)")
-        for p, n in zip(phases, cap_phase_steps([p.steps for p in phases], self.max_steps)):
-            p.run_steps = n
-        self.total_steps = sum(p.run_steps for p in phases)
-
-    def _speech_phase(self, phases: list, stage: str, S: int) -> None:
-        """Phase 2 of ``train.speech``: the ``split == "train"`` frames of the fit-lrw stage
-        ``RUN/<train.speech_data>`` with their 40-vectors, unpaired (random targets: shuffled
-        other frames' 40-vectors + noise, :meth:`sample_targets`), for ``train.epochs_speech``
-        epochs (null: ``epochs_unpaired``). Phase 1 (warps) pads its 30 parameters with zero speech."""
-        t = self.t
-        epochs = int(t["epochs_unpaired"] if t.get("epochs_speech") is None else t["epochs_speech"])
-        if epochs < 0:
-            raise ConfigError(f"train.epochs_speech must be >= 0, got {epochs}")
-        if epochs == 0:
-            return
-        lrw, rows, p = open_speech_split(self.data, stage, "train", self.E)
-        n_vid = len(np.unique(lrw.read("group").astype(np.int64)[rows])) if "group" in lrw.datasets else 0
-        self._say(f"speech phase: {len(rows)} training frames of {n_vid} videos in {lrw.dir} "
-                  f"({int(p.shape[1])} parameters: {self.E - 10} expression + 10 speech)")
-        phases.append(Phase("speech", epochs, RowSubset(UnpairedDataset(lrw, p, S), rows), 0))
-
     def build_model(self) -> None:
         t = self.t
         self.model_config = model_config_from_train(t, self.E)
@@ -306,47 +187,6 @@ class Trainer:
         if int(self.t["g_ramp_steps"]) <= 0 and delay == 0:
             return 1.0
         return ramp(step, int(self.t["d_warmup_steps"]) + delay, int(self.t["g_ramp_steps"]))
-
-    @torch.no_grad()
-    def validate(self) -> dict:
-        """Fixed validation pairs (:meth:`_val_pairs`, read once) -> ``val_l1`` (G(src, p_trg) vs the target
-        warp, mean |.| in [-1,1] units like ``g_gen``), ``val_l1_copy`` (the unedited source),
-        ``val_l1_wrong`` (G given another pair's target), ``val_d_exp`` (D's regression MSE on the
-        target warps), ``val_d_r2_k`` (its R^2 on components 0-2), ``val_mask``. Empty without pairs."""
-        if self.val_set is None or len(self.val_set) < 2:
-            return {}
-        if self._val_batches is None:
-            items = [self.val_set[j] for j in range(len(self.val_set))]
-            src, trg = (torch.stack([c[k] for c in items]) for k in ("image", "target"))
-            p_all = torch.stack([c["p_trg"] for c in items])
-            wrong_all = torch.roll(p_all, len(items) // 2, 0)     # the target of the pair half the set away
-            bs = max(2, self.batch_size)
-            self._val_batches = [(src[i:i + bs], trg[i:i + bs], p_all[i:i + bs], wrong_all[i:i + bs])
-                                 for i in range(0, len(items), bs)]
-        sums = {"val_l1": 0.0, "val_l1_copy": 0.0, "val_l1_wrong": 0.0, "val_mask": 0.0}
-        preds, trues = [], []
-        for src, trg, p_trg, wrong in self._val_batches:
-            x, y = self.images(src), self.images(trg)
-            p_trg, wrong = p_trg.to(self.device), wrong.to(self.device)
-            with self._autocast():
-                out, _, mask = self.G_eval(x, p_trg)
-                out_w = self.G_eval(x, wrong)[0]
-                r = self.D(y)[1]
-            n = len(x)
-            sums["val_l1"] += float((out.float() - y).abs().mean()) * n
-            sums["val_l1_copy"] += float((x - y).abs().mean()) * n
-            sums["val_l1_wrong"] += float((out_w.float() - y).abs().mean()) * n
-            sums["val_mask"] += float(mask.float().mean()) * n
-            preds.append(r.float().cpu())
-            trues.append(p_trg.float().cpu())
-        out = {k: v / len(self.val_set) for k, v in sums.items()}
-        P, T = torch.cat(preds), torch.cat(trues)
-        out["val_d_exp"] = float(((P - T) ** 2).mean())
-        sst = ((T - T.mean(0, keepdim=True)) ** 2).sum(0).clamp_min(1e-12)
-        r2 = 1.0 - ((P - T) ** 2).sum(0) / sst
-        for k in range(min(3, r2.numel())):
-            out[f"val_d_r2_{k}"] = float(r2[k])
-        return out
 
     # -- one step -------------------------------------------------------------------------
     def images(self, u8: torch.Tensor) -> torch.Tensor:
@@ -542,22 +382,6 @@ class Trainer:
         self.gen.set_state(ckpt["rng"]["target"])
         return int(ckpt["step"])
 
-    # -- logging --------------------------------------------------------------------------
-    def _log_images(self, step: int, batch: dict, paired: bool) -> None:
-        if self.runlog.writer(step) is None:
-            return
-        n = min(4, batch["image"].shape[0])
-        x = self.images(batch["image"][:n])
-        p_trg = batch["p_trg"][:n].to(self.device) if paired else self.sample_targets_eval(batch["p"][:n])
-        with torch.no_grad():
-            out, colour, mask = self.G_eval(x, p_trg.to(self.device))
-        trg = self.images(batch["target"][:n]) if paired else torch.full_like(x, -1.0)   # black: no target
-        self.runlog.image(step, "grid/input|mask|colour|output|target", image_grid([x, mask, colour, out, trg]))
-
-    def sample_targets_eval(self, p: torch.Tensor) -> torch.Tensor:
-        """Targets for the image grid without touching the training RNG: the batch rolled by one."""
-        return torch.roll(p, 1, dims=0).to(self.device)
-
     # -- main loop ------------------------------------------------------------------------
     def run(self) -> dict:
         from pipeline.lock import StageLock
@@ -647,38 +471,6 @@ class Trainer:
         if flag.item() > 0 and self._stop is None:
             self._stop = "another rank"
         return flag.item() > 0
-
-    def _stream(self, ph: int, dataset, epoch: int, start: int):
-        """Batches of ``dataset`` in the seeded order of phase index ``ph``, from batch ``start``
-        of epoch ``epoch`` on, epoch after epoch (the caller stops)."""
-        workers = int(self.t["workers"])
-        bpe = ResumableBatchSampler.count(len(dataset), self.batch_size, self.world)
-        epoch, b = epoch + start // bpe, start % bpe
-        while True:
-            if hasattr(dataset, "set_epoch"):
-                dataset.set_epoch(epoch)
-            sampler = ResumableBatchSampler(len(dataset), self.batch_size, self.seed * 10 + ph, epoch, b,
-                                            self.rank, self.world)
-            yield from DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
-                                  pin_memory=self.device.type == "cuda", persistent_workers=False,
-                                  prefetch_factor=4 if workers > 0 else None)
-            epoch, b = epoch + 1, 0
-
-    def _phase_batches(self, ph: int, s: int):
-        """(batch, paired) for the steps of phase ``ph`` from its step ``s`` on: the phase's own
-        batches, with one paired warp batch after every ``mix`` of them when ``train.paired_mix``
-        is set (the paired stream continues phase 1's epochs; a pure function of the step)."""
-        phase = self.phases[ph]
-        own0, mixed0, _ = phase.split(s)
-        own = self._stream(ph, phase.dataset, 0, own0)
-        if not phase.mix:
-            for batch in own:
-                yield batch, phase.name == "paired"
-            return
-        paired = self._stream(0, self.paired_set, int(self.t["epochs_paired"]), mixed0)
-        while True:
-            yield (next(paired), True) if phase.split(s)[2] else (next(own), False)
-            s += 1
 
     def _loop(self, step, t0, done, acc, every_ck, every_log, every_img, delay, last_saved):
         t = self.t
