@@ -177,19 +177,17 @@ class PhotometricRefiner(PhotometricEnergy):
         """Visibility, IRLS weights, render offset, light and texture at state ``st`` (updates
         ``st.light``/``st.p_tex``/``st.nvis``) -> the step's constant arguments of
         :meth:`_residual`, or None when fewer than 50 samples are visible."""
-        from render import visible_vertices
-
         opt, t, x = self.opt, self._t, st.x
         H, W = img_np.shape[:2]
         R, cam_now = st.camera()
         cam_now = cam_now.cpu().numpy()
         Vfull = self.model.instance(x[6:6 + self.k].cpu().numpy(), x[6 + self.k:].cpu().numpy())
-        vis_full = visible_vertices(Vfull, self.model.trilist, cam_now, (H, W))
+        raster = self._raster(Vfull, cam_now, (H, W))                      # one z-buffer: visibility + render
         uv, n, _ = self._geometry(x, st.R0, st.s0, st.t0)
         lm_idx = self._jaw(x, R, ctx["contour"])
         obs = bilinear(img, uv).cpu().numpy()
         Y = sh_basis_torch(n).cpu().numpy()
-        vis = (vis_full[self.samples] & (n[:, 2].cpu().numpy() > opt.min_normal_z)).astype(np.float64)
+        vis = (self._visible_samples(raster) & (n[:, 2].cpu().numpy() > opt.min_normal_z)).astype(np.float64)
         st.nvis = int(vis.sum())
         if st.nvis < 50:
             return None
@@ -197,7 +195,7 @@ class PhotometricRefiner(PhotometricEnergy):
         if opt.render_correction:
             if st.light is None:
                 st.light, st.p_tex = self._solve_appearance(obs, Y, vis, st.p_tex)
-            offset = self._render_offset(Vfull, cam_now, st.p_tex, st.light, img_np, blur, uv, Y)
+            offset = self._render_offset(Vfull, cam_now, st.p_tex, st.light, img_np, blur, uv, Y, raster)
         st.light, st.p_tex = self._solve_appearance(obs - offset, Y, vis, st.p_tex)
         if opt.robust > 0:                                                     # IRLS weights (Cauchy)
             res = np.abs(obs - offset - (self._tex_mean + self._tex_basis @ st.p_tex) * (Y @ st.light)).max(1)

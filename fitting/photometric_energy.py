@@ -33,6 +33,8 @@ from their incident triangles, so the model term matches the renderer at those v
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from fitting.fit import CHIN, JAW, _contour_candidates, interocular, skew
@@ -144,6 +146,7 @@ class PhotometricEnergy:
         inc_local = np.full((len(S), counts.max()), len(tris), np.int64)
         inc_local[s_pos, slot] = np.searchsorted(tris, t_inc)
         self.samples = S
+        self._trilist = np.ascontiguousarray(T)                                # int64 [T,3], for the z-buffer pass
         self.k, self.e = model.n_id, model.n_exp
         rows = (used[:, None] * 3 + np.arange(3)[None]).reshape(-1)
         B = np.concatenate([model.U_id[rows] * np.sqrt(model.ev_id), model.U_exp[rows] * np.sqrt(model.ev_exp)], 1)
@@ -167,8 +170,21 @@ class PhotometricEnergy:
         self._trip_next = t(np.searchsorted(used, nxt), torch.long)
         self._trip_prev = t(np.searchsorted(used, prv), torch.long)
         self._pair_s = t(keys // model.n_vertices, torch.long)
-        pair_B = self._basis[t(np.searchsorted(used, keys % model.n_vertices), torch.long)]       # [Np,3,P]
-        self._pair_B = [pair_B[:, k].contiguous() for k in range(3)]          # x, y, z rows [Np,P]
+        # dn_s = sum_v B_v x W_sv as one sparse [3S, 3U] x dense [3U, P] product: row 3s + c,
+        # column 3v + c', six entries per pair (the cross product's), a fixed pattern in CSR
+        # order; only the values (components of W) change from step to step.
+        pair_s, pair_v = keys // model.n_vertices, np.searchsorted(used, keys % model.n_vertices)
+        c_row, c_col = np.array([0, 0, 1, 1, 2, 2]), np.array([1, 2, 2, 0, 0, 1])
+        rows = (3 * pair_s[:, None] + c_row).reshape(-1)
+        cols = (3 * pair_v[:, None] + c_col).reshape(-1)
+        order = np.lexsort((cols, rows))
+        self._csr_crow = t(np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=3 * len(S)))]), torch.long)
+        self._csr_col = t(cols[order], torch.long)
+        self._csr_order = t(order, torch.long)
+        self._csr_comp = t(np.array([2, 1, 0, 2, 1, 0]), torch.long)          # W component of each entry
+        self._csr_sign = t(np.array([1.0, -1.0, 1.0, -1.0, 1.0, -1.0]))
+        self._basis_flat = self._basis.reshape(-1, self._basis.shape[-1])     # [3U, P] (a view)
+        self._v_cache = None                                                   # (p, V) of the last plain evaluation
         self._lm_local = t(np.searchsorted(used, lm), torch.long)
         self._cand_local = t(np.searchsorted(used, cand), torch.long)          # [17, C]
         self._side = t(np.where(np.arange(17) < CHIN, -1.0, 1.0))             # outward direction in x
@@ -188,7 +204,7 @@ class PhotometricEnergy:
 
         R = R0 @ torch.linalg.matrix_exp(skew(x[:3]))
         s = s0 * torch.exp(x[3])
-        V = self._mean + torch.einsum("vkp,p->vk", self._basis, x[6:])
+        V = self._vertices(x[6:])
         Xc = V @ R.T
         uv = torch.stack([s * Xc[:, 0] + t0[0] + x[4], -s * Xc[:, 1] + t0[1] + x[5]], -1)
         a, b, c = Xc[self._tri[:, 0]], Xc[self._tri[:, 1]], Xc[self._tri[:, 2]]
@@ -196,6 +212,22 @@ class PhotometricEnergy:
         n = fn[self._inc].sum(1)                                              # [S,3]
         n = n / n.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         return uv[self._s_local], n, uv[self._lm_local if lm_idx is None else lm_idx]
+
+    def _vertices(self, p):
+        """The used vertices ``[U,3]`` of the shape ``p``.  Plain tensors (no autograd, no
+        ``torch.func`` transform) are cached by value: a step evaluates the same ``p`` in its
+        appearance, residual and Jacobian (the camera is re-based, ``p`` is not), and the
+        accepted trial's ``p`` is the next step's; the cached tensor is the same computation's
+        result, so nothing changes but the time."""
+        import torch
+
+        plain = not p.requires_grad and not torch._C._functorch.is_functorch_wrapped_tensor(p)
+        if plain and self._v_cache is not None and torch.equal(self._v_cache[0], p):
+            return self._v_cache[1]
+        V = self._mean + torch.einsum("vkp,p->vk", self._basis, p)
+        if plain:
+            self._v_cache = (p.clone(), V)
+        return V
 
     def _jaw(self, x, R, contour):
         """Landmark vertex ids for ``contour``: :meth:`_contour_landmarks` when dynamic, None
@@ -233,7 +265,7 @@ class PhotometricEnergy:
         P = x.shape[0] - 6
         p = x[6:]
         R, s = R0, s0
-        V = self._mean + torch.einsum("vkp,p->vk", self._basis, p)             # [U,3]
+        V = self._vertices(p)                                                   # [U,3]
         F = torch.tensor([1.0, -1.0], dtype=x.dtype, device=x.device)
         sR2 = s * R[:2] * F[:, None]                                            # [2,3] (v flipped)
 
@@ -256,9 +288,12 @@ class PhotometricEnergy:
         nr = fn[self._inc].sum(1)                                               # [S,3]
         W = torch.zeros(len(self._pair_s), 3, dtype=x.dtype, device=x.device).index_add_(
             0, self._trip_pair, V[self._trip_next] - V[self._trip_prev])       # [Np,3]
-        (bx, by, bz), (wx, wy, wz) = self._pair_B, W.T[:, :, None]
-        cross = torch.stack([by * wz - bz * wy, bz * wx - bx * wz, bx * wy - by * wx], 1)   # B_v x W_sv
-        dnr = torch.zeros(len(nr), 3, P, dtype=x.dtype, device=x.device).index_add_(0, self._pair_s, cross)
+        vals = (W[:, self._csr_comp] * self._csr_sign).reshape(-1)[self._csr_order]
+        with warnings.catch_warnings():                                         # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore", UserWarning)
+            M = torch.sparse_csr_tensor(self._csr_crow, self._csr_col, vals, (3 * len(nr), self._basis_flat.shape[0]),
+                                        check_invariants=False)
+        dnr = (M @ self._basis_flat).reshape(len(nr), 3, P)                    # sum_v B_v x W_sv [S,3,P]
         norm = nr.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         nm = nr / norm
         dnm = (dnr - nm[..., None] * torch.einsum("sk,skp->sp", nm, dnr)[:, None]) / norm[..., None]
@@ -316,19 +351,68 @@ class PhotometricEnergy:
             p_tex = np.linalg.solve(D.T @ D + lam * np.eye(kt), D.T @ rhs)
         return L, p_tex
 
-    def _render_offset(self, V, cam, p_tex, light, img_np, blur, uv, Y):
+    def _raster(self, V, cam, size) -> dict:
+        """One z-buffer pass of the whole mesh ``V [N,3]`` under ``cam`` at ``size = (H, W)``,
+        shared by the step's visibility (:meth:`_visible_samples`) and its render
+        (:meth:`_render_offset`): the same calls, in the same order, as
+        ``render.visible_vertices`` and ``render.render`` (fast backend) make, so their
+        results are unchanged; the mesh is rasterised once per step instead of twice."""
+        from render.core import _float_array, camera_transform
+        from render.raster import rasterize
+
+        V = _float_array(V)
+        cam = np.asarray(cam, np.float64)
+        Xc, uv, w = camera_transform(V, cam)
+        tri, bary, depth = rasterize(uv, Xc[:, 2], w, self._trilist, (int(size[0]), int(size[1])))
+        return dict(V=V, cam=cam, Xc=Xc, uv=uv, w=w, tri=tri, bary=bary, depth=depth)
+
+    def _visible_samples(self, raster, tolerance: float = 0.01) -> np.ndarray:
+        """``render.visible_vertices(V, trilist, cam, size, tolerance)[self.samples]`` from a
+        :meth:`_raster` pass: the same test (depth against the min of the covered 3x3
+        neighbourhood, tolerance relative to the whole mesh's depth extent), evaluated at
+        the sample vertices only."""
+        Xc, uv, depth = raster["Xc"], raster["uv"][self.samples], raster["depth"]
+        H, W = depth.shape
+        j = np.floor(uv[:, 0]).astype(np.int64)
+        i = np.floor(uv[:, 1]).astype(np.int64)
+        inside = (j >= 0) & (j < W) & (i >= 0) & (i < H) & np.isfinite(uv).all(1)
+        vis = np.zeros(len(uv), bool)
+        zall = Xc[:, 2]
+        z = zall[self.samples]
+        eps = tolerance * max(float(zall.max() - zall.min()), 1e-12)
+        ii, jj = i[inside], j[inside]
+        zb = depth.astype(np.float64)
+        zpad = np.pad(np.where(np.isfinite(zb), zb, np.inf), 1, constant_values=np.inf)
+        neigh = np.min(np.stack([zpad[ii + di, jj + dj] for di in range(3) for dj in range(3)]), axis=0)
+        vis[inside] = z[inside] >= np.minimum(zb[ii, jj], neigh) - eps
+        return vis
+
+    def _render_image(self, raster, albedo, light, background) -> np.ndarray:
+        """``render.render(V, trilist, albedo, cam, background=background, light=light).image``
+        from a :meth:`_raster` pass (the fast backend's shading and compositing)."""
+        from render.core import _background, _composite_kernel
+        from render.lighting import check_light, shade, vertex_normals
+
+        _, bg = _background(background)
+        shaded = shade(albedo, vertex_normals(raster["Xc"], self._trilist), check_light(light))
+        img = np.array(bg, dtype=np.float32, copy=True)
+        _composite_kernel(raster["tri"], raster["bary"], self._trilist, np.ascontiguousarray(shaded, dtype=np.float32), img)
+        return img
+
+    def _render_offset(self, V, cam, p_tex, light, img_np, blur, uv, Y, raster=None):
         """What the renderer adds to the per-vertex model colour at the sample vertices:
         ``render(state)`` (rasterised, clipped, over the photo as background, blurred like
         the photo) sampled at ``uv [S,2]`` minus ``albedo * shading`` ``[S,3]``.  Held fixed
         through one LM step and recomputed at the next, so that the model term sees the
-        same discretisation as a rendered photo."""
+        same discretisation as a rendered photo.  ``raster``: the step's :meth:`_raster`
+        pass of ``V`` under ``cam`` (made here when None)."""
         import torch
         from scipy.ndimage import gaussian_filter
 
-        from render import render
-
         albedo = self.model.texture(p_tex).astype(np.float64)
-        img = render(V, self.model.trilist, albedo, cam, background=img_np, light=light).image.astype(np.float64)
+        if raster is None:
+            raster = self._raster(V, cam, img_np.shape[:2])
+        img = self._render_image(raster, albedo, light, img_np).astype(np.float64)
         if blur > 0:
             img = np.stack([gaussian_filter(img[..., c], blur) for c in range(3)], -1)
         sampled = bilinear(torch.as_tensor(img), uv.cpu().to(torch.float64)).numpy()

@@ -207,3 +207,28 @@ def test_residual_is_the_median_colour_error_of_the_fit(model):
     good = ref.refine(img, truth["lm"], truth["p_id"], truth["p_exp"], truth["camera"])[3]["residual"]
     bad = ref.refine(img2, truth["lm"], truth["p_id"], truth["p_exp"], truth["camera"])[3]["residual"]
     assert good < 2.0 / 255 and bad > 5 * good, (good, bad)
+
+
+def test_shared_z_buffer_pass_equals_visible_vertices_and_render(model):
+    """The step's one z-buffer pass (``_raster``) gives exactly ``render.visible_vertices`` at
+    the sample vertices and exactly ``render.render``'s image, for a turned face (occluded
+    samples) over a photo background; the vertex cache returns the same tensor values."""
+    from render import visible_vertices
+
+    truth, img = _face(model, seed=3)
+    cam = make_camera(0.05, 0.6, 0.02, 80, 84, 52.8, 0.0)              # strongly turned: self-occlusion
+    V = model.instance(truth["p_id"], truth["p_exp"])
+    ref = PhotometricRefiner(model, PhotometricOptions(n_samples=600))
+    raster = ref._raster(V, cam, (160, 160))
+    want = visible_vertices(V, model.trilist, cam, (160, 160))[ref.samples]
+    assert 0 < want.sum() < len(want)
+    np.testing.assert_array_equal(ref._visible_samples(raster), want)
+    alb = model.texture(np.zeros(model.U_tex.shape[1])).astype(np.float64)
+    photo = img / 255.0
+    full = render.render(V, model.trilist, alb, cam, background=photo, light=truth["light"]).image
+    np.testing.assert_array_equal(ref._render_image(raster, alb, truth["light"], photo), full)
+    p = torch.as_tensor(np.concatenate([truth["p_id"], truth["p_exp"]]))
+    V1 = ref._vertices(p)
+    assert ref._vertices(p.clone()) is V1                                # cached by value
+    V2 = ref._vertices(p + 1e-3)
+    np.testing.assert_array_equal(V2.numpy(), (ref._mean + torch.einsum("vkp,p->vk", ref._basis, p + 1e-3)).numpy())
