@@ -152,7 +152,7 @@ def refit_floor(ctx: MetricContext) -> dict | None:
 
 
 # ----------------------------------------------------------------------------- Table 2
-@register_metric(keys=["expr_recognition_acc"], title="Table 2: discrete expressions")
+@register_metric(fails=["expr_recognition_acc"], title="Table 2: discrete expressions")
 def expr_presets(ctx: MetricContext) -> dict:
     """The seven presets: the mean of D over labelled photos of each class."""
     from evaluation import protocols as P

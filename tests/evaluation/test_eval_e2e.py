@@ -196,6 +196,11 @@ def test_missing_stages_give_nulls_with_reasons(eval_run, checkpoints, tmp_path,
     # no model.h5: vertex twins and the oracle are null with the reason; no reader file: reader metrics too
     for k in ("d_rel_error_trg_vertex", "reader_vertex_error_trg"):
         assert res[k] is None and "3DMM" in res["reasons"][k], res["reasons"]
+    # Table 2 of the oracle: the real cause (no 3DMM to render with, or no photos), not a stale
+    # "no usable rows" left by the presets step
+    oracle = data["baselines"]["oracle-3d"]
+    cause = "3DMM" if keep == ("fits",) else "fits"
+    assert oracle["expr_recognition_acc"] is None and cause in oracle["reasons"]["expr_recognition_acc"], oracle["reasons"]
     assert res["reader_rel_error_trg"] is None
     why = res["reasons"]["reader_rel_error_trg"]
     assert why == "no reader: run slidergan train-reader" if HAVE_READER else why.startswith("no reader: train.reader")
