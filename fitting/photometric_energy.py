@@ -222,8 +222,9 @@ class PhotometricEnergy:
         import torch
 
         plain = not p.requires_grad and not torch._C._functorch.is_functorch_wrapped_tensor(p)
-        if plain and self._v_cache is not None and torch.equal(self._v_cache[0], p):
-            return self._v_cache[1]
+        hit = self._v_cache                                                    # one read: safe across threads
+        if plain and hit is not None and torch.equal(hit[0], p):
+            return hit[1]
         V = self._mean + torch.einsum("vkp,p->vk", self._basis, p)
         if plain:
             self._v_cache = (p.clone(), V)
