@@ -26,7 +26,7 @@ def test_fit_scale_keys_match_the_shards(tiny_world, tmp_path):
     b = json.loads((out / "bench.json").read_text())
     with h5py.File(tiny_world / "emotionet" / "truth.h5", "r") as f:
         all_keys = sorted(k.decode() for k in f["key"][()])
-    steady = {}
+    steady, wall = {}, {}
     for n in SIZES:
         for w in WORKERS:
             k = lambda name: b[f"fit_scale_{n}_{w}w_{name}"]  # noqa: E731
@@ -40,7 +40,11 @@ def test_fit_scale_keys_match_the_shards(tiny_world, tmp_path):
             # the fitted photos are the world's first n, every one a row or a reject
             assert sorted(rows + rejects) == all_keys[:n]
             assert k("faces") == n and k("rows") == len(rows) == n - len(rejects) and k("rejects") == len(rejects)
-            assert k("chunks") == len(shards) and k("worker_processes") == w
+            assert k("chunks") == len(shards)
+            # the worker processes sampled: the command itself, or (at least) the w Dask workers
+            assert k("worker_processes") == 1 if w == 1 else k("worker_processes") >= w
+            assert k("chunk_size") == json.loads((stage / "_stage.json").read_text())["chunk_size"]
+            assert k("stage_pickle_kb") > 0
             assert k("shard_mb") == pytest.approx(sum(s.stat().st_size for s in shards) / 2**20)
             # throughput = faces / the measured seconds; the stage's seconds lie inside the command's
             assert 0 < k("seconds") <= k("command_seconds")
@@ -58,16 +62,25 @@ def test_fit_scale_keys_match_the_shards(tiny_world, tmp_path):
             meta = json.loads((stage / "_stage.json").read_text())
             done = sorted(((stage / s["file"]).stat().st_mtime_ns, s["n"] + s["n_rejects"]) for s in meta["shards"])
             if len(done) > w:
-                rate = sum(m for _, m in done[w:]) / ((done[-1][0] - done[w - 1][0]) / 1e9)
-                assert k("steady_faces_per_s") == pytest.approx(rate, rel=1e-9)
-                assert k("steady_faces_per_s_per_worker") == pytest.approx(rate / w, rel=1e-9)
+                faces, secs = sum(m for _, m in done[w:]), (done[-1][0] - done[w - 1][0]) / 1e9
+                # (the bench subtracts unix times as floats: ~1e-7 s apart from the integer ns here)
+                assert k("steady_faces") == faces and k("steady_seconds") == pytest.approx(secs, abs=1e-5)
+                assert k("steady_faces_per_s") == pytest.approx(faces / secs, rel=1e-4)
+                assert k("steady_faces_per_s_per_worker") == pytest.approx(faces / secs / w, rel=1e-4)
+                # the workers' CPU in the window: part of what they spent in the whole run
+                assert 0 < k("steady_worker_cpu_seconds") <= k("worker_cpu_seconds") + 0.05
+                assert k("steady_faces_per_worker_cpu_s") == pytest.approx(faces / k("steady_worker_cpu_seconds"))
+                assert (k("steady_driver_cpu_seconds") is not None) == (w > 1)
             else:
-                assert k("steady_faces_per_s") is None
-            steady[n, w] = k("steady_faces_per_s_per_worker")
+                assert k("steady_faces_per_s") is None and k("steady_faces_per_worker_cpu_s") is None
+            steady[n, w] = k("steady_faces_per_worker_cpu_s")
+            wall[n, w] = k("steady_faces_per_s_per_worker")
     small, large = SIZES
     assert b["fit_scale_small_faces"] == small and b["fit_scale_large_faces"] == large
     assert b["fit_scale_throughput_ratio_4k_vs_1k"] == pytest.approx(
         min(steady[large, w] / steady[small, w] for w in WORKERS), rel=1e-12)
+    assert b["fit_scale_throughput_ratio_4k_vs_1k_wall"] == pytest.approx(
+        min(wall[large, w] / wall[small, w] for w in WORKERS), rel=1e-12)
     per = lambda n, w, name: b[f"fit_scale_{n}_{w}w_{name}"]  # noqa: E731
     assert b["fit_scale_throughput_ratio_4k_vs_1k_end_to_end"] == pytest.approx(
         min(per(large, w, "faces_per_s_per_worker") / per(small, w, "faces_per_s_per_worker") for w in WORKERS))
@@ -76,6 +89,9 @@ def test_fit_scale_keys_match_the_shards(tiny_world, tmp_path):
     assert b["fit_scale_peak_rss_mb_per_worker"] == max(per(n, w, "peak_rss_mb_per_worker")
                                                         for n in SIZES for w in WORKERS)
     assert b["fit_scale_2_worker_efficiency"] == pytest.approx(steady[large, 2] / steady[large, 1])
+    assert b["fit_scale_2_worker_efficiency_wall"] == pytest.approx(wall[large, 2] / wall[large, 1])
+    assert b["fit_scale_driver_cpu_s_per_face"] == pytest.approx(
+        per(large, 2, "steady_driver_cpu_seconds") / per(large, 2, "steady_faces"))
     # the 250k extrapolation: the realistic per-core cost (no fit area ran: the documented figure)
     # plus the measured machinery per face, over N cores
     assert b["fit_scale_realistic_faces_per_s"] == fit_scale.DOCUMENTED_REALISTIC
@@ -85,6 +101,14 @@ def test_fit_scale_keys_match_the_shards(tiny_world, tmp_path):
         assert b[f"fit_scale_250k_hours_{c}_cores"] == pytest.approx(
             250_000 * (1 / fit_scale.DOCUMENTED_REALISTIC + mach) / c / 3600)
         assert b[f"fit_scale_250k_hours_{c}_cores_landmark_path"] == pytest.approx(250_000 * mach / c / 3600)
+    assert b["fit_scale_driver_rss_ratio_4k_vs_1k"] == pytest.approx(
+        per(large, 2, "peak_rss_mb_driver") / per(small, 2, "peak_rss_mb_driver"))
+    # the stage's pickle grows with the photos it lists; 250k photos in chunks of the large run's size
+    per_1k = (per(large, 1, "stage_pickle_kb") - per(small, 1, "stage_pickle_kb")) / (large - small) * 1000
+    assert per_1k > 0 and b["fit_scale_stage_pickle_kb_per_1k_faces"] == pytest.approx(per_1k)
+    assert b["fit_scale_250k_chunks"] == -(-250_000 // per(large, 2, "chunk_size"))
+    assert b["fit_scale_250k_task_payload_gb"] == pytest.approx(
+        b["fit_scale_250k_stage_pickle_mb"] * b["fit_scale_250k_chunks"] / 1024)
     assert b["fit_scale_shard_bytes_per_face"] == pytest.approx(
         per(large, 2, "shard_mb") * 2**20 / per(large, 2, "rows"))
     assert np.isfinite(b["fit_scale_250k_shard_gb"]) and b["fit_scale_250k_shard_gb"] > 0

@@ -26,10 +26,17 @@ Per run (``<n>`` photos, ``<w>`` workers; every key is prefixed ``fit_scale_<n>_
 - ``command_seconds`` the whole command (interpreter start and imports too)
 - ``cluster_start_s`` plan line to the ``dashboard:`` line (w > 1: the LocalCluster's start)
 - ``faces_per_s`` = faces / seconds; ``faces_per_s_per_worker`` = that / w
-- ``steady_faces_per_s`` (``_per_worker``) from the shards' completion times (their mtimes):
-                      the inputs of the chunks that finished after the first w chunks, over the
-                      time from the w-th to the last completion (no cluster start, no worker
-                      warm-up; None with fewer than w + 1 chunks)
+- ``steady_faces`` / ``steady_seconds`` from the shards' completion times (their mtimes): the
+                      inputs of the chunks that finished after the first w chunks, and the time
+                      from the w-th to the last completion (no cluster start, no imports, no
+                      worker warm-up; None with fewer than w + 1 chunks);
+                      ``steady_faces_per_s`` (``_per_worker``) their ratio (wall clock)
+- ``steady_worker_cpu_seconds``  CPU time the worker processes spent in that window (their
+                      sampled CPU times, interpolated at its two ends);
+                      ``steady_faces_per_worker_cpu_s`` = steady_faces / that: faces per second
+                      of one worker on a core of its own, whatever else the machine runs;
+                      ``steady_driver_cpu_seconds`` (w > 1) the command's process (scheduler and
+                      client) in the window
 - ``cpu_seconds``     CPU time (user + system) of the command's whole process tree (the kernel's
                       ``wait4`` rusage, every reaped descendant included);
                       ``faces_per_cpu_s`` = faces / that
@@ -42,26 +49,42 @@ Per run (``<n>`` photos, ``<w>`` workers; every key is prefixed ``fit_scale_<n>_
                       command's process (scheduler + client) with w > 1;
                       ``peak_rss_mb_tree`` the kernel's ``ru_maxrss`` of the tree (largest
                       single process, sampled or not: an upper bound of the sampled peaks)
-- ``worker_processes`` worker processes seen; ``chunks`` shards written; ``shard_mb`` their size
+- ``worker_processes`` worker processes seen; ``chunks`` shards written, ``chunk_size`` the
+                      runner's (``_stage.json``); ``shard_mb`` their size
 - ``load_avg``        the machine's 1-minute load average when the run started
+- ``stage_pickle_kb`` the pickled stage the runner sends with every chunk (it holds the paths
+                      and metadata of all ``n`` photos)
 
 Headline (``small`` / ``large``: the smallest and the largest size; 1000 and 4000 by default):
 
 - ``fit_scale_throughput_ratio_4k_vs_1k``  min over worker counts of the steady per-worker
-                      throughput at ``large`` over that at ``small`` (goal: >= 0.9, i.e. flat
-                      within 10%); ``..._end_to_end`` the same with ``faces_per_s`` (fixed
-                      costs favour the large size), ``..._cpu`` with ``faces_per_worker_cpu_s``
+                      throughput (``steady_faces_per_worker_cpu_s``) at ``large`` over that at
+                      ``small`` (goal: >= 0.9, i.e. flat within 10%); ``..._wall`` the same with
+                      the wall clock (``steady_faces_per_s_per_worker``: on a shared machine it
+                      measures the machine's other load too), ``..._end_to_end`` with
+                      ``faces_per_s_per_worker`` (fixed costs favour the large size)
 - ``fit_scale_peak_rss_ratio_4k_vs_1k``  max over worker counts of the per-worker peak RSS at
                       ``large`` over ``small`` (memory bounded: ~1); ``fit_scale_peak_rss_mb_per_worker``
                       the largest per-worker peak of every run
-- ``fit_scale_2_worker_efficiency``  steady per-worker throughput with the most workers over
-                      that with 1, at ``large`` (``..._cpu``: faces per CPU second of the tree)
+- ``fit_scale_2_worker_efficiency``  ``steady_faces_per_worker_cpu_s`` with the most workers over
+                      that with the fewest, at ``large`` (``..._wall``: the wall-clock twin)
+- ``fit_scale_driver_rss_ratio_4k_vs_1k``  the same for the command's process with w > 1 (the
+                      scheduler and client: what the tasks it holds cost)
+- ``fit_scale_stage_pickle_kb_per_1k_faces``, ``fit_scale_250k_stage_pickle_mb``,
+                      ``fit_scale_250k_chunks``, ``fit_scale_250k_task_payload_gb``  the stage's
+                      pickle, linear in the photos, extrapolated to 250k photos, and that times
+                      the chunks of 250k photos (at the large run's chunk size): what the runner
+                      would serialise and hold for the tasks
+- ``fit_scale_driver_cpu_s_per_face``, ``fit_scale_250k_driver_cpu_hours``  the scheduler's and
+                      client's CPU per face (most workers, ``large``): one process whatever the
+                      worker count, so the serial part of the stage
 - ``fit_scale_realistic_faces_per_s``  per-core cost of the realistic path: the ``fit`` area's
                       ``fit_realistic_faces_per_s`` from ``B/bench.json`` when present, else
                       :data:`DOCUMENTED_REALISTIC` (docs/fitting.md); ``fit_scale_realistic_source``
-- ``fit_scale_machinery_s_per_face``  steady seconds per face per worker of the landmark path at
-                      ``large`` and the most workers (read, fit, crop, shard writing, scheduling:
-                      an upper bound of what the stage adds to a realistic fit)
+- ``fit_scale_machinery_s_per_face``  1 / ``steady_faces_per_worker_cpu_s`` of the landmark path
+                      at ``large`` and the most workers: a worker's CPU seconds per face (read,
+                      fit, crop, shard writing, task handling: an upper bound of what the stage
+                      adds to a realistic fit, which does the read, fit and crop itself)
 - ``fit_scale_250k_hours_<N>_cores`` = 250000 * (1 / realistic + machinery) / N / 3600 for N in
                       :data:`CORES` (one worker per core, linear scaling); ``..._landmark_path``
                       = 250000 * machinery / N / 3600 (the cheap path itself)
@@ -143,17 +166,18 @@ def _status_kb(pid: int, field: str) -> int | None:
 
 
 def _role(cmdline: list[str], is_root: bool) -> str:
+    """driver (the command's process), other (multiprocessing's resource tracker / forkserver)
+    or worker (any other descendant: the Dask worker processes; the command starts no others)."""
     if is_root:
         return "driver"
     text = " ".join(cmdline)
-    if "resource_tracker" in text or "forkserver" in text:
-        return "other"
-    return "worker" if "spawn_main" in text else "other"
+    return "other" if "resource_tracker" in text or "forkserver" in text else "worker"
 
 
 class TreeSampler(threading.Thread):
     """Samples, every ``interval`` s, the peak RSS (``VmHWM``) and CPU time of process ``pid``
-    and of all its descendants (psutil).  ``procs[pid]`` = {role, hwm_kb, cpu_s}."""
+    and of all its descendants (psutil).  ``procs[pid]`` = {role, hwm_kb, cpu_s, series: [(unix
+    time, cpu_s)]}."""
 
     def __init__(self, pid: int, interval: float = SAMPLE_S):
         super().__init__(name="fit-scale-rss", daemon=True)
@@ -171,16 +195,21 @@ class TreeSampler(threading.Thread):
             return
         for p in tree:
             try:
-                cmd = p.cmdline()
+                now = time.time()
                 t = p.cpu_times()
             except psutil.Error:
                 continue
+            try:
+                cmd = p.cmdline()
+            except psutil.Error:
+                cmd = []
             hwm = _status_kb(p.pid, "VmHWM")
-            d = self.procs.setdefault(p.pid, {"role": "other", "hwm_kb": 0, "cpu_s": 0.0})
+            d = self.procs.setdefault(p.pid, {"role": "other", "hwm_kb": 0, "cpu_s": 0.0, "series": []})
             d["role"] = _role(cmd, p.pid == self.pid)
             if hwm is not None:
                 d["hwm_kb"] = max(d["hwm_kb"], hwm)
             d["cpu_s"] = max(d["cpu_s"], float(t.user + t.system))
+            d["series"].append((now, d["cpu_s"]))
 
     def run(self) -> None:
         while not self._stop_evt.is_set():
@@ -193,16 +222,23 @@ class TreeSampler(threading.Thread):
 
 
 def _steady(out: Path, workers: int):
-    """(inputs, seconds) after the first ``workers`` chunk completions, from the shards'
-    mtimes and their ``n_inputs`` in ``_stage.json`` (rows + rejects per shard); None when
-    there are too few chunks."""
+    """(inputs, t0, t1): the inputs of the chunks that completed after the first ``workers``
+    ones, the unix times of the ``workers``-th and of the last completion (the shards' mtimes;
+    inputs = rows + rejects per shard of ``_stage.json``); None when there are too few chunks."""
     meta = json.loads((out / "_stage.json").read_text())
     done = sorted((os.stat(out / s["file"]).st_mtime_ns, s["n"] + s["n_rejects"]) for s in meta["shards"])
     if len(done) <= workers:
         return None
-    t0 = done[workers - 1][0]
-    n = sum(k for _, k in done[workers:])
-    return n, (done[-1][0] - t0) / 1e9
+    return sum(k for _, k in done[workers:]), done[workers - 1][0] / 1e9, done[-1][0] / 1e9
+
+
+def _cpu_at(series, t: float) -> float:
+    """CPU seconds of a sampled process at unix time ``t`` (linear between samples, clamped)."""
+    if not series:
+        return 0.0
+    ts = np.array([a for a, _ in series])
+    cs = np.array([b for _, b in series])
+    return float(np.interp(t, ts, cs))
 
 
 def measure(world: Path, n: int, workers: int, out: Path, list_path: Path, chunk_size: int | None = None) -> dict:
@@ -253,7 +289,7 @@ def measure(world: Path, n: int, workers: int, out: Path, list_path: Path, chunk
     meta = json.loads((out / "_stage.json").read_text())
     counts = meta["counts"]
     seconds = stamps["summary"] - stamps["plan"]
-    root = sampler.procs.get(proc.pid, {"hwm_kb": 0, "cpu_s": 0.0})
+    root = sampler.procs.get(proc.pid, {"hwm_kb": 0, "cpu_s": 0.0, "series": []})
     workers_seen = [d for d in sampler.procs.values() if d["role"] == "worker"]
     if int(workers) <= 1:
         workers_seen = [root]
@@ -271,17 +307,40 @@ def measure(world: Path, n: int, workers: int, out: Path, list_path: Path, chunk
         "peak_rss_mb_driver": float(root["hwm_kb"] / 1024.0),
         "peak_rss_mb_tree": float(ru.ru_maxrss / 1024.0),
         "worker_processes": float(len(workers_seen)),
-        "chunks": float(len(meta["shards"])),
+        "chunks": float(len(meta["shards"])), "chunk_size": float(meta["chunk_size"]),
         "shard_mb": float(sum((out / s["file"]).stat().st_size for s in meta["shards"]) / 2**20),
         "load_avg": float(load),
     }
     st = _steady(out, int(workers))
-    if st is not None and st[1] > 0:
-        r["steady_faces_per_s"] = float(st[0] / st[1])
-        r["steady_faces_per_s_per_worker"] = float(st[0] / st[1] / int(workers))
-    else:
-        r["steady_faces_per_s"] = r["steady_faces_per_s_per_worker"] = None
+    for k in ("steady_faces", "steady_seconds", "steady_faces_per_s", "steady_faces_per_s_per_worker",
+              "steady_worker_cpu_seconds", "steady_faces_per_worker_cpu_s", "steady_driver_cpu_seconds"):
+        r[k] = None
+    if st is not None and st[2] > st[1]:
+        n_st, t0, t1 = st
+        wc = sum(_cpu_at(d["series"], t1) - _cpu_at(d["series"], t0) for d in workers_seen)
+        r.update(steady_faces=float(n_st), steady_seconds=float(t1 - t0),
+                 steady_faces_per_s=float(n_st / (t1 - t0)),
+                 steady_faces_per_s_per_worker=float(n_st / (t1 - t0) / int(workers)),
+                 steady_worker_cpu_seconds=float(wc),
+                 steady_faces_per_worker_cpu_s=float(n_st / wc) if wc > 0 else None)
+        if int(workers) > 1:
+            r["steady_driver_cpu_seconds"] = float(_cpu_at(root.get("series", []), t1)
+                                                   - _cpu_at(root.get("series", []), t0))
     return r
+
+
+def stage_pickle_bytes(world: Path, list_path: Path) -> int:
+    """Bytes of the fit stage the runner sends with every chunk (``cloudpickle.dumps(stage)``,
+    as ``pipeline.runner`` measures it for its warning), for the photos of ``list_path``."""
+    import cloudpickle
+
+    from pipeline.config import load_config
+    from workflows.stages.fit import build_stage
+
+    emo = world / "emotionet"
+    cfg = load_config(None, list(STAGE_SETS)).section("fit")
+    stage = build_stage(str(list_path), str(world / "model.h5"), cfg, root=str(emo), metadata=str(emo / "truth.h5"))
+    return len(cloudpickle.dumps(stage))
 
 
 def _ratio(a, b):
@@ -311,20 +370,39 @@ def summarise(runs: dict, sizes, workers, realistic: float, source: str) -> dict
         vals = [_ratio(runs[(large, w)][key], runs[(small, w)][key]) for w in workers]
         return None if any(v is None for v in vals) else float(pick(vals))
 
-    out["fit_scale_throughput_ratio_4k_vs_1k"] = worst("steady_faces_per_s_per_worker", min)
+    out["fit_scale_throughput_ratio_4k_vs_1k"] = worst("steady_faces_per_worker_cpu_s", min)
+    out["fit_scale_throughput_ratio_4k_vs_1k_wall"] = worst("steady_faces_per_s_per_worker", min)
     out["fit_scale_throughput_ratio_4k_vs_1k_end_to_end"] = worst("faces_per_s_per_worker", min)
-    out["fit_scale_throughput_ratio_4k_vs_1k_cpu"] = worst("faces_per_worker_cpu_s", min)
     out["fit_scale_peak_rss_ratio_4k_vs_1k"] = worst("peak_rss_mb_per_worker", max)
+    multi = [w for w in workers if w > 1]
+    out["fit_scale_driver_rss_ratio_4k_vs_1k"] = (float(max(
+        _ratio(runs[(large, w)]["peak_rss_mb_driver"], runs[(small, w)]["peak_rss_mb_driver"]) for w in multi))
+        if multi else None)
     peaks = [r["peak_rss_mb_per_worker"] for r in runs.values() if r["peak_rss_mb_per_worker"] is not None]
     out["fit_scale_peak_rss_mb_per_worker"] = float(max(peaks)) if peaks else None
     wmax, wmin = max(workers), min(workers)
     big, one = runs[(large, wmax)], runs[(large, wmin)]
-    out["fit_scale_2_worker_efficiency"] = _ratio(big["steady_faces_per_s_per_worker"],
-                                                  one["steady_faces_per_s_per_worker"])
-    out["fit_scale_2_worker_efficiency_cpu"] = _ratio(big["faces_per_cpu_s"], one["faces_per_cpu_s"])
-    rate = big["steady_faces_per_s_per_worker"] or big["faces_per_s_per_worker"]
+    if all("stage_pickle_kb" in runs[(n, workers[0])] for n in (small, large)):
+        a, b = runs[(small, workers[0])]["stage_pickle_kb"], runs[(large, workers[0])]["stage_pickle_kb"]
+        per_key = (b - a) / (large - small)                     # linear in the photos: their paths and metadata
+        at = a + per_key * (TARGET - small)
+        out["fit_scale_stage_pickle_kb_per_1k_faces"] = float(per_key * 1000)
+        out["fit_scale_250k_stage_pickle_mb"] = float(at / 1024)
+        chunks = -(-TARGET // int(big["chunk_size"]))
+        out["fit_scale_250k_chunks"] = float(chunks)
+        out["fit_scale_250k_task_payload_gb"] = float(at * chunks / 2**20)
+    out["fit_scale_2_worker_efficiency"] = _ratio(big["steady_faces_per_worker_cpu_s"],
+                                                  one["steady_faces_per_worker_cpu_s"])
+    out["fit_scale_2_worker_efficiency_wall"] = _ratio(big["steady_faces_per_s_per_worker"],
+                                                       one["steady_faces_per_s_per_worker"])
+    rate = big["steady_faces_per_worker_cpu_s"] or big["faces_per_worker_cpu_s"]
     machinery = 1.0 / rate
     out["fit_scale_machinery_s_per_face"] = float(machinery)
+    drv = big["steady_driver_cpu_seconds"]
+    out["fit_scale_driver_cpu_s_per_face"] = (float(drv / big["steady_faces"])
+                                              if drv is not None and big["steady_faces"] else None)
+    if out["fit_scale_driver_cpu_s_per_face"] is not None:
+        out["fit_scale_250k_driver_cpu_hours"] = float(TARGET * out["fit_scale_driver_cpu_s_per_face"] / 3600.0)
     out["fit_scale_realistic_faces_per_s"] = float(realistic)
     out["fit_scale_realistic_source"] = source
     for c in CORES:
@@ -365,5 +443,9 @@ def run(ctx) -> dict:
         for w in workers:
             print(f"bench: fit-scale {n} photos, {w} worker(s) ...", file=sys.stderr, flush=True)
             runs[(n, w)] = measure(world, n, w, tmp / f"fits-{n}-{w}w", tmp / f"photos-{n}.txt", chunk)
+            if w == workers[0]:                                 # not timed; the same for every w
+                pickle_kb = stage_pickle_bytes(world, tmp / f"photos-{n}.txt") / 1024.0
+            runs[(n, w)]["stage_pickle_kb"] = pickle_kb
+            (tmp / f"run-{n}-{w}w.json").write_text(json.dumps(runs[(n, w)], indent=1, sort_keys=True) + "\n")
     realistic, source = _realistic_rate(Path(ctx.out) / "bench.json")
     return summarise(runs, sizes, workers, realistic, source)
