@@ -394,15 +394,19 @@ def _execute(stage: Stage, args: dict[int, tuple], cluster: Any, workers: int | 
             begin()
             start_bar()
             tag = uuid.uuid4().hex[:8]
-            # The stage travels inside every task.  Decision: not as one shared dependency —
-            # Dask then places every chunk on the worker holding it (measured: all chunks on
-            # one of two workers), and scattered data would be lost with its workers.  Keep
-            # stages small (paths and params); a warning names a stage that is not.
-            size = len(cloudpickle.dumps(stage))
+            # The stage travels inside every task, cut to the task's chunk (Stage.for_chunk: a
+            # stage holding every input's path would otherwise make each task, and the
+            # driver's graph, grow with the input count).  Decision: not as one shared
+            # dependency — Dask then places every chunk on the worker holding it (measured: all
+            # chunks on one of two workers), and scattered data would be lost with its workers.
+            # A warning names a stage whose per-task copy is still large.
+            first = next(iter(args.values()))
+            size = len(cloudpickle.dumps(stage.for_chunk(list(first[0]))))
             if size > 1 << 20:
                 log(f"warning: stage {stage.name} pickles to {size / 2**20:.1f} MiB and is sent with "
                     "every chunk; keep large data in files and load it lazily in process_chunk")
-            futures = {client.submit(run_chunk, stage, *a, key=f"{stage.name}-{tag}-chunk-{i:05d}",
+            futures = {client.submit(run_chunk, stage.for_chunk(list(a[0])), *a,
+                                     key=f"{stage.name}-{tag}-chunk-{i:05d}",
                                      pure=False, retries=retries): i for i, a in args.items()}
             for fut in as_completed(futures):
                 i = futures[fut]

@@ -73,6 +73,13 @@ class Stage:
     def process_chunk(self, keys: list[str], chunk: int) -> ChunkResult:
         raise NotImplementedError
 
+    def for_chunk(self, keys: list[str]) -> "Stage":
+        """The stage one task carries to compute the chunk ``keys`` (the runner pickles it into
+        every task). A stage that holds per-input data (paths, metadata) returns a copy cut to
+        ``keys``, so a task's size does not grow with the number of inputs; ``process_chunk``
+        and ``attrs`` of the copy must give what the whole stage gives for these keys."""
+        return self
+
 
 def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

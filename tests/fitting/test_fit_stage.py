@@ -246,3 +246,39 @@ def test_detected_landmarks_on_demo_photos(tiny_world, tmp_path):
     kept, gone, _ = gated("gate-relative", "fit.photometric_residual_mads=1e-6")
     rel = [r for r in gone if "MAD of the chunk" in r["detail"]]
     assert rel and kept >= len(lo) // 3
+
+
+def test_a_task_carries_only_its_chunk_of_the_stage(tmp_path, tiny_model_file):
+    # pipeline.runner sends stage.for_chunk(keys) with every task: its pickle must not grow with
+    # the number of inputs, and it must compute exactly what the whole stage computes for the keys
+    import cloudpickle
+
+    from pipeline.config import schema_section
+    from workflows.stages.fit import build_stage
+
+    model, mfile = tiny_model_file
+    write_bad_inputs(tmp_path / "dl", face_lm=_face_landmarks(model))
+    au = ["1", "0"] + ["999"] * 58
+    listed = ["http://img.example.com/x/plain.jpg\thttp://orig/1\t" + "\t".join(au),
+              "http://img.example.com/y/text.jpg\thttp://orig/2\t" + "\t".join(["0"] * 60)]
+    sizes = {}
+    for n in (10, 2000):
+        rows = listed + [f"http://img.example.com/p/{i:05d}.jpg\thttp://orig/p{i}\t" + "\t".join(["0"] * 60)
+                         for i in range(n)]
+        lst = tmp_path / f"dataFile_{n}.txt"
+        lst.write_text("\n".join(rows) + "\n")
+        stage = build_stage(str(lst), str(mfile), schema_section("fit"), root=str(tmp_path / "dl"))
+        keys = ["plain.jpg", "text.jpg"]
+        view = stage.for_chunk(keys)
+        assert view.inputs.keys == keys and set(view.inputs.paths) == set(keys) and set(view.inputs.au) == set(keys)
+        assert view.params() == stage.params() and view.attrs() == stage.attrs()
+        assert len(stage.input_keys()) == n + 2                   # the stage itself is untouched
+        sizes[n] = (len(cloudpickle.dumps(view)), len(cloudpickle.dumps(stage)))
+        a, b = stage.process_chunk(keys, 0), view.process_chunk(keys, 0)
+        assert [str(k) for k in a.rows["key"]] == ["plain.jpg"] and [r["key"] for r in a.rejects] == ["text.jpg"]
+        assert a.rejects == b.rejects and a.rows.keys() == b.rows.keys()
+        for k in a.rows:
+            x, y = np.asarray(a.rows[k]), np.asarray(b.rows[k])
+            assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), k
+    assert sizes[2000][0] == sizes[10][0]                           # the task: the same size
+    assert sizes[2000][1] > sizes[10][1] + 100_000                  # the whole stage grows

@@ -52,8 +52,8 @@ Per run (``<n>`` photos, ``<w>`` workers; every key is prefixed ``fit_scale_<n>_
 - ``worker_processes`` worker processes seen; ``chunks`` shards written, ``chunk_size`` the
                       runner's (``_stage.json``); ``shard_mb`` their size
 - ``load_avg``        the machine's 1-minute load average when the run started
-- ``stage_pickle_kb`` the pickled stage the runner sends with every chunk (it holds the paths
-                      and metadata of all ``n`` photos)
+- ``stage_pickle_kb`` the pickled stage the runner sends with a chunk (``Stage.for_chunk``: the
+                      stage cut to the chunk's photos; before, it held all ``n`` photos)
 
 Headline (``small`` / ``large``: the smallest and the largest size; 1000 and 4000 by default):
 
@@ -70,11 +70,12 @@ Headline (``small`` / ``large``: the smallest and the largest size; 1000 and 400
                       that with the fewest, at ``large`` (``..._wall``: the wall-clock twin)
 - ``fit_scale_driver_rss_ratio_4k_vs_1k``  the same for the command's process with w > 1 (the
                       scheduler and client: what the tasks it holds cost)
-- ``fit_scale_stage_pickle_kb_per_1k_faces``, ``fit_scale_250k_stage_pickle_mb``,
-                      ``fit_scale_250k_chunks``, ``fit_scale_250k_task_payload_gb``  the stage's
-                      pickle, linear in the photos, extrapolated to 250k photos, and that times
-                      the chunks of 250k photos (at the large run's chunk size): what the runner
-                      would serialise and hold for the tasks
+- ``fit_scale_stage_pickle_ratio_4k_vs_1k``, ``fit_scale_250k_stage_pickle_mb``,
+                      ``fit_scale_250k_chunks``, ``fit_scale_250k_task_payload_gb``  the per-task
+                      stage pickle at ``large`` over ``small`` (1 when a task's size does not grow
+                      with the photos), that size (it does not depend on the input count), and
+                      that times the chunks of 250k photos (at the large run's chunk size): what
+                      the runner serialises and holds for the tasks
 - ``fit_scale_driver_cpu_s_per_face``, ``fit_scale_250k_driver_cpu_hours``  the scheduler's and
                       client's CPU per face (most workers, ``large``): one process whatever the
                       worker count, so the serial part of the stage
@@ -329,9 +330,10 @@ def measure(world: Path, n: int, workers: int, out: Path, list_path: Path, chunk
     return r
 
 
-def stage_pickle_bytes(world: Path, list_path: Path) -> int:
-    """Bytes of the fit stage the runner sends with every chunk (``cloudpickle.dumps(stage)``,
-    as ``pipeline.runner`` measures it for its warning), for the photos of ``list_path``."""
+def stage_pickle_bytes(world: Path, list_path: Path, chunk_size: int = 64) -> int:
+    """Bytes of the fit stage the runner sends with a chunk (``cloudpickle.dumps(stage.for_chunk(keys))``
+    for the first chunk of ``chunk_size`` keys, as ``pipeline.runner`` measures it for its
+    warning), for the photos of ``list_path``."""
     import cloudpickle
 
     from pipeline.config import load_config
@@ -340,7 +342,7 @@ def stage_pickle_bytes(world: Path, list_path: Path) -> int:
     emo = world / "emotionet"
     cfg = load_config(None, list(STAGE_SETS)).section("fit")
     stage = build_stage(str(list_path), str(world / "model.h5"), cfg, root=str(emo), metadata=str(emo / "truth.h5"))
-    return len(cloudpickle.dumps(stage))
+    return len(cloudpickle.dumps(stage.for_chunk(stage.input_keys()[:chunk_size])))
 
 
 def _ratio(a, b):
@@ -384,9 +386,10 @@ def summarise(runs: dict, sizes, workers, realistic: float, source: str) -> dict
     big, one = runs[(large, wmax)], runs[(large, wmin)]
     if all("stage_pickle_kb" in runs[(n, workers[0])] for n in (small, large)):
         a, b = runs[(small, workers[0])]["stage_pickle_kb"], runs[(large, workers[0])]["stage_pickle_kb"]
-        per_key = (b - a) / (large - small)                     # linear in the photos: their paths and metadata
-        at = a + per_key * (TARGET - small)
-        out["fit_scale_stage_pickle_kb_per_1k_faces"] = float(per_key * 1000)
+        # a task carries the stage cut to its chunk (Stage.for_chunk): the same size at any
+        # input count (before, it held every photo and grew ~67 kB per 1000 photos)
+        out["fit_scale_stage_pickle_ratio_4k_vs_1k"] = _ratio(b, a)
+        at = b
         out["fit_scale_250k_stage_pickle_mb"] = float(at / 1024)
         chunks = -(-TARGET // int(big["chunk_size"]))
         out["fit_scale_250k_chunks"] = float(chunks)
@@ -444,7 +447,8 @@ def run(ctx) -> dict:
             print(f"bench: fit-scale {n} photos, {w} worker(s) ...", file=sys.stderr, flush=True)
             runs[(n, w)] = measure(world, n, w, tmp / f"fits-{n}-{w}w", tmp / f"photos-{n}.txt", chunk)
             if w == workers[0]:                                 # not timed; the same for every w
-                pickle_kb = stage_pickle_bytes(world, tmp / f"photos-{n}.txt") / 1024.0
+                pickle_kb = stage_pickle_bytes(world, tmp / f"photos-{n}.txt",
+                                               int(runs[(n, w)]["chunk_size"])) / 1024.0
             runs[(n, w)]["stage_pickle_kb"] = pickle_kb
             (tmp / f"run-{n}-{w}w.json").write_text(json.dumps(runs[(n, w)], indent=1, sort_keys=True) + "\n")
     realistic, source = _realistic_rate(Path(ctx.out) / "bench.json")

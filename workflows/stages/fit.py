@@ -87,6 +87,18 @@ class FitStage(Stage):
     def model_hash(self) -> str | None:
         return self._model_hash
 
+    def for_chunk(self, keys: list[str]) -> "FitStage":
+        """A copy holding only ``keys``' paths, AUs and metadata (what a task carries)."""
+        import copy
+        from dataclasses import replace
+
+        view = copy.copy(self)
+        au = self.inputs.au
+        view.inputs = replace(self.inputs, keys=list(keys), paths={k: self.inputs.paths[k] for k in keys},
+                              au=None if au is None else {k: au[k] for k in keys if k in au})
+        view.metadata = {k: self.metadata[k] for k in keys if k in self.metadata}
+        return view
+
     def attrs(self) -> dict:
         return {"camera_layout": "pitch,yaw,roll,tx,ty,scale,dist", "fitter": str(self.cfg["fitter"]),
                 "metadata_source": self.metadata_source, "image_domain": self.image_domain,
