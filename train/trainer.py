@@ -427,12 +427,11 @@ class Trainer(TrainerData, TrainerValidation):
         step, t0, done = start, time.perf_counter(), 0
         acc: dict[str, tuple[float, int]] = {}
         every_ck, every_log, every_img = (max(1, int(t[k])) for k in ("checkpoint_every", "log_every", "image_every"))
-        delay = float(os.environ.get("SLIDERGAN_TRAIN_STEP_DELAY", "0") or 0)   # test hook (kill -9 tests)
         last_saved = start
         self._stop = None
         restore = self._install_stop_handlers()
         try:
-            step, last_saved = self._loop(step, t0, done, acc, every_ck, every_log, every_img, delay, last_saved)
+            step, last_saved = self._loop(step, t0, done, acc, (every_ck, every_log, every_img), last_saved)
         finally:
             restore()
         if self.rank == 0 and last_saved != step:
@@ -472,8 +471,11 @@ class Trainer(TrainerData, TrainerValidation):
             self._stop = "another rank"
         return flag.item() > 0
 
-    def _loop(self, step, t0, done, acc, every_ck, every_log, every_img, delay, last_saved):
+    def _loop(self, step, t0, done, acc, every, last_saved):
+        """Steps from ``step`` to the end (or a stop signal): train, log, validate, checkpoint.
+        ``every`` = (checkpoint_every, log_every, image_every). Returns (step, last saved step)."""
         t = self.t
+        every_ck, every_log, every_img = every
         while step < self.total_steps:
             ph, epoch, _ = self.position(step)
             phase = self.phases[ph]
@@ -498,8 +500,6 @@ class Trainer(TrainerData, TrainerValidation):
                     if step % every_ck == 0 or step == self.total_steps:
                         ck.save_checkpoint(self.out, self.state(step), keep=int(t["keep_checkpoints"]))
                         last_saved = step
-                if delay:
-                    time.sleep(delay)
                 if self._should_stop():
                     return step, last_saved
                 if step >= phase_end or step >= self.total_steps:

@@ -44,10 +44,13 @@ def test_overfit_one_paired_batch_drives_l_gen_down(tiny_run, tmp_path):
     assert hist[-1] < 0.5 * hist[0], hist
 
 
-def _run_cli(args, env=None, **kw):
+def _run_cli(args, env=None, step_delay=None, **kw):
+    """``slidergan train ARGS`` in a subprocess; ``step_delay`` seconds of sleep after every step
+    (tests/train/slow_train.py) so a test can kill it between two checkpoints."""
     e = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     e.update(env or {})
-    return subprocess.Popen([sys.executable, "-m", "workflows", "train", *map(str, args)], cwd=ROOT, env=e,
+    entry = ["-m", "workflows"] if step_delay is None else ["-m", "tests.train.slow_train", str(step_delay)]
+    return subprocess.Popen([sys.executable, *entry, "train", *map(str, args)], cwd=ROOT, env=e,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
@@ -72,7 +75,7 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_run, tmp_path):
     ref = _run_cli([*args, "--out", tmp_path / "ref"], env=ddp_env)
     # interrupted: slowed down per step, killed with SIGKILL after its step-10 checkpoint
     out = tmp_path / "killed"
-    victim = _run_cli([*args, "--out", out], env={"SLIDERGAN_TRAIN_STEP_DELAY": "0.25"})
+    victim = _run_cli([*args, "--out", out], step_delay=0.25)
     ck10 = out / "checkpoints" / "step-0000010.pt"
     deadline = time.time() + 120
     while not ck10.exists() and victim.poll() is None and time.time() < deadline:
