@@ -372,21 +372,11 @@ class PhotometricEnergy:
         :meth:`_raster` pass: the same test (depth against the min of the covered 3x3
         neighbourhood, tolerance relative to the whole mesh's depth extent), evaluated at
         the sample vertices only."""
-        Xc, uv, depth = raster["Xc"], raster["uv"][self.samples], raster["depth"]
-        H, W = depth.shape
-        j = np.floor(uv[:, 0]).astype(np.int64)
-        i = np.floor(uv[:, 1]).astype(np.int64)
-        inside = (j >= 0) & (j < W) & (i >= 0) & (i < H) & np.isfinite(uv).all(1)
-        vis = np.zeros(len(uv), bool)
-        zall = Xc[:, 2]
-        z = zall[self.samples]
+        from render.core import depth_test
+
+        zall = raster["Xc"][:, 2]
         eps = tolerance * max(float(zall.max() - zall.min()), 1e-12)
-        ii, jj = i[inside], j[inside]
-        zb = depth.astype(np.float64)
-        zpad = np.pad(np.where(np.isfinite(zb), zb, np.inf), 1, constant_values=np.inf)
-        neigh = np.min(np.stack([zpad[ii + di, jj + dj] for di in range(3) for dj in range(3)]), axis=0)
-        vis[inside] = z[inside] >= np.minimum(zb[ii, jj], neigh) - eps
-        return vis
+        return depth_test(raster["uv"][self.samples], zall[self.samples], raster["depth"], eps)
 
     def _render_image(self, raster, albedo, light, background) -> np.ndarray:
         """``render.render(V, trilist, albedo, cam, background=background, light=light).image``

@@ -244,12 +244,18 @@ def visible_vertices(vertices, triangles, camera, size, tolerance: float = 0.01)
     H, W = int(size[0]), int(size[1])
     Xc, uv, w = camera_transform(V, cam)
     _, _, depth = rasterize(uv, Xc[:, 2], w, T, (H, W))
+    z = Xc[:, 2]
+    return depth_test(uv, z, depth, tolerance * max(float(z.max() - z.min()), 1e-12))
+
+
+def depth_test(uv: np.ndarray, z: np.ndarray, depth: np.ndarray, eps: float) -> np.ndarray:
+    """Visible points: ``uv [n,2]`` pixel positions with depths ``z [n]`` against the z-buffer
+    ``depth [H,W]`` (inf where empty), up to ``eps`` -> bool [n] (False outside the image)."""
+    H, W = depth.shape
     j = np.floor(uv[:, 0]).astype(np.int64)
     i = np.floor(uv[:, 1]).astype(np.int64)
     inside = (j >= 0) & (j < W) & (i >= 0) & (i < H) & np.isfinite(uv).all(1)
-    vis = np.zeros(len(V), bool)
-    z = Xc[:, 2]
-    eps = tolerance * max(float(z.max() - z.min()), 1e-12)
+    vis = np.zeros(len(uv), bool)
     ii, jj = i[inside], j[inside]
     # the z-buffer around the vertex: the max over its pixel's 3x3 neighbourhood would hide
     # silhouette vertices; take the min of the covered neighbours instead.
