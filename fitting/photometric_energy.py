@@ -381,14 +381,12 @@ class PhotometricEnergy:
     def _render_image(self, raster, albedo, light, background) -> np.ndarray:
         """``render.render(V, trilist, albedo, cam, background=background, light=light).image``
         from a :meth:`_raster` pass (the fast backend's shading and compositing)."""
-        from render.core import _background, _composite_kernel
+        from render.core import _background, composite
         from render.lighting import check_light, shade, vertex_normals
 
         _, bg = _background(background)
         shaded = shade(albedo, vertex_normals(raster["Xc"], self._trilist), check_light(light))
-        img = np.array(bg, dtype=np.float32, copy=True)
-        _composite_kernel(raster["tri"], raster["bary"], self._trilist, np.ascontiguousarray(shaded, dtype=np.float32), img)
-        return img
+        return composite(raster["tri"], raster["bary"], self._trilist, shaded, bg)
 
     def _render_offset(self, V, cam, p_tex, light, img_np, blur, uv, Y, raster=None):
         """What the renderer adds to the per-vertex model colour at the sample vertices:

@@ -185,9 +185,10 @@ def load_from_checkpoint_state(ckpt: Mapping[str, Any]) -> tuple[Generator, Disc
     """``(G, D, meta)`` from a loaded checkpoint dict (``torch.load(..., weights_only=True)``).
 
     G and D are in eval mode on the CPU; G holds ``G_ema`` (the weight average,
-    ``train.g_ema_halflife``) when the checkpoint has it, else ``G``; ``meta`` holds ``variant``,
-    ``step``, ``phase``, ``model_config``, ``format`` and ``generator_weights`` (which of the two).  Raises :class:`ModelConfigError` on a dict that is not a
-    SliderGAN checkpoint or whose weights do not fit the stored ``model_config``.
+    ``train.g_ema_halflife``) when the checkpoint has it, else ``G``; ``meta`` holds
+    ``variant``, ``step``, ``phase``, ``model_config``, ``format`` and ``generator_weights``
+    (which of the two).  Raises :class:`ModelConfigError` on a dict that is not a SliderGAN
+    checkpoint or whose weights do not fit the stored ``model_config``.
     """
     if not isinstance(ckpt, Mapping) or "model_config" not in ckpt or "G" not in ckpt:
         raise ModelConfigError("not a SliderGAN checkpoint (no model_config/G)")

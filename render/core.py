@@ -178,6 +178,15 @@ def barycentrics_at_pixels(uv: np.ndarray, w: np.ndarray, triangles: np.ndarray,
     return out
 
 
+def composite(tri, bary, triangles, shaded, background) -> np.ndarray:
+    """The fast backend's compositing: the vertex colours ``shaded [N,3]`` interpolated with
+    ``bary [H,W,3]`` over the covered pixels (``tri [H,W]`` >= 0) of a float32 copy of
+    ``background [H,W,3]`` -> image [H,W,3]."""
+    img = np.array(background, dtype=np.float32, copy=True)
+    _composite_kernel(tri, bary, triangles, np.ascontiguousarray(shaded, dtype=np.float32), img)
+    return img
+
+
 def render(vertices, triangles, colours, camera, background=(128, 128), light=None,
            backend: str = "fast", buffers: bool = True) -> RenderResult:
     """Render a per-vertex-coloured mesh.
@@ -210,9 +219,7 @@ def render(vertices, triangles, colours, camera, background=(128, 128), light=No
 
     if backend == "fast":
         tri, bary, depth = rasterize(uv, Xc[:, 2], w, T, size)
-        img = np.array(bg, dtype=np.float32, copy=True)
-        _composite_kernel(tri, bary, T, np.ascontiguousarray(shaded, dtype=np.float32), img)
-        return RenderResult(img, tri >= 0, tri, bary, depth)
+        return RenderResult(composite(tri, bary, T, shaded, bg), tri >= 0, tri, bary, depth)
 
     from render.pyrender_backend import rasterize_pyrender
 
