@@ -100,10 +100,18 @@ def slider_values(step: float = 0.2) -> np.ndarray:
     return np.round(np.linspace(-1.0, 1.0, n), 6)
 
 
+def _rep(p_src, n: int):
+    """A photo's own parameters [E] repeated for ``n`` edits -> [n, E] (None stays None)."""
+    return None if p_src is None else np.repeat(np.asarray(p_src, np.float32)[None], n, 0)
+
+
 def slider_grid(nets: Networks, image, renderer: BlendshapeRenderer | None, names: Sequence[str],
-                n_params: int, step: float = 0.2, offset: int = 0, title: str = "single-parameter sliders"):
+                n_params: int, step: float = 0.2, offset: int = 0, title: str = "single-parameter sliders",
+                p_src=None):
     """Rows: for each parameter k in offset..offset+n_params-1, the 3D render of v*e_k (if a
-    renderer is given) above G(image, v*e_k), for v from -1 to 1."""
+    renderer is given) above G(image, v*e_k), for v from -1 to 1. ``p_src [E]``: the photo's
+    own parameters (its fit), which a generator conditioned on the change needs (here and in
+    every figure below: ``*_src`` are the inputs' parameters, one row per input)."""
     vals = slider_values(step)
     E = nets.n_params
     ks = list(range(offset, min(E, offset + n_params)))
@@ -111,7 +119,7 @@ def slider_grid(nets: Networks, image, renderer: BlendshapeRenderer | None, name
     for k in ks:
         P = np.zeros((len(vals), E), np.float32)
         P[:, k] = vals
-        edits = generate(nets, np.repeat(image[None], len(vals), 0), P)
+        edits = generate(nets, np.repeat(image[None], len(vals), 0), P, _rep(p_src, len(vals)))
         name = names[k] if k < len(names) else f"p{k}"
         if renderer is not None:
             rows.append([renderer(p) for p in P])
@@ -121,7 +129,7 @@ def slider_grid(nets: Networks, image, renderer: BlendshapeRenderer | None, name
     return compose_grid(rows, labels, [f"{v:+.1f}" for v in vals], title=title)
 
 
-def random_edits(nets: Networks, images, renderer, n: int = 6, seed: int = 0):
+def random_edits(nets: Networks, images, renderer, n: int = 6, seed: int = 0, p_src=None):
     """For each input photo a row: input, then G(image, p) for ``n`` random p ~ U[-1,1]^E, with
     the 3D render of each p in the row above."""
     rng = np.random.default_rng(seed)
@@ -131,35 +139,38 @@ def random_edits(nets: Networks, images, renderer, n: int = 6, seed: int = 0):
         rows.append([None] + [renderer(p) for p in P])
         labels.append("3D target")
     for i, im in enumerate(images):
-        rows.append([im] + list(generate(nets, np.repeat(im[None], n, 0), P)))
+        rows.append([im] + list(generate(nets, np.repeat(im[None], n, 0), P,
+                                         None if p_src is None else _rep(p_src[i], n))))
         labels.append(f"photo {i}")
     return compose_grid(rows, labels, ["input"] + [f"p{j}" for j in range(n)], title="random multi-parameter edits")
 
 
-def transfer_grid(nets: Networks, sources, targets):
+def transfer_grid(nets: Networks, sources, targets, p_src=None):
     """Expression transfer: G(source_i, D(target_j)). First row the targets, first column the sources."""
     p = regress(nets, targets)
     rows = [[None] + list(targets)]
-    for s in sources:
-        rows.append([s] + list(generate(nets, np.repeat(s[None], len(targets), 0), p)))
+    for i, s in enumerate(sources):
+        rows.append([s] + list(generate(nets, np.repeat(s[None], len(targets), 0), p,
+                                        None if p_src is None else _rep(p_src[i], len(targets)))))
     return compose_grid(rows, ["targets"] + [f"source {i}" for i in range(len(sources))],
                         ["source"] + [f"D(target {j})" for j in range(len(targets))],
                         title="expression transfer with D's regressed parameters")
 
 
-def interpolation_grid(nets: Networks, pairs, steps: int = 7):
+def interpolation_grid(nets: Networks, pairs, steps: int = 7, p_src=None):
     """Interpolate from D(source) to D(target): G(source, (1-t) D(s) + t D(t)), t in [0, 1]."""
     ts = np.linspace(0, 1, steps)
     rows = []
-    for s, t in pairs:
+    for i, (s, t) in enumerate(pairs):
         ps, pt = regress(nets, np.stack([s, t]))
         P = ((1 - ts)[:, None] * ps[None] + ts[:, None] * pt[None]).astype(np.float32)
-        rows.append([s] + list(generate(nets, np.repeat(s[None], steps, 0), P)) + [t])
+        rows.append([s] + list(generate(nets, np.repeat(s[None], steps, 0), P,
+                                        None if p_src is None else _rep(p_src[i], steps))) + [t])
     return compose_grid(rows, None, ["source"] + [f"t={v:.2f}" for v in ts] + ["target"],
                         title="interpolation between D's regressed parameters")
 
 
-def discrete_expressions(nets: Networks, images, presets, have, names, renderer=None):
+def discrete_expressions(nets: Networks, images, presets, have, names, renderer=None, p_src=None):
     """Each photo translated to the seven discrete-expression presets (3D renders above)."""
     cls = [c for c in range(len(presets)) if have[c]]
     rows, labels = [], []
@@ -167,12 +178,13 @@ def discrete_expressions(nets: Networks, images, presets, have, names, renderer=
         rows.append([None] + [renderer(presets[c]) for c in cls])
         labels.append("3D preset")
     for i, im in enumerate(images):
-        rows.append([im] + list(generate(nets, np.repeat(im[None], len(cls), 0), presets[cls])))
+        rows.append([im] + list(generate(nets, np.repeat(im[None], len(cls), 0), presets[cls],
+                                         None if p_src is None else _rep(p_src[i], len(cls)))))
         labels.append(f"photo {i}")
     return compose_grid(rows, labels, ["input"] + [names[c] for c in cls], title="discrete expressions")
 
 
-def neutralisation(nets: Networks, images):
+def neutralisation(nets: Networks, images, p_src=None):
     """Input above G(image, 0)."""
-    out = generate(nets, images, np.zeros((len(images), nets.n_params), np.float32))
+    out = generate(nets, images, np.zeros((len(images), nets.n_params), np.float32), p_src)
     return compose_grid([list(images), list(out)], ["input", "p = 0"], None, title="neutralisation")

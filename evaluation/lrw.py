@@ -153,6 +153,7 @@ class LrwPairs:
     crops_a: np.ndarray        # uint8 [P, S, S, 3]
     crops_b: np.ndarray        # uint8 [P, S, S, 3] (aligned to crop a)
     p_b: np.ndarray            # float32 [P, E+S]
+    p_a: np.ndarray            # float32 [P, E+S] (the input frames' own, for a generator conditioned on the change)
     fits_a: list | None        # evaluation.baselines.WarpFit per pair, or None (then oracle_reason)
     width: int                 # parameters per frame in the stage
     videos: np.ndarray = field(default_factory=lambda: np.zeros(0, object))   # str [P]
@@ -161,6 +162,7 @@ class LrwPairs:
     fig_input: np.ndarray | None = None     # uint8 [S, S, 3]
     fig_targets: np.ndarray | None = None   # uint8 [T, S, S, 3] (aligned to the input)
     fig_p: np.ndarray | None = None         # float32 [T, E+S]
+    fig_p_input: np.ndarray | None = None   # float32 [E+S] (the input frame's)
     fig_video: str = ""
 
     def __len__(self) -> int:
@@ -219,7 +221,7 @@ def lrw_pairs(model, stage_dir: Path, n_pairs: int, seed: int = 0, size: int | N
         fits.append(WarpFit(fr[lrw.frame[a]], lrw.p_id[a], lrw.p_exp[a], lrw.camera[a],
                             lrw.align[a].astype(np.float32)))
     res = LrwPairs(np.stack([crops[int(a)] for a in pairs[:, 0]]), np.stack(cb), lrw.p_exp[pairs[:, 1]],
-                   fits, int(lrw.p_exp.shape[1]), vids[pairs[:, 0]], int(moved), reason)
+                   lrw.p_exp[pairs[:, 0]], fits, int(lrw.p_exp.shape[1]), vids[pairs[:, 0]], int(moved), reason)
     # Fig. 14: the first held-out video (sorted ids): its first frame edited to its other frames
     first = sorted(set(vids.tolist()))[0]
     idx = np.nonzero(vids == first)[0]
@@ -232,6 +234,7 @@ def lrw_pairs(model, stage_dir: Path, n_pairs: int, seed: int = 0, size: int | N
         res.fig_targets = np.stack([align_target(c[k + 1], target_alignment(model, lrw, src, int(t)))
                                     for k, t in enumerate(tg)])
         res.fig_p = lrw.p_exp[tg]
+        res.fig_p_input = lrw.p_exp[src]
         res.fig_video = first
     return res
 
@@ -265,7 +268,7 @@ def table3_ied(nets: Networks, model, stage_dir: Path, n_pairs: int, seed: int =
     check_width(nets, model, pairs.width if pairs is not None else stage_width(stage_dir))
     if pairs is None:
         pairs = lrw_pairs(model, stage_dir, n_pairs, seed, size)
-    out = generate(nets, pairs.crops_a, pairs.p_b)
+    out = generate(nets, pairs.crops_a, pairs.p_b, pairs.p_a)
     target = pairs.crops_b.astype(np.float64) / 255.0
     return {"lrw_ied": float(np.mean(ied(out, target))),
             "lrw_ied_identity": float(np.mean(ied(pairs.crops_a.astype(np.float64) / 255.0, target))),
@@ -279,7 +282,8 @@ def speech_transfer_figure(nets: Networks, pairs: LrwPairs):
 
     if pairs.fig_input is None:
         raise Unavailable("no held-out LRW video with two frames")
-    out = generate(nets, np.repeat(pairs.fig_input[None], len(pairs.fig_p), 0), pairs.fig_p)
+    out = generate(nets, np.repeat(pairs.fig_input[None], len(pairs.fig_p), 0), pairs.fig_p,
+                   np.repeat(pairs.fig_p_input[None], len(pairs.fig_p), 0))
     rows = [[pairs.fig_input, *pairs.fig_targets], [None, *out]]
     return compose_grid(rows, row_labels=["target frames", "G(input, p_target)"],
                         col_labels=["input"] + [f"target {k + 1}" for k in range(len(pairs.fig_p))],

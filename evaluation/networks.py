@@ -103,8 +103,12 @@ def _net_size(nets: Networks, h: int) -> int:
     return int(nets.model_config.get("image_size", h)) if nets.model_config else h
 
 
-def generate(nets: Networks, images, p, batch_size: int = 16) -> np.ndarray:
+def generate(nets: Networks, images, p, p_src=None, batch_size: int = 16) -> np.ndarray:
     """G(images, p): images uint8/float [B,H,W,3], p [B,E'] -> float32 [B,H,W,3] in [0,1].
+
+    ``p_src [B,E']``: the images' own parameters (their fit, or the exact parameters of a
+    render). A generator conditioned on the change (``model_config["condition"] == "delta"``)
+    needs them and raises ValueError without; the others ignore them.
 
     ``p`` is cut or zero-padded to the checkpoint's width E (a 30-parameter checkpoint
     ignores speech parameters; a 40-parameter one gets zero speech for a 30-vector).
@@ -117,6 +121,9 @@ def generate(nets: Networks, images, p, batch_size: int = 16) -> np.ndarray:
     pp = fit_width(np.asarray(p, np.float32), nets.n_params)
     if len(imgs) != len(pp):
         raise ValueError(f"generate: {len(imgs)} images but {len(pp)} parameter vectors")
+    ps = None if p_src is None else fit_width(np.asarray(p_src, np.float32), nets.n_params)
+    if ps is not None and len(ps) != len(pp):
+        raise ValueError(f"generate: {len(pp)} target but {len(ps)} source parameter vectors")
     if isinstance(nets, PseudoNetwork):
         out = np.asarray(nets.generate(imgs, pp), np.float32)
         if out.shape != imgs.shape[:3] + (3,):
@@ -131,7 +138,8 @@ def generate(nets: Networks, images, p, batch_size: int = 16) -> np.ndarray:
         for s in range(0, len(imgs), batch_size):
             x = to_tensor(imgs[s:s + batch_size], nets.device)
             c = torch.from_numpy(pp[s:s + batch_size]).to(nets.device)
-            y = _generated(apply_generator(nets.G, x, c, _net_size(nets, x.shape[-2])))
+            cs = None if ps is None else torch.from_numpy(ps[s:s + batch_size]).to(nets.device)
+            y = _generated(apply_generator(nets.G, x, c, _net_size(nets, x.shape[-2]), cs))
             outs.append(from_tensor(y))
     if not outs:
         return np.zeros((0,) + imgs.shape[1:3] + (3,), np.float32)

@@ -60,7 +60,7 @@ def table1_ied(nets: Networks, images, p_exp, group, n_pairs: int, seed: int = 0
     if len(pairs) == 0:
         raise Unavailable("no identity+session group has two held-out 4DFAB renders")
     src, trg = pairs[:, 0], pairs[:, 1]
-    out = generate(nets, images[src], p_exp[trg])
+    out = generate(nets, images[src], p_exp[trg], p_exp[src])
     target = images[trg].astype(np.float64) / 255.0
     d = ied(out, target)
     base = ied(images[src].astype(np.float64) / 255.0, target)
@@ -101,7 +101,7 @@ def real_edits(nets: Networks, images, p_fit, seed: int = 0) -> RealEdits:
     if len(images) == 0:
         raise Unavailable("no real test photos")
     p_trg = p_fit[target_permutation(len(images), seed)]
-    outputs = generate(nets, images, p_trg)
+    outputs = generate(nets, images, p_trg, p_fit)
     return RealEdits(images, p_fit, p_trg, outputs, regress(nets, images), regress(nets, outputs))
 
 
@@ -210,8 +210,9 @@ def expression_presets(nets: Networks, images, labels, n_classes: int = 7) -> tu
     return presets, have
 
 
-def expression_recognition(nets: Networks, classifier, test_images, presets, have) -> dict:
-    """Translate every test photo to every available preset and classify the result.
+def expression_recognition(nets: Networks, classifier, test_images, presets, have, p_src=None) -> dict:
+    """Translate every test photo to every available preset and classify the result
+    (``p_src [N,E]``: the photos' fits, for a generator conditioned on the change).
 
     Returns {"expr_recognition_acc", "expr_n", "per_class" {c: acc}}.
     """
@@ -222,6 +223,7 @@ def expression_recognition(nets: Networks, classifier, test_images, presets, hav
     imgs = np.concatenate([test_images] * len(classes))
     p = np.repeat(presets[classes], n, axis=0)
     truth = np.repeat(classes, n)
-    pred = classifier.predict(generate(nets, imgs, p))
+    ps = None if p_src is None else np.concatenate([np.asarray(p_src, np.float32)] * len(classes))
+    pred = classifier.predict(generate(nets, imgs, p, ps))
     per = {int(c): metrics.accuracy(pred[truth == c], truth[truth == c]) for c in classes}
     return {"expr_recognition_acc": metrics.accuracy(pred, truth), "expr_n": int(len(truth)), "per_class": per}

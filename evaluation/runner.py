@@ -159,12 +159,14 @@ def _figures(net, data, opt, out, renderer, names, presets, have, expr_names, te
     made = []
     folder = out / net.name
     folder.mkdir(parents=True, exist_ok=True)
-    photos = None
+    photos = p_src = None                   # the photos edited and their own parameters (fits / exact)
     if data.real is not None and len(data.real.images):
         order = test_idx if len(test_idx) else np.arange(len(data.real.images))
         photos = data.real.images[order[: max(1, opt.figure_photos)]]
+        p_src = data.real.p_exp[order[: max(1, opt.figure_photos)]]
     elif data.fab is not None:
         photos = data.fab.images[: max(1, opt.figure_photos)]
+        p_src = data.fab.p_exp[: max(1, opt.figure_photos)]
     if photos is None:
         res.notes["figures"] = "no photos to edit"
         return made
@@ -182,20 +184,22 @@ def _figures(net, data, opt, out, renderer, names, presets, have, expr_names, te
     E = net.n_params
     n_exp = data.model.n_exp if data.model is not None else E
     add("sliders.png", "Single-parameter sliders (3D blendshape render above each edit)",
-        lambda: F.slider_grid(net, photos[0], renderer, names, min(opt.grid_params, n_exp), opt.grid_step))
+        lambda: F.slider_grid(net, photos[0], renderer, names, min(opt.grid_params, n_exp), opt.grid_step,
+                              p_src=p_src[0]))
     add("random.png", "Random multi-parameter edits with their 3D renders",
-        lambda: F.random_edits(net, photos[: 3], renderer, n=6, seed=opt.seed))
+        lambda: F.random_edits(net, photos[: 3], renderer, n=6, seed=opt.seed, p_src=p_src[: 3]))
     if len(photos) >= 2:
         add("transfer.png", "Expression transfer with D's regressed parameters",
-            lambda: F.transfer_grid(net, photos[: 2], photos))
+            lambda: F.transfer_grid(net, photos[: 2], photos, p_src=p_src[: 2]))
         add("interpolation.png", "Interpolation between D's regressed parameters",
-            lambda: F.interpolation_grid(net, [(photos[0], photos[1]), (photos[1], photos[-1])]))
+            lambda: F.interpolation_grid(net, [(photos[0], photos[1]), (photos[1], photos[-1])],
+                                         p_src=p_src[[0, 1]]))
     if presets is not None:
         add("expressions.png", "The seven discrete expressions (presets: mean of D over labelled photos)",
-            lambda: F.discrete_expressions(net, photos[: 3], presets, have, expr_names, renderer))
-    add("neutral.png", "Neutralisation (p = 0)", lambda: F.neutralisation(net, photos))
+            lambda: F.discrete_expressions(net, photos[: 3], presets, have, expr_names, renderer, p_src[: 3]))
+    add("neutral.png", "Neutralisation (p = 0)", lambda: F.neutralisation(net, photos, p_src))
     if E > n_exp:
         add("speech.png", "Expression + speech: single speech-parameter sliders",
             lambda: F.slider_grid(net, photos[0], renderer, names, E - n_exp, opt.grid_step, offset=n_exp,
-                                  title="speech-parameter sliders"))
+                                  title="speech-parameter sliders", p_src=p_src[0]))
     return made

@@ -172,7 +172,8 @@ def expr_presets(ctx: MetricContext) -> dict:
 def expr_recognition(ctx: MetricContext) -> dict:
     from evaluation import protocols as P
 
-    return P.expression_recognition(ctx.net, ctx.sh.classifier, ctx.sh.test_imgs, ctx.res.presets, ctx.res.have)
+    return P.expression_recognition(ctx.net, ctx.sh.classifier, ctx.sh.test_imgs, ctx.res.presets, ctx.res.have,
+                                    ctx.real.p_exp[ctx.sh.test_idx])
 
 
 # ----------------------------------------------------------------------------- Table 3

@@ -28,6 +28,8 @@ import torch.nn as nn
 
 MODEL_CONFIG_KEYS = ("image_size", "c_dim", "g_conv_dim", "g_repeat", "d_conv_dim", "d_repeat")
 MASK_CONVENTION = "I_gen = M * C + (1 - M) * I_org"
+CONDITIONS = ("target", "delta")
+COLOURS = ("absolute", "residual")
 
 
 class ModelConfigError(ValueError):
@@ -58,15 +60,28 @@ class Generator(nn.Module):
     2 stride-2 4x4 transposed-conv up-samplings -> two 7x7 heads: colour (3 ch, tanh) and
     mask (1 ch, sigmoid).  Instance norm everywhere (affine, no running stats).
 
-    ``forward(x [B,3,H,W], c [B,E]) -> (out [B,3,H,W], colour [B,3,H,W], mask [B,1,H,W])``
-    with ``out = mask * colour + (1 - mask) * x``.  H and W must be multiples of 4.
+    ``forward(x [B,3,H,W], c [B,E], c_src [B,E] | None) -> (out [B,3,H,W], colour [B,3,H,W],
+    mask [B,1,H,W])`` with ``out = mask * colour + (1 - mask) * x``.  H and W must be multiples of 4.
+
+    ``condition`` says what is tiled next to the image: ``"target"`` (the paper's G(I, p_trg):
+    E channels; ``c_src`` is ignored) or ``"delta"`` (2E channels: ``p_trg`` and the change
+    ``p_trg - p_src``, the relative conditioning of STGAN/RelGAN; ``c_src``, the source's own
+    parameters, is then required, so "no change" is an input G sees rather than infers).
     """
 
-    def __init__(self, conv_dim: int = 64, c_dim: int = 30, repeat_num: int = 6, mask_bias_init: float = 0.0):
+    def __init__(self, conv_dim: int = 64, c_dim: int = 30, repeat_num: int = 6, mask_bias_init: float = 0.0,
+                 condition: str = "target", colour: str = "absolute"):
         super().__init__()
+        if condition not in CONDITIONS:
+            raise ModelConfigError(f"generator condition must be one of {CONDITIONS}, got {condition!r}")
+        if colour not in COLOURS:
+            raise ModelConfigError(f"generator colour must be one of {COLOURS}, got {colour!r}")
         self.c_dim = c_dim
+        self.condition = condition
+        self.colour_mode = colour
+        n_cond = c_dim * (2 if condition == "delta" else 1)
         layers = [
-            nn.Conv2d(3 + c_dim, conv_dim, 7, 1, 3, bias=False),
+            nn.Conv2d(3 + n_cond, conv_dim, 7, 1, 3, bias=False),
             nn.InstanceNorm2d(conv_dim, affine=True, track_running_stats=False),
             nn.ReLU(inplace=True),
         ]
@@ -93,14 +108,42 @@ class Generator(nn.Module):
         # so short runs return the photo rather than noise; 0 starts at 0.5 like GANimation.
         nn.init.constant_(self.mask[0].bias, float(mask_bias_init))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor):
+    @property
+    def needs_source(self) -> bool:
+        """True when forward needs the source's parameters (``condition == "delta"``)."""
+        return self.condition == "delta"
+
+    def conditioning(self, c: torch.Tensor, c_src: torch.Tensor | None) -> torch.Tensor:
+        """The per-image conditioning vector [B,E] or [B,2E] (see the class docstring)."""
+        if self.condition == "target":
+            return c
+        if c_src is None:
+            raise ValueError("this generator is conditioned on the change p_trg - p_src (condition 'delta'): "
+                             "pass the source's parameters c_src")
+        if c_src.shape != c.shape:
+            raise ValueError(f"c_src must have the shape of c {list(c.shape)}, got {list(c_src.shape)}")
+        return torch.cat([c, c - c_src.to(c.dtype)], dim=1)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, c_src: torch.Tensor | None = None):
         if c.dim() != 2 or c.shape[1] != self.c_dim or c.shape[0] != x.shape[0]:
             raise ValueError(f"generator expects c of shape [{x.shape[0]},{self.c_dim}], got {list(c.shape)}")
-        tiled = c.to(x.dtype)[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
+        cond = self.conditioning(c, c_src)
+        tiled = cond.to(x.dtype)[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
         h = self.main(torch.cat([x, tiled], dim=1))
-        colour = self.colour(h)
-        mask = self.mask(h)
+        colour, mask = self.heads(h, x)
         return compose(x, colour, mask), colour, mask
+
+    def heads(self, h: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Colour [B,3,H,W] and mask [B,1,H,W] from the trunk's features h [B,C,H,W] and the
+        input x [B,3,H,W] (read by the residual colour head only)."""
+        if self.colour_mode == "residual":      # C = tanh(atanh(x) + z): the input's own colour where z = 0
+            colour = torch.tanh(torch.atanh(x.clamp(-RESIDUAL_CLIP, RESIDUAL_CLIP)) + self.colour[0](h))
+        else:
+            colour = self.colour(h)
+        return colour, self.mask(h)
+
+
+RESIDUAL_CLIP = 0.999       # |x| bound before atanh in the residual colour head (atanh(0.999) = 3.8)
 
 
 def compose(x: torch.Tensor, colour: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -142,7 +185,10 @@ class Discriminator(nn.Module):
 
 
 def model_config_from_train(train: Mapping[str, Any], c_dim: int) -> dict:
-    """The checkpoint's ``model_config`` dict from the ``train:`` config section."""
+    """The checkpoint's ``model_config`` dict from the ``train:`` config section (``condition``
+    only when it is not the paper's ``"target"``, so older checkpoints keep their dict)."""
+    cond = str(train.get("condition", "target"))
+    colour = str(train.get("colour", "absolute"))
     return {
         "image_size": int(train["image_size"]),
         "c_dim": int(c_dim),
@@ -151,6 +197,8 @@ def model_config_from_train(train: Mapping[str, Any], c_dim: int) -> dict:
         "d_conv_dim": int(train["d_conv_dim"]),
         "d_repeat": int(train["d_repeat"]),
         "mask_convention": MASK_CONVENTION,
+        **({"condition": cond} if cond != "target" else {}),
+        **({"colour": colour} if colour != "absolute" else {}),
     }
 
 
@@ -169,6 +217,10 @@ def validate_model_config(cfg: Mapping[str, Any]) -> dict:
         raise ModelConfigError(
             f"image_size {size} is not divisible by 2^d_repeat = {2 ** cfg['d_repeat']}; "
             f"lower train.d_repeat to at most {int(math.log2(size & -size))}")
+    if out.get("condition", "target") not in CONDITIONS:
+        raise ModelConfigError(f"model_config['condition'] must be one of {CONDITIONS}, got {out['condition']!r}")
+    if out.get("colour", "absolute") not in COLOURS:
+        raise ModelConfigError(f"model_config['colour'] must be one of {COLOURS}, got {out['colour']!r}")
     return out
 
 
@@ -176,7 +228,8 @@ def build_networks(model_config: Mapping[str, Any], mask_bias_init: float = 0.0)
     """Build ``(G, D)`` (randomly initialised) from a checkpoint's ``model_config`` dict;
     ``mask_bias_init`` sets the initial attention-mask level (training only)."""
     cfg = validate_model_config(model_config)
-    G = Generator(cfg["g_conv_dim"], cfg["c_dim"], cfg["g_repeat"], mask_bias_init)
+    G = Generator(cfg["g_conv_dim"], cfg["c_dim"], cfg["g_repeat"], mask_bias_init, cfg.get("condition", "target"),
+                  cfg.get("colour", "absolute"))
     D = Discriminator(cfg["image_size"], cfg["d_conv_dim"], cfg["c_dim"], cfg["d_repeat"])
     return G, D
 
@@ -242,9 +295,11 @@ def to_network_input(images: torch.Tensor, size=None) -> torch.Tensor:
     return t if size is None else resize_images(t, size)
 
 
-def apply_generator(G: Generator, x: torch.Tensor, p: torch.Tensor, image_size: int) -> tuple:
+def apply_generator(G: Generator, x: torch.Tensor, p: torch.Tensor, image_size: int,
+                    p_src: torch.Tensor | None = None) -> tuple:
     """Run G on images of any size: resize ``x [B,3,H,W]`` (in [-1,1]) to the network's
-    ``image_size`` (:func:`resize_images`), edit with ``p [B,E]``, resize G's colour and mask
+    ``image_size`` (:func:`resize_images`), edit with ``p [B,E]`` (and the source's ``p_src
+    [B,E]``, which a ``"delta"`` generator needs), resize G's colour and mask
     back to H x W (same function) and compose them with the full-size input.
 
     Returns ``(out [B,3,H,W], colour [B,3,H,W], mask [B,1,H,W])``.  Where the mask is 0
@@ -253,8 +308,8 @@ def apply_generator(G: Generator, x: torch.Tensor, p: torch.Tensor, image_size: 
     H == W == image_size nothing is resized and this is ``G(x, p)``."""
     H, W = x.shape[-2:]
     if (H, W) == (image_size, image_size):
-        return G(x, p)
-    _, colour, mask = G(resize_images(x, image_size), p)
+        return G(x, p, p_src)
+    _, colour, mask = G(resize_images(x, image_size), p, p_src)
     colour = resize_images(colour, (H, W))
     mask = resize_images(mask, (H, W)).clamp(0, 1)
     return compose(x, colour, mask), colour, mask

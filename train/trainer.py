@@ -93,6 +93,10 @@ class Trainer(TrainerData, TrainerValidation):
             raise ConfigError(f"train.paired_identity_fraction must be in [0, 1), got {t['paired_identity_fraction']}")
         if not 0.0 <= t["lr_decay_fraction"] <= 1.0:
             raise ConfigError(f"train.lr_decay_fraction must be in [0, 1], got {t['lr_decay_fraction']}")
+        if t["condition"] not in ("target", "delta"):
+            raise ConfigError(f"train.condition must be target|delta, got {t['condition']!r}")
+        if t["colour"] not in ("absolute", "residual"):
+            raise ConfigError(f"train.colour must be absolute|residual, got {t['colour']!r}")
         if t["target"] not in ("shuffle", "uniform", "normal"):
             raise ConfigError(f"train.target must be shuffle|uniform|normal, got {t['target']!r}")
         self.rank, self.world = _dist_info()
@@ -262,7 +266,7 @@ class Trainer(TrainerData, TrainerValidation):
         # update (G's parameters do not change in between, so this equals two forwards)
         g_turn = (step + 1) % int(self.t["n_critic"]) == 0 and step >= int(self.t["d_warmup_steps"])
         with torch.set_grad_enabled(g_turn), self._autocast():
-            fake_g, _, mask = self.G(x, p_trg)
+            fake_g, _, mask = self.G(x, p_trg, p)
         fake = fake_g.detach()
 
         # critic
@@ -297,7 +301,7 @@ class Trainer(TrainerData, TrainerValidation):
                     real_s = self.D(x)[0] if kind == "rad" else None
                 g_adv = L.adv_g_loss(real_s, fake_s, kind)
                 g_exp = L.exp_loss(fake_r, p_trg)
-                rec, _, mask_rec = self.G(fake, p)
+                rec, _, mask_rec = self.G(fake, p, p_trg)
                 g_rec = L.l1_loss(rec, x)
                 g_gen = L.l1_loss(fake, x_trg) if (paired and lam["gen"] > 0) else torch.zeros((), device=dev)
                 if self.Fnet is not None:

@@ -38,18 +38,19 @@ class TrainerValidation:
             items = [self.val_set[j] for j in range(len(self.val_set))]
             src, trg = (torch.stack([c[k] for c in items]) for k in ("image", "target"))
             p_all = torch.stack([c["p_trg"] for c in items])
+            p_src_all = torch.stack([c["p"] for c in items])
             wrong_all = torch.roll(p_all, len(items) // 2, 0)     # the target of the pair half the set away
             bs = max(2, self.batch_size)
-            self._val_batches = [(src[i:i + bs], trg[i:i + bs], p_all[i:i + bs], wrong_all[i:i + bs])
-                                 for i in range(0, len(items), bs)]
+            self._val_batches = [(src[i:i + bs], trg[i:i + bs], p_all[i:i + bs], wrong_all[i:i + bs],
+                                  p_src_all[i:i + bs]) for i in range(0, len(items), bs)]
         sums = {"val_l1": 0.0, "val_l1_copy": 0.0, "val_l1_wrong": 0.0, "val_mask": 0.0}
         preds, trues = [], []
-        for src, trg, p_trg, wrong in self._val_batches:
+        for src, trg, p_trg, wrong, p_src in self._val_batches:
             x, y = self.images(src), self.images(trg)
-            p_trg, wrong = p_trg.to(self.device), wrong.to(self.device)
+            p_trg, wrong, p_src = p_trg.to(self.device), wrong.to(self.device), p_src.to(self.device)
             with self._autocast():
-                out, _, mask = self.G_eval(x, p_trg)
-                out_w = self.G_eval(x, wrong)[0]
+                out, _, mask = self.G_eval(x, p_trg, p_src)
+                out_w = self.G_eval(x, wrong, p_src)[0]
                 r = self.D(y)[1]
             n = len(x)
             sums["val_l1"] += float((out.float() - y).abs().mean()) * n
@@ -74,7 +75,7 @@ class TrainerValidation:
         x = self.images(batch["image"][:n])
         p_trg = batch["p_trg"][:n].to(self.device) if paired else self.sample_targets_eval(batch["p"][:n])
         with torch.no_grad():
-            out, colour, mask = self.G_eval(x, p_trg.to(self.device))
+            out, colour, mask = self.G_eval(x, p_trg.to(self.device), batch["p"][:n].to(self.device))
         trg = self.images(batch["target"][:n]) if paired else torch.full_like(x, -1.0)   # black: no target
         self.runlog.image(step, "grid/input|mask|colour|output|target", image_grid([x, mask, colour, out, trg]))
 

@@ -14,7 +14,7 @@ CFG = {"image_size": 16, "c_dim": 6, "g_conv_dim": 4, "g_repeat": 1, "d_conv_dim
 class _KeepG(nn.Module):
     """Mask 0 everywhere: G(x, p) = x, colour a constant grey."""
 
-    def forward(self, x, c):
+    def forward(self, x, c, c_src=None):
         return x, torch.zeros_like(x), torch.zeros_like(x[:, :1])
 
 
@@ -58,3 +58,29 @@ def test_generate_and_regress_are_the_model_functions():
     with torch.no_grad():
         g16 = G(to_network_input(torch.from_numpy(same).permute(0, 3, 1, 2)), torch.from_numpy(p))[0]
     assert np.array_equal(generate(net, same, p), ((g16.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy())
+
+
+def test_generate_passes_the_source_parameters_to_a_delta_generator():
+    """A generator conditioned on the change gets each image's own parameters (cut or padded to
+    its width like p); without them generate fails loudly instead of guessing a source."""
+    import pytest
+
+    cfg = dict(CFG, condition="delta")
+    torch.manual_seed(5)
+    G, D = build_networks(cfg)
+    G.eval()
+    net = Networks(name="d", variant="rad", G=G, D=D, n_params=6, model_config=cfg)
+    imgs = _images(seed=6)
+    rng = np.random.default_rng(7)
+    p, p_src = rng.uniform(-1, 1, (3, 6)).astype(np.float32), rng.uniform(-1, 1, (3, 4)).astype(np.float32)
+    padded = np.concatenate([p_src, np.zeros((3, 2), np.float32)], 1)
+    with torch.no_grad():
+        x = to_network_input(torch.from_numpy(imgs).permute(0, 3, 1, 2))
+        want = apply_generator(G, x, torch.from_numpy(p), 16, torch.from_numpy(padded))[0]
+    want = ((want.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+    assert np.array_equal(generate(net, imgs, p, p_src), want)
+    assert not np.allclose(generate(net, imgs, p, padded + 0.5), want, atol=1e-3)
+    with pytest.raises(ValueError, match="c_src"):
+        generate(net, imgs, p)
+    with pytest.raises(ValueError, match="source parameter vectors"):
+        generate(net, imgs, p, p_src[:2])

@@ -12,13 +12,13 @@ from evaluation.networks import Networks, fit_width, generate, regress
 class ConstG(nn.Module):
     """G(x, c): every pixel of channel k is tanh(c[:, k]) (k < 3); returns (out, colour, mask)."""
 
-    def forward(self, x, c):
+    def forward(self, x, c, c_src=None):
         v = torch.tanh(c[:, :3])[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
         return v, v, torch.ones_like(x[:, :1])
 
 
 class IdentityG(nn.Module):
-    def forward(self, x, c):
+    def forward(self, x, c, c_src=None):
         return x, x, torch.zeros_like(x[:, :1])
 
 
@@ -227,7 +227,7 @@ def test_generate_resizes_to_the_checkpoint_size():
     seen = []
 
     class SizeG(IdentityG):
-        def forward(self, x, c):
+        def forward(self, x, c, c_src=None):
             seen.append(tuple(x.shape[-2:]))
             return super().forward(x, c)
 

@@ -93,7 +93,7 @@ class _FixedG(nn.Module):
         super().__init__()
         self.m, self.seen = m, []
 
-    def forward(self, x, p):
+    def forward(self, x, p, p_src=None):
         self.seen.append(tuple(x.shape[-2:]))
         mask = torch.full_like(x[:, :1], self.m)
         return mask * x + (1 - mask) * x, x, mask

@@ -36,6 +36,69 @@ def test_generator_shapes_and_heads():
         G(x, torch.randn(2, 4))
 
 
+def test_delta_generator_sees_target_and_change():
+    """condition "delta": the tiled vector is [p_trg, p_trg - p_src] (written out by hand here);
+    no source is a loud error; the change, not only the target, reaches the output."""
+    torch.manual_seed(4)
+    G = Generator(conv_dim=8, c_dim=5, repeat_num=1, condition="delta")
+    assert G.needs_source and G.main[0].in_channels == 3 + 10
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    c, c_src = torch.randn(2, 5), torch.randn(2, 5)
+    out, colour, mask = G(x, c, c_src)
+    cond = torch.stack([torch.cat([c[b], c[b] - c_src[b]]) for b in range(2)])
+    h = G.main(torch.cat([x, cond[:, :, None, None].expand(-1, -1, 16, 16)], 1))
+    assert torch.allclose(colour, G.colour(h), atol=1e-6) and torch.allclose(mask, G.mask(h), atol=1e-6)
+    assert torch.allclose(out, compose(x, colour, mask))
+    assert not torch.allclose(G(x, c, c_src + 1)[0], out, atol=1e-3)     # the source reaches the output
+    with pytest.raises(ValueError, match="c_src"):
+        G(x, c)
+    with pytest.raises(ValueError, match="c_src must have the shape"):
+        G(x, c, c_src[:, :4])
+    with pytest.raises(ModelConfigError, match="condition"):
+        Generator(conv_dim=8, c_dim=5, repeat_num=1, condition="relative")
+    # the paper's generator ignores a source it is given
+    Gt = Generator(conv_dim=8, c_dim=5, repeat_num=1)
+    assert not Gt.needs_source and torch.equal(Gt(x, c)[0], Gt(x, c, c_src)[0])
+
+
+def test_residual_colour_head_starts_from_the_input():
+    """colour "residual": C = tanh(atanh(x) + z) with z the colour conv (written out here); z = 0
+    gives back the input's colours, so an open mask alone changes nothing."""
+    torch.manual_seed(6)
+    G = Generator(conv_dim=8, c_dim=5, repeat_num=1, colour="residual")
+    x = torch.rand(2, 3, 16, 16) * 1.8 - 0.9
+    c = torch.randn(2, 5)
+    out, colour, mask = G(x, c)
+    h = G.main(torch.cat([x, c[:, :, None, None].expand(-1, -1, 16, 16)], 1))
+    z = torch.nn.functional.conv2d(h, G.colour[0].weight, padding=3)
+    want = torch.tanh(0.5 * torch.log((1 + x) / (1 - x)) + z)
+    assert torch.allclose(colour, want, atol=1e-5) and torch.allclose(out, compose(x, colour, mask))
+    torch.nn.init.zeros_(G.colour[0].weight)
+    out0, colour0, _ = G(x, c)
+    assert torch.allclose(colour0, x, atol=1e-6) and torch.allclose(out0, x, atol=1e-6)
+    with pytest.raises(ModelConfigError, match="colour"):
+        Generator(conv_dim=8, c_dim=5, repeat_num=1, colour="additive")
+
+
+def test_condition_travels_in_model_config():
+    from model.networks import model_config_from_train
+
+    train = {"image_size": 32, "g_conv_dim": 8, "g_repeat": 1, "d_conv_dim": 8, "d_repeat": 3}
+    assert "condition" not in model_config_from_train(train, 5)            # paper default: dict unchanged
+    mc = model_config_from_train(dict(train, condition="delta"), 5)
+    assert mc["condition"] == "delta"
+    G, D = build_networks(mc)
+    G2, _, meta = load_from_checkpoint_state({"model_config": mc, "G": G.state_dict(), "D": D.state_dict()})
+    assert G2.needs_source and meta["model_config"]["condition"] == "delta"
+    with pytest.raises(ModelConfigError, match="condition"):
+        build_networks(dict(mc, condition="absolute"))
+    assert "colour" not in model_config_from_train(train, 5)
+    mc = model_config_from_train(dict(train, colour="residual"), 5)
+    assert mc["colour"] == "residual" and build_networks(mc)[0].colour_mode == "residual"
+    with pytest.raises(ModelConfigError, match="colour"):
+        build_networks(dict(mc, colour="relative"))
+
+
 class _HalfMask(nn.Module):
     """Mask 0 on the left half, 1 on the right half: [B,C,H,W] -> [B,1,H,W]."""
 

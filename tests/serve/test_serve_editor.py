@@ -115,7 +115,8 @@ def test_edit_is_the_generator_output(serve_editor, demo_face):
     assert np.abs(serve_editor.edit(demo_face, p, use_cache=False).astype(int) - got.astype(int)).max() <= 1
 
 
-@pytest.mark.parametrize("change", [{}, {"c_dim": 40, "g_repeat": 2}])
+@pytest.mark.parametrize("change", [{}, {"c_dim": 40, "g_repeat": 2}, {"condition": "delta"},
+                                    {"colour": "residual"}])
 def test_cached_generator_equals_the_generator(change):
     from model.networks import build_networks
     from workflows.editor.core import CachedGenerator
@@ -130,8 +131,9 @@ def test_cached_generator_equals_the_generator(change):
     x = torch.rand(2, 3, 128, 128) * 2 - 1
     with torch.no_grad():
         feat = cg.prepare(x[:1])
+        p_src = torch.rand(1, E) * 2 - 1          # the photo's own parameters (read only by "delta")
         for p in (torch.zeros(1, E), torch.ones(1, E), torch.rand(1, E) * 2 - 1):
-            assert torch.allclose(cg.forward(x[:1], feat, p), G(x[:1], p)[0], atol=1e-5)
+            assert torch.allclose(cg.forward(x[:1], feat, p, p_src), G(x[:1], p, p_src)[0], atol=1e-5)
         # a first layer with a bias breaks the linearity it relies on: refused, G is used
         G.main[0].bias = torch.nn.Parameter(torch.ones(G.main[0].out_channels))
         assert not CachedGenerator(G, E, 128).ok

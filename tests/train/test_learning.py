@@ -4,6 +4,9 @@ than copying the source, and G given another pair's target does worse than G giv
 one.  Both assertions fail when the trainer is broken (no L_gen, targets ignored, G frozen)."""
 import json
 
+import pytest
+import torch
+
 from pipeline.config import load_config
 from tests.train.tiny import TINY_TRAIN, make_tiny_run
 from train.trainer import Trainer
@@ -20,11 +23,16 @@ def _records(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_short_run_beats_copy_and_uses_its_target(tmp_path):
+@pytest.mark.parametrize("condition", ["target", "delta"])
+def test_short_run_beats_copy_and_uses_its_target(tmp_path, condition):
+    """Both conditionings learn (delta: G also gets p_trg - p_src; validation then gives the
+    wrong target with the true source, so a wrong change is what it is scored on)."""
     run = make_tiny_run(tmp_path / "run", faces=8, per_face=4)
-    cfg = load_config(None, TINY_TRAIN + LEARN)
+    cfg = load_config(None, TINY_TRAIN + LEARN + [f"train.condition={condition}"])
     out = tmp_path / "t"
     Trainer(run, out, cfg, variant="rad-no-id", steps=200, echo=lambda s: None).run()
+    mc = torch.load(out / "checkpoints" / "latest.pt", weights_only=True)["model_config"]
+    assert mc.get("condition", "target") == condition
     val = [r for r in _records(out) if "val_l1" in r]
     assert len(val) == 8 and val[-1]["step"] == 200
     first, last = val[0], val[-1]

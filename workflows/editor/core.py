@@ -143,7 +143,8 @@ class CachedGenerator:
     G's first layer on every slider move.
 
     G (model.networks.Generator) starts with a bias-free k x k convolution (stride 1,
-    padding k//2) of ``cat([x, p tiled over H x W])``.  By linearity that is
+    padding k//2) of ``cat([x, c tiled over H x W])``, ``c = G.conditioning(p, p_src)`` (p
+    itself, or p and p - p_src for a generator conditioned on the change); below, p stands for c.  By linearity that is
     ``conv(x; W_x) + conv(tile(p); W_p)``.  The first term depends on the photo only and is
     computed once per photo (``prepare``).  The second is a convolution of a *constant*
     image, so its value at a pixel depends only on how close the pixel is to each border
@@ -164,7 +165,8 @@ class CachedGenerator:
             ok = (isinstance(first, torch.nn.Conv2d) and first.bias is None and first.kernel_size == (k, k)
                   and k % 2 == 1 and first.stride == (1, 1) and first.dilation == (1, 1) and first.groups == 1
                   and first.padding == (k // 2, k // 2) and first.padding_mode == "zeros"
-                  and first.in_channels == 3 + self.E and size > k
+                  and first.in_channels == 3 + self.E * (2 if getattr(G, "needs_source", False) else 1)
+                  and size > k
                   and hasattr(G, "colour") and hasattr(G, "mask"))
         except (AttributeError, IndexError, TypeError):
             ok = False
@@ -178,23 +180,27 @@ class CachedGenerator:
             gen = torch.Generator().manual_seed(0)
             x = torch.rand(1, 3, size, size, generator=gen).to(device) * 2 - 1
             p = (torch.rand(1, self.E, generator=gen) * 2 - 1).to(device)
-            want = _as_tensor_output(G(x, p))
+            p_src = (torch.rand(1, self.E, generator=gen) * 2 - 1).to(device)
+            want = _as_tensor_output(G(x, p, p_src))
             self.ok = True
-            got = self.forward(x, self.prepare(x), p)
+            got = self.forward(x, self.prepare(x), p, p_src)
             self.ok = bool(torch.allclose(got, want, atol=1e-4, rtol=1e-4))
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """The photo's share of the first layer: x [1, 3, S, S] -> [1, C, S, S]."""
         return torch.nn.functional.conv2d(x, self.first.weight[:, :3], padding=self.r)
 
-    def forward(self, x: torch.Tensor, x_feat: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        """G(x, p)'s output image [1, 3, S, S] from ``prepare(x)`` and p [1, E]."""
+    def forward(self, x: torch.Tensor, x_feat: torch.Tensor, p: torch.Tensor,
+                p_src: torch.Tensor | None = None) -> torch.Tensor:
+        """G(x, p, p_src)'s output image [1, 3, S, S] from ``prepare(x)``, p [1, E] and the
+        photo's own p_src [1, E] (used only by a generator conditioned on the change)."""
         k = 2 * self.r + 1
-        const = p.to(x.dtype)[:, :, None, None].expand(-1, -1, k, k)
+        c = self.G.conditioning(p, p_src) if hasattr(self.G, "conditioning") else p
+        const = c.to(x.dtype)[:, :, None, None].expand(-1, -1, k, k)
         small = torch.nn.functional.conv2d(const, self.first.weight[:, 3:], padding=self.r)  # [1, C, k, k]
         h = x_feat + small[:, :, self.index][:, :, :, self.index]
         h = self.G.main[1:](h)
-        colour, mask = self.G.colour(h), self.G.mask(h)
+        colour, mask = self.G.heads(h, x) if hasattr(self.G, "heads") else (self.G.colour(h), self.G.mask(h))
         return mask * colour + (1.0 - mask) * x
 
 
@@ -353,6 +359,7 @@ class Editor:
         """G(crop, p): the edited crop, uint8 [S, S, 3].  With ``use_cache`` the photo's
         share of G's first layer is computed once per photo (:class:`CachedGenerator`)."""
         pt = torch.as_tensor(np.asarray(p, np.float32), device=self.device)[None]
+        ps = torch.as_tensor(np.asarray(face.p_exp, np.float32), device=self.device)[None]   # the photo's fit
         with self._lock:
             x = self._crop_tensor(face.crop)
             fast = self.fast if use_cache else None
@@ -360,9 +367,9 @@ class Editor:
                 x_feat = getattr(face, "_x_feat", None)
                 if x_feat is None:
                     x_feat = face._x_feat = fast.prepare(x)
-                out = fast.forward(x, x_feat, pt)
+                out = fast.forward(x, x_feat, pt, ps)
             else:
-                out = _as_tensor_output(self.G(x, pt))
+                out = _as_tensor_output(self.G(x, pt, ps))
         img = (out[0].float().clamp(-1, 1) + 1.0) * 0.5
         return to_uint8(img.permute(1, 2, 0))
 
