@@ -221,6 +221,30 @@ class ResumableBatchSampler(Sampler):
         return max(0, self.count(self.n, self.bs, self.world) - self.start)
 
 
+class ConcatPaired(Dataset):
+    """Datasets one after the other (``set_epoch`` forwarded to each): item ``i`` is item
+    ``i - offset_k`` of the dataset k it falls in. [warps, 4DFAB renders] for ``train.paired_4dfab``."""
+
+    def __init__(self, parts: list):
+        self.parts = list(parts)
+        self.ends = np.cumsum([len(d) for d in self.parts])
+
+    def __len__(self) -> int:
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+    def __getitem__(self, i: int) -> dict:
+        i = int(i)
+        k = int(np.searchsorted(self.ends, i, side="right"))
+        if not 0 <= i < len(self):
+            raise IndexError(f"item {i} of {len(self)}")
+        return self.parts[k][i - (int(self.ends[k - 1]) if k else 0)]
+
+    def set_epoch(self, epoch: int) -> None:
+        for d in self.parts:
+            if hasattr(d, "set_epoch"):
+                d.set_epoch(epoch)
+
+
 class RowSubset(Dataset):
     """Rows ``rows`` of a dataset (``set_epoch`` forwarded): ``sub[j] = ds[rows[j]]``."""
 

@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader
 
 from pipeline.config import ConfigError
 from pipeline.split import holdout_rows
-from train.data import (PairedDataset, ResumableBatchSampler, RowSubset, UnpairedDataset, open_speech_split,
-                        open_stage, params_to_width)
+from train.data import (ConcatPaired, PairedDataset, ResumableBatchSampler, RowSubset, UnpairedDataset,
+                        open_speech_split, open_stage, params_to_width)
 from train.schedule import Phase, cap_phase_steps
 
 
@@ -80,6 +80,9 @@ class TrainerData:
                 if held_groups is not None:   # warps of held-out photos share their group
                     held = np.isin(warps.read("group").astype(np.int64), held_groups)
                     ds = RowSubset(full, np.nonzero(~held)[0])
+                fab = self._fab_pairs(S)
+                if fab is not None:
+                    ds = ConcatPaired([ds, fab])
                 self.paired_set = ds
                 if t["epochs_paired"] > 0:
                     phases.append(Phase("paired", int(t["epochs_paired"]), ds, 0))
@@ -115,6 +118,28 @@ class TrainerData:
         for p, n in zip(phases, cap_phase_steps([p.steps for p in phases], self.max_steps)):
             p.run_steps = n
         self.total_steps = sum(p.run_steps for p in phases)
+
+    def _fab_pairs(self, S: int):
+        """``train.paired_4dfab`` = N > 0: the training-split renders of ``RUN/4dfab-params``
+        (``split == 0``: identities evaluation never sees) as extra paired targets, each with a
+        source drawn among the other frames of its identity + session (exact parameters both),
+        N times per paired epoch. None when off; a one-line error when asked for but absent."""
+        n = int(self.t["paired_4dfab"])
+        if n < 0:
+            raise ConfigError(f"train.paired_4dfab must be >= 0, got {n}")
+        if n == 0:
+            return None
+        fab = open_stage(self.data, "4dfab-params", required=False)
+        if fab is None or "group" not in fab.datasets or "split" not in fab.datasets:
+            raise ConfigError(f"train.paired_4dfab={n}: {self.data / '4dfab-params'} has no project-4dfab stage "
+                              "with group and split columns (run project-4dfab, or set it to 0)")
+        p = params_to_width(fab.read("p_exp"), self.E, str(fab.dir), bool(self.t["speech"]))
+        rows = np.nonzero(fab.read("split").astype(np.int64) == 0)[0]
+        if len(rows) == 0:
+            raise ConfigError(f"train.paired_4dfab={n}: {fab.dir} has no training-split rows")
+        ds = PairedDataset(None, None, fab, p, S, seed=self.seed)
+        self._say(f"paired: + {len(rows)} training-split 4DFAB renders x {n} (train.paired_4dfab)")
+        return RowSubset(ds, np.tile(rows, n))
 
     def _speech_phase(self, phases: list, stage: str, S: int) -> None:
         """Phase 2 of ``train.speech``: the ``split == "train"`` frames of the fit-lrw stage

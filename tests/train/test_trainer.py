@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from model.networks import build_networks
@@ -316,3 +317,38 @@ def test_identity_pairs_are_a_function_of_the_step_and_become_the_targets(tiny_r
     assert torch.equal(target[keep], x[keep]) and torch.equal(target[~keep], y[~keep])
     off = load_config(None, TINY_TRAIN + ["train.identity_weights=null"])
     assert Trainer(tiny_run, tmp_path / "off", off, variant="rad-no-id").identity_pairs(3, 8) is None
+
+
+def test_paired_4dfab_adds_training_split_renders_only(tiny_run, tmp_path):
+    """train.paired_4dfab=N: the paired set is the warps followed by N copies of the 4DFAB renders
+    of split 0, each paired within its group with exact parameters; split 1 (evaluation's
+    identities) never appears; absent stage -> one-line error."""
+    from pipeline.config import ConfigError
+    from pipeline.shards import ShardSet
+
+    fab = ShardSet(tiny_run / "4dfab-params")
+    split, group, p_fab = fab.read("split"), fab.read("group"), fab.read("p_exp")
+    base = Trainer(tiny_run, tmp_path / "f0", load_config(None, TINY_TRAIN + ["train.identity_weights=null"]),
+                   variant="rad")
+    base.build_data()
+    cfg = load_config(None, TINY_TRAIN + ["train.identity_weights=null", "train.paired_4dfab=2"])
+    tr = Trainer(tiny_run, tmp_path / "f2", cfg, variant="rad")
+    tr.build_data()
+    n_w, n_train = len(base.paired_set), int((split == 0).sum())
+    assert 0 < n_train < len(split) and len(tr.paired_set) == n_w + 2 * n_train
+    seen = []
+    for j in range(n_w, len(tr.paired_set)):
+        item = tr.paired_set[j]
+        r = int(tr.paired_set.parts[1].rows[j - n_w])
+        assert split[r] == 0
+        assert np.array_equal(item["p_trg"].numpy(), p_fab[r])
+        assert torch.equal(item["target"], torch.from_numpy(fab.read("image", r)).permute(2, 0, 1))
+        src = [k for k in range(len(fab)) if np.array_equal(p_fab[k], item["p"].numpy())]
+        assert len(src) == 1 and src[0] != r and group[src[0]] == group[r]     # another frame of its session
+        seen.append(r)
+    assert sorted(seen) == sorted(np.nonzero(split == 0)[0].tolist() * 2)
+    for j in range(n_w):                                                       # the warps come first, unchanged
+        assert tr.paired_set[j]["index"] == base.paired_set[j]["index"]
+    bare = make_tiny_run(tmp_path / "nofab", fab=False)
+    with pytest.raises(ConfigError, match="paired_4dfab"):
+        Trainer(bare, tmp_path / "f3", cfg, variant="rad").build_data()
