@@ -7,8 +7,8 @@ import pytest
 import scipy.io
 import torch
 
-from fitting.model import (ModelError, MorphableModel, combine, load_landmark_indices,
-                           load_linear_model, load_lsfm, orthonormalise)
+from fitting.model import ModelError, MorphableModel, orthonormalise
+from fitting.model_import import combine, load_landmark_indices, load_linear_model, load_lsfm
 
 
 def small_model(N=40, K=5, E=4, S=3, seed=0) -> MorphableModel:

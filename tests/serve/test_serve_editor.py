@@ -119,7 +119,7 @@ def test_edit_is_the_generator_output(serve_editor, demo_face):
                                     {"colour": "residual"}])
 def test_cached_generator_equals_the_generator(change):
     from model.networks import build_networks
-    from workflows.editor.core import CachedGenerator
+    from workflows.editor.cached_generator import CachedGenerator
 
     config = dict(TINY_MODEL_CONFIG, **change)
     torch.manual_seed(3)

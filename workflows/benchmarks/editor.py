@@ -6,7 +6,7 @@ weights); the photo is the first demo photo, fitted through its landmark sidecar
 ``slidergan serve`` runs by default.  Side by side, alternating move by move:
 
 - ``editor_update_ms``: what ``/api/edit`` does: G with the photo's share of the first
-  layer cached (:class:`workflows.editor.core.CachedGenerator`) while the 3D blendshape
+  layer cached (:class:`workflows.editor.cached_generator.CachedGenerator`) while the 3D blendshape
   render runs in a second thread, then both PNGs encoded;
 - ``editor_update_baseline_ms``: the straightforward way: ``G(x, p)``, then the render,
   then the PNGs, one after the other;

@@ -25,8 +25,8 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from fitting.model import (ModelError, combine, load_landmark_indices, load_linear_model,
-                               load_lsfm)
+    from fitting.model import ModelError
+    from fitting.model_import import combine, load_landmark_indices, load_linear_model, load_lsfm
 
     try:
         if args.demo:
