@@ -123,16 +123,21 @@ class TrainerData:
         """``train.paired_4dfab`` = N > 0: the training-split renders of ``RUN/4dfab-params``
         (``split == 0``: identities evaluation never sees) as extra paired targets, each with a
         source drawn among the other frames of its identity + session (exact parameters both),
-        N times per paired epoch. None when off; a one-line error when asked for but absent."""
+        N times per paired epoch. None when off or when the run has no such stage (a note says
+        so); a one-line error for a stage without group/split columns."""
         n = int(self.t["paired_4dfab"])
         if n < 0:
             raise ConfigError(f"train.paired_4dfab must be >= 0, got {n}")
         if n == 0:
             return None
         fab = open_stage(self.data, "4dfab-params", required=False)
-        if fab is None or "group" not in fab.datasets or "split" not in fab.datasets:
-            raise ConfigError(f"train.paired_4dfab={n}: {self.data / '4dfab-params'} has no project-4dfab stage "
-                              "with group and split columns (run project-4dfab, or set it to 0)")
+        if fab is None:                   # like absent warps: the run trains without them, and says so
+            self._say(f"note: {self.data / '4dfab-params'} has no shard stage; train.paired_4dfab={n} adds "
+                      "nothing (run project-4dfab first to train on its renders)")
+            return None
+        if "group" not in fab.datasets or "split" not in fab.datasets:
+            raise ConfigError(f"train.paired_4dfab={n}: {fab.dir} has no group/split columns "
+                              "(not a project-4dfab stage?)")
         p = params_to_width(fab.read("p_exp"), self.E, str(fab.dir), bool(self.t["speech"]))
         rows = np.nonzero(fab.read("split").astype(np.int64) == 0)[0]
         if len(rows) == 0:

@@ -350,5 +350,13 @@ def test_paired_4dfab_adds_training_split_renders_only(tiny_run, tmp_path):
     for j in range(n_w):                                                       # the warps come first, unchanged
         assert tr.paired_set[j]["index"] == base.paired_set[j]["index"]
     bare = make_tiny_run(tmp_path / "nofab", fab=False)
-    with pytest.raises(ConfigError, match="paired_4dfab"):
-        Trainer(bare, tmp_path / "f3", cfg, variant="rad").build_data()
+    said = []
+    t3 = Trainer(bare, tmp_path / "f3", cfg, variant="rad", echo=said.append)
+    t3.build_data()                                   # no project-4dfab stage: the warps alone, with a note
+    assert len(t3.paired_set) == n_w and any("paired_4dfab=2 adds nothing" in m for m in said)
+    from pipeline.testing import make_stage
+    odd = make_tiny_run(tmp_path / "oddfab", fab=False)
+    make_stage(odd / "4dfab-params", "4dfab-params", {"key": ["a", "b"], "image": fab.read("image")[:2],
+                                                      "p_exp": p_fab[:2]}, chunk_size=2)
+    with pytest.raises(ConfigError, match="group/split"):
+        Trainer(odd, tmp_path / "f4", cfg, variant="rad").build_data()
