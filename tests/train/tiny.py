@@ -65,4 +65,5 @@ TINY_TRAIN = ["train.image_size=32", "train.batch_size=4", "train.g_conv_dim=8",
               "train.g_repeat=1", "train.d_repeat=3", "train.workers=0", "train.n_critic=2",
               "train.log_every=5", "train.image_every=10", "train.checkpoint_every=5",
               "train.identity_epochs=1", "train.identity_width=8", "train.identity_size=32",
-              "train.identity_features=16", "train.keep_checkpoints=0", "train.holdout=false"]
+              "train.identity_features=16", "train.keep_checkpoints=0", "train.holdout=false",
+              "train.paired_4dfab=0"]
