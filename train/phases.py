@@ -80,9 +80,9 @@ class TrainerData:
                 if held_groups is not None:   # warps of held-out photos share their group
                     held = np.isin(warps.read("group").astype(np.int64), held_groups)
                     ds = RowSubset(full, np.nonzero(~held)[0])
-                fab = self._fab_pairs(S)
-                if fab is not None:
-                    ds = ConcatPaired([ds, fab])
+                extra = [d for d in (self._fab_pairs(S), self._speech_pairs(S)) if d is not None]
+                if extra:
+                    ds = ConcatPaired([ds] + extra)
                 self.paired_set = ds
                 if t["epochs_paired"] > 0:
                     phases.append(Phase("paired", int(t["epochs_paired"]), ds, 0))
@@ -144,6 +144,25 @@ class TrainerData:
             raise ConfigError(f"train.paired_4dfab={n}: {fab.dir} has no training-split rows")
         ds = PairedDataset(None, None, fab, p, S, seed=self.seed)
         self._say(f"paired: + {len(rows)} training-split 4DFAB renders x {n} (train.paired_4dfab)")
+        return RowSubset(ds, np.tile(rows, n))
+
+    def _speech_pairs(self, S: int):
+        """``train.paired_speech`` = N > 0 with ``train.speech``: the ``split == "train"`` frames of
+        the fit-lrw stage ``RUN/<train.speech_data>`` as extra paired targets, each with a source
+        drawn among the other frames of its video (``group``) and the target's own 40-vector, N
+        times per paired epoch (so the warp batches mixed into the speech phase teach L_gen on
+        same-video frames, the pairs of Table 3). None when off or without ``train.speech``."""
+        n = int(self.t.get("paired_speech") or 0)
+        if n < 0:
+            raise ConfigError(f"train.paired_speech must be >= 0, got {n}")
+        stage = self.t.get("speech_data")
+        if n == 0 or not self.t["speech"] or not stage:
+            return None
+        lrw, rows, p = open_speech_split(self.data, str(stage), "train", self.E)
+        if "group" not in lrw.datasets:
+            raise ConfigError(f"train.paired_speech={n}: {lrw.dir} has no group column (not a fit-lrw stage?)")
+        ds = PairedDataset(None, None, lrw, p, S, seed=self.seed)
+        self._say(f"paired: + {len(rows)} training LRW frames x {n} (train.paired_speech)")
         return RowSubset(ds, np.tile(rows, n))
 
     def _speech_phase(self, phases: list, stage: str, S: int) -> None:

@@ -71,6 +71,44 @@ def test_phases_data_and_targets(speech_run, tmp_path):
     assert torch.any(d.diagonal() > 0.1)                           # not (all) the frame's own
 
 
+def test_paired_speech_adds_training_frames_paired_within_their_video(speech_run, tmp_path):
+    """train.paired_speech=N: the paired set is the warps followed by N copies of the training
+    LRW frames, each a target with its own 40-vector and crop and a source that is another
+    frame of the same video; test/val frames never appear; off without train.speech."""
+    from pipeline.shards import ShardSet
+    lrw = ShardSet(speech_run / "lrw-fits")
+    split = np.array([s.decode() if isinstance(s, bytes) else s for s in lrw.read("split")])
+    group, p_all = lrw.read("group"), lrw.read("p_exp")
+    base = Trainer(speech_run, tmp_path / "b", _cfg(), variant="rad-no-id", echo=lambda m: None)
+    base.build_data()
+    said = []
+    tr = Trainer(speech_run, tmp_path / "t", _cfg("train.paired_speech=2"), variant="rad-no-id", echo=said.append)
+    tr.build_data()
+    n_w, train_rows = len(base.paired_set), np.nonzero(split == "train")[0]
+    assert len(tr.paired_set) == n_w + 2 * len(train_rows)
+    assert any("8 training LRW frames x 2" in m for m in said)
+    seen = []
+    for j in range(n_w, len(tr.paired_set)):
+        item = tr.paired_set[j]
+        r = int(tr.paired_set.parts[1].rows[j - n_w])
+        assert split[r] == "train"
+        np.testing.assert_array_equal(item["p_trg"].numpy(), p_all[r])
+        np.testing.assert_array_equal(item["target"].permute(1, 2, 0).numpy(), lrw.read("image", r))
+        src = [k for k in range(len(lrw)) if np.array_equal(p_all[k], item["p"].numpy())]
+        assert len(src) == 1 and src[0] != r and group[src[0]] == group[r]     # another frame of its video
+        np.testing.assert_array_equal(item["image"].permute(1, 2, 0).numpy(), lrw.read("image", src[0]))
+        seen.append(r)
+    assert sorted(seen) == sorted(train_rows.tolist() * 2)
+    for j in range(n_w):                                                       # the warps first, unchanged
+        assert tr.paired_set[j]["index"] == base.paired_set[j]["index"]
+    off = load_config(None, list(TINY_TRAIN) + ["train.batch_size=2", "train.paired_speech=2"])
+    t30 = Trainer(speech_run, tmp_path / "o", off, variant="rad-no-id", echo=lambda m: None)
+    t30.build_data()                                                           # 30 parameters: no LRW pairs
+    assert len(t30.paired_set) == n_w
+    with pytest.raises(ConfigError, match="paired_speech must be >= 0"):
+        Trainer(speech_run, tmp_path / "n", _cfg("train.paired_speech=-1"), echo=lambda m: None).build_data()
+
+
 def test_trains_40_parameters_through_both_phases(speech_run, tmp_path, capsys):
     from tests.train.tiny import TINY_TRAIN as T
     sets = []
