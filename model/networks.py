@@ -234,6 +234,40 @@ def build_networks(model_config: Mapping[str, Any], mask_bias_init: float = 0.0)
     return G, D
 
 
+def widen_into(G: Generator, D: Discriminator, model_config: Mapping[str, Any], ckpt: Mapping[str, Any]) -> int:
+    """Copy a checkpoint's weights into ``G`` and ``D`` built from ``model_config`` whose
+    ``c_dim`` E is at least the checkpoint's E0 (``train.init_from``: a 30-parameter model
+    starts a 40-parameter speech run). Every weight is copied as is except G's input
+    convolution, whose conditioning channels 0..E0-1 (of each block: target, and change for
+    ``condition: delta``) take the old ones while the new E0..E-1 are zero, and D's regression
+    rows E0..E-1, which keep their fresh initialisation. So ``G_new(x, [c, 0])`` equals
+    ``G_old(x, c)`` exactly and D's first E0 outputs equal the old ones. Uses ``G_ema`` when
+    the checkpoint has it (as inference does). Returns E0; :class:`ModelConfigError` (one line)
+    when the two model configs differ in anything but ``c_dim``."""
+    old, new = validate_model_config(ckpt["model_config"]), validate_model_config(model_config)
+    E, E0 = new["c_dim"], old["c_dim"]
+    if E < E0:
+        raise ModelConfigError(f"cannot start a {E}-parameter model from a {E0}-parameter checkpoint")
+    for k in sorted(set(old) | set(new)):
+        if k != "c_dim" and old.get(k) != new.get(k):
+            raise ModelConfigError(f"checkpoint model_config {k}={old.get(k)!r} differs from this run's {new.get(k)!r}")
+    g_state = dict(ckpt["G_ema"] if ckpt.get("G_ema") is not None else ckpt["G"])
+    w0 = g_state["main.0.weight"]                       # [conv_dim, 3 + blocks * E0, 7, 7]
+    w = torch.zeros_like(G.main[0].weight)
+    w[:, :3] = w0[:, :3]
+    for b in range(2 if G.condition == "delta" else 1):
+        w[:, 3 + b * E:3 + b * E + E0] = w0[:, 3 + b * E0:3 + (b + 1) * E0]
+    g_state["main.0.weight"] = w
+    G.load_state_dict(g_state)
+    if ckpt.get("D") is not None:
+        d_state = dict(ckpt["D"])
+        r = D.regress.weight.detach().clone()
+        r[:E0] = d_state["regress.weight"]
+        d_state["regress.weight"] = r
+        D.load_state_dict(d_state)
+    return E0
+
+
 def load_from_checkpoint_state(ckpt: Mapping[str, Any]) -> tuple[Generator, Discriminator, dict]:
     """``(G, D, meta)`` from a loaded checkpoint dict (``torch.load(..., weights_only=True)``).
 

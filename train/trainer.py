@@ -139,6 +139,15 @@ class Trainer(TrainerData, TrainerValidation):
             G, D = build_networks(self.model_config, float(t.get("mask_bias_init", 0.0)))
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        init = t.get("init_from")
+        if init:            # train.init_from: start from another run's weights (fresh optimisers, step 0)
+            from model.networks import ModelConfigError, widen_into
+            try:
+                E0 = widen_into(G, D, self.model_config, ck.load_checkpoint(init, require=("D",)))
+            except ModelConfigError as e:
+                raise ConfigError(f"train.init_from {init}: {e}") from None
+            self._say(f"init: G and D from {init} ({E0} parameters"
+                      + (f"; parameters {E0}..{self.E - 1} start at zero weight)" if E0 < self.E else ")"))
         self.G, self.D = G.to(self.device), D.to(self.device)
         # the exponential moving average of G's weights (train.g_ema_halflife; None = off): what
         # validation, checkpoints' inference weights ("G_ema") and evaluation use

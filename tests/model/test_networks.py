@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from model.networks import (Discriminator, Generator, ModelConfigError, build_networks, compose,
-                            load_from_checkpoint_state)
+                            load_from_checkpoint_state, widen_into)
 from tests.helpers import checkpoint_state
 
 CFG = {"image_size": 32, "c_dim": 5, "g_conv_dim": 8, "g_repeat": 2, "d_conv_dim": 8, "d_repeat": 3}
@@ -171,3 +171,50 @@ def test_apply_generator_resizes_and_keeps_unmasked_pixels():
     assert torch.equal(out[..., :14], x[..., :14])       # mask 0 (away from the resized edge): input kept
     same = apply_generator(G, x, torch.zeros(2, 5), image_size=32)[0]
     assert torch.equal(same, G(x, torch.zeros(2, 5))[0])
+
+
+@pytest.mark.parametrize("condition", ["target", "delta"])
+def test_widen_into_keeps_the_old_model_on_zero_extra_parameters(condition):
+    """train.init_from: a 5-parameter checkpoint in an 8-parameter model. With the 3 new
+    parameters at zero (target and source) G's output is the old G's, bit for bit in the
+    arithmetic (the new channels' weights are 0), D's first 5 regression outputs and its patch
+    scores are the old ones; the new channels then act once they are non-zero."""
+    old_cfg = dict(CFG, condition=condition) if condition != "target" else CFG
+    ckpt = checkpoint_state(old_cfg, seed=3)
+    G0, D0, _ = load_from_checkpoint_state(ckpt)
+    new_cfg = dict(old_cfg, c_dim=8)
+    torch.manual_seed(9)
+    G, D = build_networks(new_cfg)
+    assert widen_into(G, D, new_cfg, ckpt) == 5
+    G.eval()
+    D.eval()
+    x, c, cs = torch.rand(2, 3, 32, 32) * 2 - 1, torch.randn(2, 5), torch.randn(2, 5)
+    pad = torch.zeros(2, 3)
+    with torch.no_grad():
+        out0 = G0(x, c, cs if condition == "delta" else None)[0]
+        out = G(x, torch.cat([c, pad], 1), torch.cat([cs, pad], 1) if condition == "delta" else None)[0]
+        assert torch.allclose(out, out0, atol=1e-5)
+        moved = G(x, torch.cat([c, torch.ones(2, 3)], 1), torch.cat([cs, pad], 1) if condition == "delta" else None)[0]
+        assert torch.allclose(moved, out0, atol=1e-5)     # zero weight: the speech inputs do nothing yet
+        patch0, r0 = D0(x)
+        patch, r = D(x)
+        assert torch.allclose(patch, patch0, atol=1e-5) and torch.allclose(r[:, :5], r0, atol=1e-5)
+        assert r.shape == (2, 8) and r[:, 5:].abs().sum() > 0   # fresh rows, not zeros
+    # the naive reference: the new first conv is the old one with zero columns inserted per block
+    w0, w = G0.main[0].weight, G.main[0].weight
+    blocks = 2 if condition == "delta" else 1
+    ref = [w0[:, :3]]
+    for b in range(blocks):
+        ref += [w0[:, 3 + 5 * b:3 + 5 * (b + 1)], torch.zeros(w0.shape[0], 3, 7, 7)]
+    assert torch.equal(w, torch.cat(ref, 1))
+
+
+def test_widen_into_refuses_other_architectures():
+    ckpt = checkpoint_state(CFG)
+    G, D = build_networks(dict(CFG, c_dim=3))
+    with pytest.raises(ModelConfigError, match="cannot start a 3-parameter model from a 5-parameter"):
+        widen_into(G, D, dict(CFG, c_dim=3), ckpt)
+    cfg = dict(CFG, c_dim=8, g_conv_dim=16)
+    G, D = build_networks(cfg)
+    with pytest.raises(ModelConfigError, match="g_conv_dim=8 differs from this run's 16"):
+        widen_into(G, D, cfg, ckpt)

@@ -144,3 +144,30 @@ def test_paper_speech_preset():
     assert {k: v for k, v in t.items() if k not in ("speech", "speech_data", "epochs_speech")} == \
         {k: v for k, v in tp.items() if k not in ("speech", "speech_data", "epochs_speech")}
     assert load_config(None, []).section("train")["speech"] is False
+
+
+def test_init_from_a_30_parameter_run_starts_the_speech_model_from_its_weights(speech_run, tmp_path, capsys):
+    """train.init_from: a 30-parameter run's G and D start the 40-parameter run (step 0, fresh
+    optimisers): before any step G edits as the 30-parameter G did, whatever the speech inputs."""
+    from model.networks import load_from_checkpoint_state
+    from tests.train.tiny import TINY_TRAIN as T
+    base = tmp_path / "base"
+    sets = [a for s in T for a in ("--set", s)]
+    assert cli(["train", "--data", str(speech_run), "--variant", "rad-no-id", "--out", str(base), "--steps", "3",
+                *sets, "--set", "train.batch_size=2"]) == 0
+    ck30 = torch.load(base / "checkpoints" / "latest.pt", weights_only=True)
+    assert ck30["model_config"]["c_dim"] == 30
+    tr = Trainer(speech_run, tmp_path / "t", _cfg(f"train.init_from={base / 'checkpoints' / 'latest.pt'}"),
+                 variant="rad-no-id", echo=print).setup()
+    assert "init: G and D from" in capsys.readouterr().out and tr.G.c_dim == 40
+    G30, D30, _ = load_from_checkpoint_state(ck30)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    c = torch.randn(2, 30)
+    with torch.no_grad():
+        want = G30(x, c)[0]
+        got = tr.G.eval()(x, torch.cat([c, torch.randn(2, 10)], 1))[0]
+    assert torch.allclose(got, want, atol=1e-5)
+    with pytest.raises(ConfigError, match="train.init_from .*g_conv_dim"):
+        Trainer(speech_run, tmp_path / "t2", _cfg(f"train.init_from={base / 'checkpoints' / 'latest.pt'}",
+                                                  "train.g_conv_dim=16"), variant="rad-no-id",
+                echo=lambda m: None).setup()
