@@ -142,9 +142,7 @@ class TrainerData:
         rows = np.nonzero(fab.read("split").astype(np.int64) == 0)[0]
         if len(rows) == 0:
             raise ConfigError(f"train.paired_4dfab={n}: {fab.dir} has no training-split rows")
-        ds = PairedDataset(None, None, fab, p, S, seed=self.seed)
-        self._say(f"paired: + {len(rows)} training-split 4DFAB renders x {n} (train.paired_4dfab)")
-        return RowSubset(ds, np.tile(rows, n))
+        return self._tiled_pairs(fab, p, rows, n, S, f"training-split 4DFAB renders x {n} (train.paired_4dfab)")
 
     def _speech_pairs(self, S: int):
         """``train.paired_speech`` = N > 0 with ``train.speech``: the ``split == "train"`` frames of
@@ -161,9 +159,13 @@ class TrainerData:
         lrw, rows, p = open_speech_split(self.data, str(stage), "train", self.E)
         if "group" not in lrw.datasets:
             raise ConfigError(f"train.paired_speech={n}: {lrw.dir} has no group column (not a fit-lrw stage?)")
-        ds = PairedDataset(None, None, lrw, p, S, seed=self.seed)
-        self._say(f"paired: + {len(rows)} training LRW frames x {n} (train.paired_speech)")
-        return RowSubset(ds, np.tile(rows, n))
+        return self._tiled_pairs(lrw, p, rows, n, S, f"training LRW frames x {n} (train.paired_speech)")
+
+    def _tiled_pairs(self, stage, p, rows, n: int, S: int, what: str):
+        """Rows ``rows`` of ``stage`` as paired targets (exact parameters ``p``; each source drawn
+        among the other rows of its group), ``n`` times per paired epoch."""
+        self._say(f"paired: + {len(rows)} {what}")
+        return RowSubset(PairedDataset(None, None, stage, p, S, seed=self.seed), np.tile(rows, n))
 
     def _speech_phase(self, phases: list, stage: str, S: int) -> None:
         """Phase 2 of ``train.speech``: the ``split == "train"`` frames of the fit-lrw stage
