@@ -80,7 +80,9 @@ class TrainerData:
                 if held_groups is not None:   # warps of held-out photos share their group
                     held = np.isin(warps.read("group").astype(np.int64), held_groups)
                     ds = RowSubset(full, np.nonzero(~held)[0])
-                extra = [d for d in (self._fab_pairs(S), self._speech_pairs(S)) if d is not None]
+                extra = [d for d in (self._fab_pairs(S), self._speech_pairs(S), self._speech_warps(fits, fit_p, S,
+                                                                                             held_groups))
+                         if d is not None]
                 if extra:
                     ds = ConcatPaired([ds] + extra)
                 self.paired_set = ds
@@ -160,6 +162,31 @@ class TrainerData:
         if "group" not in lrw.datasets:
             raise ConfigError(f"train.paired_speech={n}: {lrw.dir} has no group column (not a fit-lrw stage?)")
         return self._tiled_pairs(lrw, p, rows, n, S, f"training LRW frames x {n} (train.paired_speech)")
+
+    def _speech_warps(self, fits, fit_p, S: int, held_groups):
+        """``train.speech_warps`` = a stage name with ``train.speech``: the 40-wide speech warps
+        ``RUN/<name>`` (``render-warps`` with ``warps.speech`` 10: photo fits warped to random
+        expression + speech) as extra paired targets with their photos as sources, the photos of
+        held-out identities left out. None when off, without ``train.speech`` or when the stage
+        is absent (a note says so); a one-line error for a stage that is not 40 wide."""
+        name = self.t.get("speech_warps")
+        if not name or not self.t["speech"]:
+            return None
+        warps = open_stage(self.data, str(name), required=False)
+        if warps is None:
+            self._say(f"note: {self.data / str(name)} has no shard stage; train.speech_warps adds nothing "
+                      f"(render-warps --set warps.speech=10 --out {self.data / str(name)} makes it)")
+            return None
+        width = int(warps.datasets["p_exp"][1][1]) if "p_exp" in warps.datasets else 0
+        if width != self.E:
+            raise ConfigError(f"train.speech_warps: {warps.dir} has p_exp [{width}] wide; train.speech needs "
+                              f"{self.E} (render-warps --set warps.speech={self.E - width if width else 10})")
+        ds = PairedDataset(fits, fit_p, warps, np.asarray(warps.read("p_exp"), np.float32), S, seed=self.seed)
+        rows = np.arange(len(warps))
+        if held_groups is not None:
+            rows = rows[~np.isin(warps.read("group").astype(np.int64), held_groups)]
+        self._say(f"paired: + {len(rows)} speech warps of {warps.dir} (train.speech_warps)")
+        return RowSubset(ds, rows)
 
     def _tiled_pairs(self, stage, p, rows, n: int, S: int, what: str):
         """Rows ``rows`` of ``stage`` as paired targets (exact parameters ``p``; each source drawn

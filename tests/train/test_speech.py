@@ -171,3 +171,39 @@ def test_init_from_a_30_parameter_run_starts_the_speech_model_from_its_weights(s
         Trainer(speech_run, tmp_path / "t2", _cfg(f"train.init_from={base / 'checkpoints' / 'latest.pt'}",
                                                   "train.g_conv_dim=16"), variant="rad-no-id",
                 echo=lambda m: None).setup()
+
+
+def test_speech_warps_join_the_paired_set_without_held_out_photos(speech_run, tmp_path):
+    """train.speech_warps: a 40-wide warps stage of RUN joins the paired set (targets its exact
+    40-vectors, sources the photos with zero speech), minus the warps of held-out photos; an
+    absent stage is a note, a 30-wide one a one-line error."""
+    from pipeline.shards import ShardSet
+    from train.data import ConcatPaired, RowSubset
+
+    w = ShardSet(speech_run / "warps")
+    g = w.read("group").astype(np.int64)
+    P = np.concatenate([w.read("p_exp"), np.random.default_rng(1).uniform(-0.7, 0.7, (len(w), 10))], 1)
+    make_stage(speech_run / "ws", "warps", {"key": list(w.keys()), "group": g, "source": w.read("source"),
+                                            "identity": w.read("identity"), "image": w.read("image"),
+                                            "p_exp": P.astype(np.float32)}, chunk_size=7)
+    said = []
+    tr = Trainer(speech_run, tmp_path / "t", _cfg("train.speech_warps=ws", "train.holdout=true",
+                                                  "evaluate.test_fraction=0.5"), echo=said.append)
+    tr.build_data()
+    held = set(np.asarray(tr._holdout(tr.fits)[1]).tolist())
+    assert held, "the split holds some photos out"
+    assert isinstance(tr.paired_set, ConcatPaired)
+    part = [d for d in tr.paired_set.parts if isinstance(d, RowSubset) and d.ds.warps.dir.name == "ws"]
+    assert len(part) == 1
+    rows = part[0].rows
+    assert not set(g[rows].tolist()) & held and len(rows) == int((~np.isin(g, list(held))).sum())
+    item = part[0][0]
+    np.testing.assert_allclose(np.asarray(item["p_trg"]), P[rows[0]], atol=1e-6)
+    src = np.asarray(item["p"])
+    assert src.shape == (40,) and (np.all(src[30:] == 0) or any(np.allclose(src, q, atol=1e-6) for q in P))
+    assert any("speech warps of" in m for m in said)
+    said.clear()
+    Trainer(speech_run, tmp_path / "t", _cfg("train.speech_warps=nothing"), echo=said.append).build_data()
+    assert any("train.speech_warps adds nothing" in m for m in said)
+    with pytest.raises(ConfigError, match=r"p_exp \[30\] wide; train.speech needs 40"):
+        Trainer(speech_run, tmp_path / "t", _cfg("train.speech_warps=warps"), echo=lambda m: None).build_data()

@@ -254,3 +254,44 @@ def test_render_warps_refuses_another_model(tiny_fits, tmp_path):
     build_demo_model(seed=1, n_id=4, n_exp=3, n_speech=0, texture=False).save(other)
     with pytest.raises(ConfigError, match="another model"):
         build_stage(str(tiny_fits), str(other), {"faces": 2, "per_face": 1})
+
+
+def test_speech_warps_draw_speech_beside_the_expression(tiny_world, tiny_fits, tmp_path):
+    """warps.speech 10: the 30 expression draws are the paper warps' own, 10 speech draws
+    follow (their own stream, warps.speech_scale), the source has zero speech, and the image is
+    the warper's render of the 40-vector (a warp with the speech part zeroed differs from it)."""
+    from fitting.images import load_image
+    from fitting.model import MorphableModel
+    from fitting.sampling import sample_expressions
+    from fitting.warp import Warper
+    from pipeline.config import ConfigError
+
+    out = tmp_path / "ws"
+    _run_inprocess("warps", tiny_fits, tiny_world / "model.h5", out, 2, faces=2, per_face=2, speech=10,
+                   speech_scale=0.5)
+    ds, fits = ShardSet(out), ShardSet(tiny_fits)
+    P, src, k, keys = ds.read("p_exp"), ds.read("source"), ds.read("k"), fits.keys()
+    assert P.shape == (4, 40)
+    model = MorphableModel.load(tiny_world / "model.h5")
+    w = Warper(model)
+    for i in range(len(ds)):
+        key = keys[int(src[i])]
+        np.testing.assert_array_equal(P[i, :30], sample_expressions(0, key, 2, 30)[int(k[i])])
+        np.testing.assert_array_equal(P[i, 30:], sample_expressions(0, f"{key}#speech", 2, 10, "uniform", 0.5)[int(k[i])])
+        np.testing.assert_array_equal(ds.read("p_exp_source", i),
+                                      np.concatenate([fits.read("p_exp", int(src[i])), np.zeros(10, np.float32)]))
+    assert np.abs(P[:, 30:]).max() <= 0.5 and np.abs(P[:, 30:]).max() > 0.1
+    r = fits.row(int(src[0]))
+    s = w.prepare(load_image(Path(fits.attrs["params"]["root"]) / r["key"]), r["p_id"], r["p_exp"], r["camera"],
+                  r["align"])
+    np.testing.assert_array_equal(ds.read("image", 0), w.render(s, P[:1])[0])
+    silent = w.render(s, np.concatenate([P[:1, :30], np.zeros((1, 10), np.float32)], 1))[0]
+    assert np.abs(silent.astype(int) - ds.read("image", 0)).mean() > 0.05
+    # the paper's warps keep their params hash (the new keys only count when speech is on)
+    from workflows.stages.warps import build_stage
+    from pipeline.config import load_config
+    cfg = load_config().section("warps")
+    plain = build_stage(str(tiny_fits), str(tiny_world / "model.h5"), cfg).params()
+    assert "speech" not in plain["warps"] and "speech_scale" not in plain["warps"]
+    with pytest.raises(ConfigError, match="the model has 10 speech components"):
+        build_stage(str(tiny_fits), str(tiny_world / "model.h5"), dict(cfg, speech=11))

@@ -8,6 +8,11 @@ photo (its fit ``key``); it yields ``per_face`` rows.  Datasets per row:
 ``p_id``, ``camera``, ``align`` (the fit's), ``source`` (row of the photo in the fit stage,
 attribute ``source_stage``), ``k`` (draw index), ``p_exp_source`` (the photo's fitted
 expression, so (photo, p_exp_source) <-> (warp, p_exp) pairs need no second lookup).
+
+``warps.speech`` = S > 0 (the speech warps of docs/speech.md, e.g. ``RUN/warps-speech``): each
+draw also gets S speech parameters (the model's speech basis; same distribution,
+``warps.speech_scale``), so ``p_exp`` is E + S wide, and ``p_exp_source`` is the photo's fit
+with zero speech (a photo fit has none).
 """
 from __future__ import annotations
 
@@ -96,8 +101,20 @@ class WarpsStage(Stage):
             raise ConfigError("warps.space must be crop or full")
         if not 1 <= int(self.cfg.get("supersample", 1)) <= 4:
             raise ConfigError("warps.supersample must be 1..4")
+        self.n_speech = int(self.cfg.get("speech", 0) or 0)
+        if self.n_speech < 0:
+            raise ConfigError(f"warps.speech must be >= 0, got {self.n_speech}")
+        if self.n_speech and not float(self.cfg.get("speech_scale", 0.7)) > 0:
+            raise ConfigError("warps.speech_scale must be > 0")
         self.keys = select_keys(fits.keys(), faces, self.seed)
         self._model_hash = checked_model_hash(self.model_path)
+        if self.n_speech:
+            model = self._model()
+            if self.n_exp != model.n_exp:
+                raise ConfigError(f"warps.speech={self.n_speech}: {fits_dir} has p_exp [{self.n_exp}] wide, not the "
+                                  f"model's {model.n_exp} expression parameters (speech is drawn for photo fits)")
+            if model.n_speech < self.n_speech:
+                raise ConfigError(f"warps.speech={self.n_speech}: the model has {model.n_speech} speech components")
         fit_model = fits.attrs.get("model_hash")
         if fit_model and fit_model != self._model_hash:
             raise ConfigError(f"{fits_dir} was fitted with another model (hash {fit_model}); "
@@ -109,6 +126,8 @@ class WarpsStage(Stage):
 
     def params(self) -> dict:
         cfg = {k: v for k, v in sorted(self.cfg.items()) if k not in ("chunk_size", "faces")}
+        if not self.n_speech:              # the paper's warps keep the params hash they had before the option
+            cfg = {k: v for k, v in cfg.items() if k not in ("speech", "speech_scale")}
         return {"warps": cfg, "seed": self.seed, "fits": self.fits_hash, "images": self.images_root,
                 "backend": self.backend}
 
@@ -186,6 +205,11 @@ class WarpsStage(Stage):
                 rejects.append(e.as_reject(key))
                 continue
             P = sample_expressions(self.seed, key, per_face, self.n_exp, dist, scale)
+            p_src = np.asarray(rec["p_exp"], np.float32)
+            if self.n_speech:       # warps.speech: speech drawn beside the expression; the photo's is zero
+                P = np.concatenate([P, sample_expressions(self.seed, f"{key}#speech", per_face, self.n_speech,
+                                                          dist, float(self.cfg.get("speech_scale", 0.7)))], 1)
+                p_src = np.concatenate([p_src, np.zeros(self.n_speech, np.float32)])
             images = warper.render(src, P)
             for k in range(per_face):
                 cols["key"].append(warp_key(key, k, per_face))
@@ -199,12 +223,13 @@ class WarpsStage(Stage):
                 cols["align"].append(np.asarray(rec["align"], np.float32))
                 cols["source"].append(row)
                 cols["k"].append(k)
-                cols["p_exp_source"].append(np.asarray(rec["p_exp"], np.float32))
+                cols["p_exp_source"].append(p_src)
         n_id = int(fits.datasets["p_id"][1][1])
+        width = self.n_exp + self.n_speech
         shapes = {"group": ((), np.int64), "identity": ((), np.int64), "label": ((), np.int64),
-                  "image": ((self.crop_size, self.crop_size, 3), np.uint8), "p_exp": ((self.n_exp,), np.float32),
+                  "image": ((self.crop_size, self.crop_size, 3), np.uint8), "p_exp": ((width,), np.float32),
                   "p_id": ((n_id,), np.float32), "camera": ((7,), np.float32), "align": ((2, 3), np.float32),
-                  "source": ((), np.int64), "k": ((), np.int16), "p_exp_source": ((self.n_exp,), np.float32)}
+                  "source": ((), np.int64), "k": ((), np.int16), "p_exp_source": ((width,), np.float32)}
         rows = {"key": cols["key"]}
         for name, (shape, dt) in shapes.items():
             rows[name] = (np.stack(cols[name]).astype(dt) if cols[name] else np.zeros((0,) + shape, dt))
