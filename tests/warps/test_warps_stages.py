@@ -292,6 +292,29 @@ def test_speech_warps_draw_speech_beside_the_expression(tiny_world, tiny_fits, t
     from pipeline.config import load_config
     cfg = load_config().section("warps")
     plain = build_stage(str(tiny_fits), str(tiny_world / "model.h5"), cfg).params()
-    assert "speech" not in plain["warps"] and "speech_scale" not in plain["warps"]
+    assert not {"speech", "speech_scale", "around_source"} & set(plain["warps"])
+    with pytest.raises(ConfigError, match="around_source must be >= 0"):
+        build_stage(str(tiny_fits), str(tiny_world / "model.h5"), dict(cfg, around_source=-0.1))
     with pytest.raises(ConfigError, match="the model has 10 speech components"):
         build_stage(str(tiny_fits), str(tiny_world / "model.h5"), dict(cfg, speech=11))
+
+
+def test_warps_around_source_draw_small_changes_of_the_photo_expression(tiny_world, tiny_fits, tmp_path):
+    """warps.around_source s: each draw's expression is the photo's fitted p_exp plus the draw of
+    scale s that the independent draws would have made at scale s (the same stream), so every
+    warp lies within s of its photo in each parameter; the speech part is drawn as before."""
+    from fitting.sampling import sample_expressions
+
+    out = tmp_path / "wa"
+    _run_inprocess("warps", tiny_fits, tiny_world / "model.h5", out, 2, faces=2, per_face=3, speech=10,
+                   around_source=0.25)
+    ds, fits = ShardSet(out), ShardSet(tiny_fits)
+    P, src, k, keys = ds.read("p_exp"), ds.read("source"), ds.read("k"), fits.keys()
+    assert P.shape == (6, 40)
+    for i in range(len(ds)):
+        key, p_fit = keys[int(src[i])], fits.read("p_exp", int(src[i]))
+        want = p_fit + sample_expressions(0, key, 3, 30, "uniform", 0.25)[int(k[i])]
+        np.testing.assert_allclose(P[i, :30], want, rtol=0, atol=1e-6)
+        assert np.abs(P[i, :30] - p_fit).max() <= 0.25 + 1e-6
+        np.testing.assert_array_equal(P[i, 30:], sample_expressions(0, f"{key}#speech", 3, 10, "uniform", 0.7)[int(k[i])])
+    assert np.abs(P[:, :30] - fits.read("p_exp")[src]).max() > 0.05     # the draws do move the expression

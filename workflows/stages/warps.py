@@ -13,6 +13,11 @@ expression, so (photo, p_exp_source) <-> (warp, p_exp) pairs need no second look
 draw also gets S speech parameters (the model's speech basis; same distribution,
 ``warps.speech_scale``), so ``p_exp`` is E + S wide, and ``p_exp_source`` is the photo's fit
 with zero speech (a photo fit has none).
+
+``warps.around_source`` = s > 0: each draw's expression is the photo's fitted ``p_exp`` plus a
+draw of scale s (``distribution``), instead of an independent draw: warps that differ from
+their photo (and from each other) by small changes, as frames of one video do (the speech
+warps of docs/speech.md). 0 = the paper's independent draws.
 """
 from __future__ import annotations
 
@@ -106,6 +111,9 @@ class WarpsStage(Stage):
             raise ConfigError(f"warps.speech must be >= 0, got {self.n_speech}")
         if self.n_speech and not float(self.cfg.get("speech_scale", 0.7)) > 0:
             raise ConfigError("warps.speech_scale must be > 0")
+        self.around = float(self.cfg.get("around_source", 0.0) or 0.0)
+        if not (np.isfinite(self.around) and self.around >= 0):
+            raise ConfigError(f"warps.around_source must be >= 0, got {self.cfg.get('around_source')}")
         self.keys = select_keys(fits.keys(), faces, self.seed)
         self._model_hash = checked_model_hash(self.model_path)
         if self.n_speech:
@@ -126,8 +134,10 @@ class WarpsStage(Stage):
 
     def params(self) -> dict:
         cfg = {k: v for k, v in sorted(self.cfg.items()) if k not in ("chunk_size", "faces")}
-        if not self.n_speech:              # the paper's warps keep the params hash they had before the option
+        if not self.n_speech:              # the paper's warps keep the params hash they had before the options
             cfg = {k: v for k, v in cfg.items() if k not in ("speech", "speech_scale")}
+        if not self.around:
+            cfg.pop("around_source", None)
         return {"warps": cfg, "seed": self.seed, "fits": self.fits_hash, "images": self.images_root,
                 "backend": self.backend}
 
@@ -204,8 +214,11 @@ class WarpsStage(Stage):
             except BadInput as e:
                 rejects.append(e.as_reject(key))
                 continue
-            P = sample_expressions(self.seed, key, per_face, self.n_exp, dist, scale)
             p_src = np.asarray(rec["p_exp"], np.float32)
+            if self.around:         # warps.around_source: small changes of the photo's own expression
+                P = p_src + sample_expressions(self.seed, key, per_face, self.n_exp, dist, self.around)
+            else:                   # the paper's: independent draws
+                P = sample_expressions(self.seed, key, per_face, self.n_exp, dist, scale)
             if self.n_speech:       # warps.speech: speech drawn beside the expression; the photo's is zero
                 P = np.concatenate([P, sample_expressions(self.seed, f"{key}#speech", per_face, self.n_speech,
                                                           dist, float(self.cfg.get("speech_scale", 0.7)))], 1)
