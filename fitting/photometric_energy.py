@@ -89,6 +89,26 @@ def _colour_residual(img, uv, n, albedo, light, offset=None):
     return obs - albedo * (sh_basis_torch(n) @ light)
 
 
+def blur_window(img: np.ndarray, blur: float, uv):
+    """``gaussian_filter(img, blur)`` per channel, computed only over the window that
+    :func:`bilinear` reads at ``uv [N, 2]`` (torch) -> ``(window [h, w, C], uv in the window)``.
+    The input window reaches ``int(4 * blur + 0.5)`` pixels (the filter's radius) beyond the
+    taps, or to the image border, where the filter reflects as it does on the whole image, so
+    the sampled values are those of the whole image's blur (tested)."""
+    import torch
+    from scipy.ndimage import gaussian_filter
+
+    H, W = img.shape[:2]
+    i0, i1, j0, j1, _, _ = _bilinear_taps(torch.empty(H, W, 0), uv)       # only the shape is read
+    rad = int(4.0 * float(blur) + 0.5)
+    a, b = int(i0.min()), int(i1.max()) + 1                       # rows the taps read
+    c, d = int(j0.min()), int(j1.max()) + 1
+    ya, yb, xa, xb = max(a - rad, 0), min(b + rad, H), max(c - rad, 0), min(d + rad, W)
+    win = np.stack([gaussian_filter(img[ya:yb, xa:xb, k], blur) for k in range(img.shape[2])], -1)
+    out = win[a - ya:b - ya, c - xa:d - xa]
+    return out, uv - torch.tensor([float(c), float(a)], dtype=uv.dtype)
+
+
 def sample_vertices(model, n: int) -> np.ndarray:
     """An evenly spread, deterministic subset of the face's front vertices ``[<=n]``: inside
     the landmarks' x range and between the chin and a band above the brows, facing the
@@ -396,15 +416,15 @@ class PhotometricEnergy:
         same discretisation as a rendered photo.  ``raster``: the step's :meth:`_raster`
         pass of ``V`` under ``cam`` (made here when None)."""
         import torch
-        from scipy.ndimage import gaussian_filter
 
         albedo = self.model.texture(p_tex).astype(np.float64)
         if raster is None:
             raster = self._raster(V, cam, img_np.shape[:2])
         img = self._render_image(raster, albedo, light, img_np).astype(np.float64)
+        uv = uv.cpu().to(torch.float64)
         if blur > 0:
-            img = np.stack([gaussian_filter(img[..., c], blur) for c in range(3)], -1)
-        sampled = bilinear(torch.as_tensor(img), uv.cpu().to(torch.float64)).numpy()
+            img, uv = blur_window(img, blur, uv)
+        sampled = bilinear(torch.as_tensor(img), uv).numpy()
         return sampled - (self._tex_mean + self._tex_basis @ p_tex) * (Y @ light)
 
     def _t(self, a):

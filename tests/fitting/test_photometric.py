@@ -232,3 +232,22 @@ def test_shared_z_buffer_pass_equals_visible_vertices_and_render(model):
     assert ref._vertices(p.clone()) is V1                                # cached by value
     V2 = ref._vertices(p + 1e-3)
     np.testing.assert_array_equal(V2.numpy(), (ref._mean + torch.einsum("vkp,p->vk", ref._basis, p + 1e-3)).numpy())
+
+
+def test_blur_window_samples_what_the_whole_image_blur_gives():
+    """The render correction blurs only the window its samples read: the sampled values equal
+    those of ``gaussian_filter`` over the whole image, samples inside, at and outside the border."""
+    from scipy.ndimage import gaussian_filter
+
+    from fitting.photometric_energy import blur_window
+
+    rng = np.random.default_rng(4)
+    for (H, W), blur, lo, hi in (((50, 60), 2.0, 10, 25), ((40, 30), 1.0, -5, 45), ((64, 64), 4.0, 20, 30)):
+        img = rng.uniform(size=(H, W, 3))
+        uv = torch.as_tensor(rng.uniform(lo, hi, size=(40, 2)))
+        whole = bilinear(torch.as_tensor(np.stack([gaussian_filter(img[..., c], blur) for c in range(3)], -1)), uv)
+        win, uv_w = blur_window(img, blur, uv)
+        assert win.shape[0] * win.shape[1] <= H * W
+        np.testing.assert_allclose(bilinear(torch.as_tensor(win), uv_w).numpy(), whole.numpy(), rtol=0, atol=1e-12)
+    win, _ = blur_window(rng.uniform(size=(64, 64, 3)), 2.0, torch.full((5, 2), 32.0))
+    assert win.shape[:2] == (2, 2)                          # the taps of one point: a 2 x 2 window
