@@ -334,7 +334,10 @@ def apply_generator(G: Generator, x: torch.Tensor, p: torch.Tensor, image_size: 
     """Run G on images of any size: resize ``x [B,3,H,W]`` (in [-1,1]) to the network's
     ``image_size`` (:func:`resize_images`), edit with ``p [B,E]`` (and the source's ``p_src
     [B,E]``, which a ``"delta"`` generator needs), resize G's colour and mask
-    back to H x W (same function) and compose them with the full-size input.
+    back to H x W (same function) and compose them with the full-size input. A residual
+    colour head (``colour="residual"``: the input's colour plus a change) has its change
+    resized instead: colour = clamp(x + resize(C - resize(x))), so where it changes nothing
+    the full-size input comes back even under an open mask.
 
     Returns ``(out [B,3,H,W], colour [B,3,H,W], mask [B,1,H,W])``.  Where the mask is 0
     ``out`` is the input exactly, at any size (the paper's ``I_gen = M * C + (1 - M) * I_org``
@@ -343,7 +346,13 @@ def apply_generator(G: Generator, x: torch.Tensor, p: torch.Tensor, image_size: 
     H, W = x.shape[-2:]
     if (H, W) == (image_size, image_size):
         return G(x, p, p_src)
-    _, colour, mask = G(resize_images(x, image_size), p, p_src)
-    colour = resize_images(colour, (H, W))
+    small = resize_images(x, image_size)
+    _, colour, mask = G(small, p, p_src)
+    if getattr(G, "colour_mode", "absolute") == "residual":
+        # a residual colour head paints the input's own colour plus a change: the *change* is
+        # what is resized, so the full-size input's detail stays where G changes nothing
+        colour = (x + resize_images(colour - small, (H, W))).clamp(-1, 1)
+    else:
+        colour = resize_images(colour, (H, W))
     mask = resize_images(mask, (H, W)).clamp(0, 1)
     return compose(x, colour, mask), colour, mask

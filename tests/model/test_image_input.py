@@ -113,3 +113,30 @@ def test_apply_generator_composes_at_the_input_size():
     assert np.abs(out.numpy() - want).max() < 2e-6
     same = _FixedG(0.5)
     assert torch.equal(apply_generator(same, x, torch.zeros(2, 5), image_size=12)[0], same(x, None)[0])
+
+
+def test_apply_generator_resizes_a_residual_colour_heads_change():
+    """colour="residual": the full-size colour is x + resize(C - resize(x)) (a slow per-pixel
+    resize as reference), so a residual G that changes nothing returns the input exactly at
+    any size, under any mask (an absolute head's resized colour would blur it)."""
+    from model.networks import Generator
+
+    torch.manual_seed(0)
+    G = Generator(conv_dim=4, c_dim=5, repeat_num=1, colour="residual").eval()
+    x = torch.rand(2, 3, 12, 12) * 1.6 - 0.8
+    p = torch.randn(2, 5)
+    with torch.no_grad():
+        out, colour, mask = apply_generator(G, x, p, image_size=8)
+        small = resize_images(x, 8)
+        _, c8, m8 = G(small, p)
+    change = _reference((c8 - small).double().numpy(), 12, 12)
+    want = np.clip(x.double().numpy() + change, -1, 1)
+    assert np.abs(colour.double().numpy() - want).max() < 2e-6
+    m = _reference(m8.double().numpy(), 12, 12).clip(0, 1)
+    assert np.abs(out.double().numpy() - (m * want + (1 - m) * x.double().numpy())).max() < 2e-6
+    with torch.no_grad():                       # no change painted: the input, whatever the mask
+        G.colour[0].weight.zero_()
+        G.mask[0].bias.fill_(3.0)
+        out0, _, mask0 = apply_generator(G, x, p, image_size=8)
+    assert mask0.mean() > 0.5
+    assert torch.allclose(out0, x, atol=2e-6)
