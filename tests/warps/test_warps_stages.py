@@ -256,6 +256,15 @@ def test_render_warps_refuses_another_model(tiny_fits, tmp_path):
         build_stage(str(tiny_fits), str(other), {"faces": 2, "per_face": 1})
 
 
+def _speech_warps(tiny_world, tiny_fits, out, per_face, **over):
+    """A 40-wide speech-warps stage of 2 photos -> (stage, fits, p_exp, source rows, draw index, fit keys)."""
+    _run_inprocess("warps", tiny_fits, tiny_world / "model.h5", out, 2, faces=2, per_face=per_face, speech=10, **over)
+    ds, fits = ShardSet(out), ShardSet(tiny_fits)
+    P = ds.read("p_exp")
+    assert P.shape == (2 * per_face, 40)
+    return ds, fits, P, ds.read("source"), ds.read("k"), fits.keys()
+
+
 def test_speech_warps_draw_speech_beside_the_expression(tiny_world, tiny_fits, tmp_path):
     """warps.speech 10: the 30 expression draws are the paper warps' own, 10 speech draws
     follow (their own stream, warps.speech_scale), the source has zero speech, and the image is
@@ -266,12 +275,7 @@ def test_speech_warps_draw_speech_beside_the_expression(tiny_world, tiny_fits, t
     from fitting.warp import Warper
     from pipeline.config import ConfigError
 
-    out = tmp_path / "ws"
-    _run_inprocess("warps", tiny_fits, tiny_world / "model.h5", out, 2, faces=2, per_face=2, speech=10,
-                   speech_scale=0.5)
-    ds, fits = ShardSet(out), ShardSet(tiny_fits)
-    P, src, k, keys = ds.read("p_exp"), ds.read("source"), ds.read("k"), fits.keys()
-    assert P.shape == (4, 40)
+    ds, fits, P, src, k, keys = _speech_warps(tiny_world, tiny_fits, tmp_path / "ws", 2, speech_scale=0.5)
     model = MorphableModel.load(tiny_world / "model.h5")
     w = Warper(model)
     for i in range(len(ds)):
@@ -305,12 +309,7 @@ def test_warps_around_source_draw_small_changes_of_the_photo_expression(tiny_wor
     warp lies within s of its photo in each parameter; the speech part is drawn as before."""
     from fitting.sampling import sample_expressions
 
-    out = tmp_path / "wa"
-    _run_inprocess("warps", tiny_fits, tiny_world / "model.h5", out, 2, faces=2, per_face=3, speech=10,
-                   around_source=0.25)
-    ds, fits = ShardSet(out), ShardSet(tiny_fits)
-    P, src, k, keys = ds.read("p_exp"), ds.read("source"), ds.read("k"), fits.keys()
-    assert P.shape == (6, 40)
+    ds, fits, P, src, k, keys = _speech_warps(tiny_world, tiny_fits, tmp_path / "wa", 3, around_source=0.25)
     for i in range(len(ds)):
         key, p_fit = keys[int(src[i])], fits.read("p_exp", int(src[i]))
         want = p_fit + sample_expressions(0, key, 3, 30, "uniform", 0.25)[int(k[i])]
