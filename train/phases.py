@@ -166,8 +166,9 @@ class TrainerData:
     def _speech_warps(self, fits, fit_p, S: int, held_groups):
         """``train.speech_warps`` = a stage name with ``train.speech``: the 40-wide speech warps
         ``RUN/<name>`` (``render-warps`` with ``warps.speech`` 10: photo fits warped to random
-        expression + speech) as extra paired targets with their photos as sources, the photos of
-        held-out identities left out. None when off, without ``train.speech`` or when the stage
+        expression + speech) as extra paired targets; a target's source is its photo (zero
+        speech) or another warp of that photo (``PairedDataset``), the warps of held-out
+        photos left out. None when off, without ``train.speech`` or when the stage
         is absent (a note says so); a one-line error for a stage that is not 40 wide."""
         name = self.t.get("speech_warps")
         if not name or not self.t["speech"]:
