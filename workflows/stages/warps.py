@@ -109,7 +109,8 @@ class WarpsStage(Stage):
         self.n_speech = int(self.cfg.get("speech", 0) or 0)
         if self.n_speech < 0:
             raise ConfigError(f"warps.speech must be >= 0, got {self.n_speech}")
-        if self.n_speech and not float(self.cfg.get("speech_scale", 0.7)) > 0:
+        self.speech_scale = float(self.cfg.get("speech_scale", 0.7))
+        if self.n_speech and not self.speech_scale > 0:
             raise ConfigError("warps.speech_scale must be > 0")
         self.around = float(self.cfg.get("around_source", 0.0) or 0.0)
         if not (np.isfinite(self.around) and self.around >= 0):
@@ -221,7 +222,7 @@ class WarpsStage(Stage):
                 P = sample_expressions(self.seed, key, per_face, self.n_exp, dist, scale)
             if self.n_speech:       # warps.speech: speech drawn beside the expression; the photo's is zero
                 P = np.concatenate([P, sample_expressions(self.seed, f"{key}#speech", per_face, self.n_speech,
-                                                          dist, float(self.cfg.get("speech_scale", 0.7)))], 1)
+                                                          dist, self.speech_scale)], 1)
                 p_src = np.concatenate([p_src, np.zeros(self.n_speech, np.float32)])
             images = warper.render(src, P)
             for k in range(per_face):
