@@ -218,10 +218,32 @@ class Warper:
     def render(self, src: WarpSource, P, return_masks: bool = False):
         """Warps of one photo: ``P [k, E]`` normalised -> ``uint8 [k, size, size, 3]``
         (and ``bool [k, size, size]`` face masks, cavity included, if ``return_masks``)."""
+        imgs, masks = self.render_float(src, P)
+        out = np.clip(np.round(imgs * 255.0), 0, 255).astype(np.uint8)
+        return (out, masks) if return_masks else out
+
+    def render_change(self, src: WarpSource, P, p_base, base) -> np.ndarray:
+        """Change warps: the photo's own crop plus what the 3D model changes, ``base + R(P_k) -
+        R(p_base)`` (``R`` = :meth:`render_float`, ``p_base [E]`` the photo's fitted expression,
+        ``base`` uint8 ``[size, size, 3]`` the photo's aligned crop) -> ``uint8 [k, size, size, 3]``.
+        Where the render does not change (background, the face away from the edit) the photo's
+        pixels come back exactly; the photo's texture never passes through the mesh."""
+        base = np.asarray(base)
+        if base.shape != (self.size, self.size, 3):
+            raise ValueError(f"base must be [{self.size}, {self.size}, 3], got {list(base.shape)}")
+        P = np.asarray(P, np.float32)
+        r0, _ = self.render_float(src, np.asarray(p_base, np.float32)[None])
+        imgs, _ = self.render_float(src, P)
+        out = base.astype(np.float32)[None] / 255.0 + (imgs - r0)
+        return np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
+
+    def render_float(self, src: WarpSource, P) -> tuple[np.ndarray, np.ndarray]:
+        """Renders of one photo before quantisation: ``P [k, E]`` -> (float32 ``[k, size, size,
+        3]`` in [0, 1], bool ``[k, size, size]`` face masks, cavity included)."""
         from render import render
 
         Vs = self.shapes(src.shape_id, P)
-        out = np.empty((len(Vs), self.size, self.size, 3), np.uint8)
+        out = np.empty((len(Vs), self.size, self.size, 3), np.float32)
         masks = np.empty((len(Vs), self.size, self.size), bool)
         ss = self.supersample if src.space == "crop" else 1
         cam, bg = src.camera, src.background
@@ -244,6 +266,6 @@ class Warper:
             if src.space == "full":
                 img = warp_affine(img, src.align, (self.size, self.size))
                 mask = warp_affine(mask[..., None].astype(np.float32), src.align, (self.size, self.size))[..., 0] > 0.5
-            out[i] = np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8)
+            out[i] = img
             masks[i] = mask
-        return (out, masks) if return_masks else out
+        return out, masks

@@ -317,3 +317,40 @@ def test_warps_around_source_draw_small_changes_of_the_photo_expression(tiny_wor
         assert np.abs(P[i, :30] - p_fit).max() <= 0.25 + 1e-6
         np.testing.assert_array_equal(P[i, 30:], sample_expressions(0, f"{key}#speech", 3, 10, "uniform", 0.7)[int(k[i])])
     assert np.abs(P[:, :30] - fits.read("p_exp")[src]).max() > 0.05     # the draws do move the expression
+
+
+def test_residual_warps_are_the_photo_crop_plus_the_render_change(tiny_world, tiny_fits, tmp_path):
+    """warps.residual: every image is the photo's aligned crop plus R(p_k) - R(p_fit), computed
+    here pixel by pixel from two separate float renders; where the two renders agree the
+    photo's own crop pixel comes back exactly; the key is out of the params hash when off."""
+    from fitting.images import load_image
+    from fitting.model import MorphableModel
+    from fitting.warp import Warper
+    from fitting.warp_image import crop_photo
+    from pipeline.config import ConfigError, load_config
+    from workflows.stages.warps import build_stage
+
+    ds, fits, P, src, k, keys = _speech_warps(tiny_world, tiny_fits, tmp_path / "wr", 2, around_source=0.3,
+                                              residual=True)
+    w = Warper(MorphableModel.load(tiny_world / "model.h5"))
+    for i in (0, 3):
+        r = fits.row(int(src[i]))
+        photo = load_image(Path(fits.attrs["params"]["root"]) / r["key"])
+        s = w.prepare(photo, r["p_id"], r["p_exp"], r["camera"], r["align"])
+        crop = np.clip(np.round(crop_photo(photo, r["align"], 128) * 255.0), 0, 255)
+        new, _ = w.render_float(s, P[i:i + 1])
+        old, _ = w.render_float(s, ds.read("p_exp_source", i)[None])
+        got = ds.read("image", i).astype(np.float64)
+        for (y, x) in [(0, 0), (64, 64), (90, 64), (100, 40), (127, 127)]:
+            want = np.clip(np.round((crop[y, x] / 255.0 + new[0, y, x] - old[0, y, x]) * 255.0), 0, 255)
+            np.testing.assert_allclose(got[y, x], want, atol=1.0)
+        same = np.all(new[0] == old[0], axis=-1)
+        assert same.mean() > 0.3 and not same.all()          # the edit changes part of the face only
+        np.testing.assert_array_equal(got[same], crop[same])
+        assert np.abs(got[~same] - crop[~same]).mean() > 0.5  # and there it does change the photo
+    cfg = load_config().section("warps")
+    assert "residual" not in build_stage(str(tiny_fits), str(tiny_world / "model.h5"), cfg).params()["warps"]
+    on = build_stage(str(tiny_fits), str(tiny_world / "model.h5"), dict(cfg, residual=True)).params()["warps"]
+    assert on["residual"] is True
+    with pytest.raises(ConfigError, match="warps.residual must be true or false"):
+        build_stage(str(tiny_fits), str(tiny_world / "model.h5"), dict(cfg, residual="yes"))

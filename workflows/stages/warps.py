@@ -18,6 +18,12 @@ with zero speech (a photo fit has none).
 draw of scale s (``distribution``), instead of an independent draw: warps that differ from
 their photo (and from each other) by small changes, as frames of one video do (the speech
 warps of docs/speech.md). 0 = the paper's independent draws.
+
+``warps.residual: true`` writes change warps: the photo's aligned crop plus the render's change
+from the photo's own fit, ``crop + R(p_k) - R(p_fit)`` (:meth:`fitting.warp.Warper.render_change`),
+instead of the render itself. The photo's pixels stay wherever the 3D edit changes nothing,
+so a pair of such warps differs only by the edit (no texture or resampling gap between the
+render and the photo; docs/warps.md). Off = the paper's rendered warps.
 """
 from __future__ import annotations
 
@@ -115,6 +121,10 @@ class WarpsStage(Stage):
         self.around = float(self.cfg.get("around_source", 0.0) or 0.0)
         if not (np.isfinite(self.around) and self.around >= 0):
             raise ConfigError(f"warps.around_source must be >= 0, got {self.cfg.get('around_source')}")
+        res = self.cfg.get("residual", False)
+        if res not in (True, False, None, 0, 1):
+            raise ConfigError(f"warps.residual must be true or false, got {res!r}")
+        self.residual = bool(res)
         self.keys = select_keys(fits.keys(), faces, self.seed)
         self._model_hash = checked_model_hash(self.model_path)
         if self.n_speech:
@@ -139,6 +149,8 @@ class WarpsStage(Stage):
             cfg = {k: v for k, v in cfg.items() if k not in ("speech", "speech_scale")}
         if not self.around:
             cfg.pop("around_source", None)
+        if not self.residual:
+            cfg.pop("residual", None)
         return {"warps": cfg, "seed": self.seed, "fits": self.fits_hash, "images": self.images_root,
                 "backend": self.backend}
 
@@ -224,7 +236,12 @@ class WarpsStage(Stage):
                 P = np.concatenate([P, sample_expressions(self.seed, f"{key}#speech", per_face, self.n_speech,
                                                           dist, self.speech_scale)], 1)
                 p_src = np.concatenate([p_src, np.zeros(self.n_speech, np.float32)])
-            images = warper.render(src, P)
+            if self.residual:       # warps.residual: the photo's crop plus the 3D edit's change
+                from fitting.warp_image import crop_photo
+                base = np.clip(np.round(crop_photo(photo, rec["align"], self.crop_size) * 255.0), 0, 255)
+                images = warper.render_change(src, P, p_src, base.astype(np.uint8))
+            else:
+                images = warper.render(src, P)
             for k in range(per_face):
                 cols["key"].append(warp_key(key, k, per_face))
                 cols["group"].append(int(rec["group"]))
