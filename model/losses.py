@@ -89,6 +89,21 @@ def l1_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.float() - b.float()).abs().mean()
 
 
+GEN_LOSSES = ("l1", "l2")
+
+
+def gen_loss(a: torch.Tensor, b: torch.Tensor, kind: str = "l1") -> torch.Tensor:
+    """L_gen, the paired loss: ``l1`` (the paper's mean absolute difference) or ``l2`` (mean
+    squared difference). [B,3,H,W] x2 -> scalar. Under L1 the best output for an edit G cannot
+    predict exactly is the per-pixel median, for small uncertain edits the input itself; under
+    L2 it is the mean, the optimum of the squared measure IED (docs/training.md)."""
+    if kind == "l1":
+        return l1_loss(a, b)
+    if kind == "l2":
+        return (a.float() - b.float()).pow(2).mean()
+    raise ValueError(f"gen_loss kind must be one of {GEN_LOSSES}, got {kind!r}")
+
+
 def identity_loss(emb_gen: torch.Tensor, emb_org: torch.Tensor) -> torch.Tensor:
     """L_id = E[1 - cos(F(I_gen), F(I_org))]; embeddings [B,F] (need not be normalised)."""
     return (1.0 - F.cosine_similarity(emb_gen.float(), emb_org.float(), dim=1, eps=1e-8)).mean()

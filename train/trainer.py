@@ -97,6 +97,8 @@ class Trainer(TrainerData, TrainerValidation):
             raise ConfigError(f"train.condition must be target|delta, got {t['condition']!r}")
         if t["colour"] not in ("absolute", "residual"):
             raise ConfigError(f"train.colour must be absolute|residual, got {t['colour']!r}")
+        if t["gen_loss"] not in L.GEN_LOSSES:
+            raise ConfigError(f"train.gen_loss must be l1|l2, got {t['gen_loss']!r}")
         if t["target"] not in ("shuffle", "uniform", "normal"):
             raise ConfigError(f"train.target must be shuffle|uniform|normal, got {t['target']!r}")
         self.rank, self.world = _dist_info()
@@ -312,7 +314,7 @@ class Trainer(TrainerData, TrainerValidation):
                 g_exp = L.exp_loss(fake_r, p_trg)
                 rec, _, mask_rec = self.G(fake, p, p_trg)
                 g_rec = L.l1_loss(rec, x)
-                g_gen = L.l1_loss(fake, x_trg) if (paired and lam["gen"] > 0) else torch.zeros((), device=dev)
+                g_gen = L.gen_loss(fake, x_trg, self.t["gen_loss"]) if (paired and lam["gen"] > 0) else torch.zeros((), device=dev)
                 if self.Fnet is not None:
                     with torch.no_grad():
                         e_org = self.Fnet(x.float())

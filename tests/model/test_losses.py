@@ -98,6 +98,10 @@ def test_regression_l1_identity_by_hand():
     assert L.exp_loss(pred, target).item() == pytest.approx((1 + 0 + 1 + 4) / 4)
     a, b = torch.tensor([[0.5, -0.5]]), torch.tensor([[0.0, 0.5]])
     assert L.l1_loss(a, b).item() == pytest.approx(0.75)
+    assert L.gen_loss(a, b, "l1").item() == pytest.approx(0.75)
+    assert L.gen_loss(a, b, "l2").item() == pytest.approx((0.25 + 1.0) / 2)
+    with pytest.raises(ValueError, match="gen_loss kind"):
+        L.gen_loss(a, b, "huber")
     e1, e2 = torch.tensor([[1.0, 0.0], [3.0, 4.0]]), torch.tensor([[0.0, 2.0], [3.0, 4.0]])
     assert L.identity_loss(e1, e2).item() == pytest.approx((1.0 + 0.0) / 2)
 

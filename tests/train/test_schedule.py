@@ -70,6 +70,8 @@ def test_bad_device_is_a_config_error(tmp_path):
     from pipeline.config import ConfigError
     with pytest.raises(ConfigError, match="train.device must be"):
         _trainer(tmp_path, ["train.device=gpu0"])
+    with pytest.raises(ConfigError, match="train.gen_loss must be l1.l2"):
+        _trainer(tmp_path, ["train.gen_loss=huber"])
 
 
 def test_ramp_waits_g_ramp_start_steps_after_the_warm_up(tmp_path):
