@@ -67,9 +67,10 @@ class TrainerData:
         mix = int(t["paired_mix"])
         self.paired_set = None             # the training warps (phase 1, and the batches mixed into later phases)
         if self.variant.paired and (t["epochs_paired"] > 0 or mix > 0):
-            warps = open_stage(self.data, "warps", required=False)
+            name = str(t.get("warps") or "warps")   # train.warps: the paired stage of RUN (default RUN/warps)
+            warps = open_stage(self.data, name, required=False)
             if warps is None:
-                self._say(f"note: {self.data / 'warps'} has no shard stage; skipping the paired phase")
+                self._say(f"note: {self.data / name} has no shard stage; skipping the paired phase")
             else:
                 warp_p = params_to_width(warps.read("p_exp"), self.E, str(warps.dir), bool(t["speech"]))
                 ds = full = PairedDataset(fits, fit_p, warps, warp_p, S, seed=self.seed)

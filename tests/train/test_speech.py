@@ -146,6 +146,19 @@ def test_paper_speech_preset():
     assert load_config(None, []).section("train")["speech"] is False
 
 
+def test_demo_speech_preset_differs_from_the_demo_only_by_the_speech_recipe():
+    """config/demo-speech.yaml (slidergan demo's rad-speech and its speech warps): the demo preset
+    plus exactly the keys its header names; the paper's warps and the demo's other runs keep theirs."""
+    cfg, demo = load_config("demo-speech", []), load_config("demo", [])
+    diff = {s: {k: v for k, v in cfg.section(s).items() if demo.section(s).get(k) != v} for s in ("warps", "train")}
+    assert diff["warps"] == {"speech": 10, "around_source": 0.3}
+    assert diff["train"] == {"speech": True, "warps": "warps-speech", "paired_speech": 3, "paired_4dfab": 0,
+                             "epochs_paired": 10, "epochs_speech": 0, "condition": "delta", "gen_loss": "l2",
+                             "lambda_gen": 1000.0, "g_ramp_start": 100000, "g_ema_halflife": 100,
+                             "demo_speech_steps": 1500}
+    assert all(cfg.section(s) == demo.section(s) for s in ("fit", "demo", "evaluate", "model"))
+
+
 def test_init_from_a_30_parameter_run_starts_the_speech_model_from_its_weights(speech_run, tmp_path, capsys):
     """train.init_from: a 30-parameter run's G and D start the 40-parameter run (step 0, fresh
     optimisers): before any step G edits as the 30-parameter G did, whatever the speech inputs."""
@@ -207,3 +220,29 @@ def test_speech_warps_join_the_paired_set_without_held_out_photos(speech_run, tm
     assert any("train.speech_warps adds nothing" in m for m in said)
     with pytest.raises(ConfigError, match=r"p_exp \[30\] wide; train.speech needs 40"):
         Trainer(speech_run, tmp_path / "t", _cfg("train.speech_warps=warps"), echo=lambda m: None).build_data()
+
+
+def test_train_warps_names_the_paired_stage(speech_run, tmp_path):
+    """train.warps: the paired phase (and its validation pairs) read that stage of RUN instead of
+    RUN/warps; its held-out photos stay out of the training rows; an absent stage is a note."""
+    from pipeline.shards import ShardSet
+    from train.data import RowSubset
+
+    w = ShardSet(speech_run / "warps")
+    g = w.read("group").astype(np.int64)
+    P = np.concatenate([w.read("p_exp"), np.random.default_rng(2).uniform(-0.7, 0.7, (len(w), 10))], 1)
+    make_stage(speech_run / "ws2", "warps", {"key": list(w.keys()), "group": g, "source": w.read("source"),
+                                             "identity": w.read("identity"), "image": w.read("image"),
+                                             "p_exp": P.astype(np.float32)}, chunk_size=7)
+    tr = Trainer(speech_run, tmp_path / "t", _cfg("train.warps=ws2", "train.holdout=true", "train.paired_speech=0",
+                                                  "evaluate.test_fraction=0.5"), echo=lambda m: None)
+    tr.build_data()
+    held = set(np.asarray(tr._holdout(tr.fits)[1]).tolist())
+    ds = tr.paired_set
+    assert isinstance(ds, RowSubset) and ds.ds.warps.dir.name == "ws2"
+    assert not set(g[ds.rows].tolist()) & held
+    np.testing.assert_allclose(np.asarray(ds[0]["p_trg"]), P[ds.rows[0]], atol=1e-6)   # the 40-vectors of ws2
+    said = []
+    tr2 = Trainer(speech_run, tmp_path / "t2", _cfg("train.warps=absent", "train.epochs_speech=1"), echo=said.append)
+    tr2.build_data()
+    assert tr2.paired_set is None and any("absent has no shard stage" in m for m in said)

@@ -1,7 +1,8 @@
 """slidergan demo: every stage on the offline demo world, then the HTML report.
 
-make-demo -> fit-emotionet -> render-warps -> project-4dfab -> fit-lrw -> train (rad, ganimation,
-rad-speech: 40 parameters, ``train.speech=true``; and the reader) side by side -> evaluate.
+make-demo -> fit-emotionet -> render-warps -> project-4dfab -> fit-lrw -> render-warps (speech warps,
+``--speech-config``) -> train (rad, ganimation, rad-speech: 40 parameters, its own preset
+``config/demo-speech.yaml``; and the reader) side by side -> evaluate.
 Each step is its own ``slidergan`` process, so a re-run reuses whatever
 finished: stages skip complete shards, training resumes from (or stops at) its latest
 checkpoint, and the evaluation is skipped when its inputs (checkpoints + config) are
@@ -31,6 +32,9 @@ def add_arguments(p):
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-speech", dest="speech", action="store_false",
                    help="do not train the 40-parameter (expression + speech) RaD model rad-speech")
+    p.add_argument("--speech-config", default="demo-speech", metavar="FILE",
+                   help="preset of rad-speech and its speech warps (default config/demo-speech.yaml); "
+                        "--set overrides apply to it too")
 
 
 def _digest(paths: list[Path], extra: str) -> str:
@@ -53,11 +57,12 @@ def run(args) -> int:
         common += ["--config", args.config]
     for s in args.overrides:
         common += ["--set", s]
-    stage = list(common)
+    stage_opts = []
     if args.workers:
-        stage += ["--workers", str(args.workers)]
+        stage_opts += ["--workers", str(args.workers)]
     if args.no_progress:
-        stage += ["--no-progress"]
+        stage_opts += ["--no-progress"]
+    stage = common + stage_opts
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     t0 = time.perf_counter()
     model = str(R / "model.h5")
@@ -70,6 +75,12 @@ def run(args) -> int:
                             "--out", str(R / "4dfab-params"), *stage])
     run_step("fit-lrw", ["fit-lrw", "--videos", str(R / "lrw" / "lipread_mp4"), "--speech", str(R / "lrw" / "lrw3d"),
                       "--model", model, "--out", str(R / "lrw-fits"), *stage])
+    speech = ["--config", args.speech_config] + [x for s in args.overrides for x in ("--set", s)]
+    if args.speech:
+        # rad-speech's paired data (config/demo-speech.yaml): the photo fits warped to small
+        # expression + speech changes, as change warps (docs/speech.md, "Demo recipe")
+        run_step("render-warps (speech)", ["render-warps", "--fits", str(R / "fits"), "--model", model,
+                                           "--out", str(R / "warps-speech"), *speech, *stage_opts])
     ckpts, jobs = [], {}
     for v in variants:
         argv = ["train", "--data", str(R), "--variant", v, "--out", str(R / "train" / v), *common]
@@ -78,13 +89,16 @@ def run(args) -> int:
         jobs[f"train {v}"] = (argv, R / "train" / f"{v}.log")
         ckpts.append(R / "train" / v / "checkpoints" / "latest.pt")
     if args.speech:
-        # the 40-parameter model (docs/speech.md): phase 1 on the warps with zero speech, phase 2 on
-        # the LRW training frames of RUN/lrw-fits; its steps are capped (train.demo_speech_steps) so
-        # that it shares the second core with the short GANimation and reader runs
+        # the 40-parameter model (docs/speech.md, "Demo recipe"): its own preset (--speech-config);
+        # its steps are capped (train.demo_speech_steps of that preset) so that it shares the
+        # second core with the short GANimation and reader runs
+        from pipeline.config import load_config
+
         v = "rad-speech"
-        cap = int(cfg.section("train").get("demo_speech_steps", 0) or 0)
+        scfg = load_config(args.speech_config, args.overrides)
+        cap = int(scfg.section("train").get("demo_speech_steps", 0) or 0)
         steps = min(x for x in (args.steps, cap) if x) if (args.steps or cap) else 0
-        argv = ["train", "--data", str(R), "--variant", "rad", "--out", str(R / "train" / v), *common,
+        argv = ["train", "--data", str(R), "--variant", "rad", "--out", str(R / "train" / v), *speech,
                 "--set", "train.speech=true"]
         if steps:
             argv += ["--steps", str(steps)]
@@ -96,7 +110,7 @@ def run(args) -> int:
     run_parallel(jobs)
     E = R / "eval"
     stamp = E / ".inputs"
-    digest = _digest(ckpts, json.dumps(cfg.to_dict(), sort_keys=True))
+    digest = _digest(ckpts, json.dumps(cfg.to_dict(), sort_keys=True) + (args.speech_config if args.speech else ""))
     if (E / "index.html").exists() and stamp.exists() and stamp.read_text() == digest:
         print("\n==> evaluate: inputs unchanged, report reused", flush=True)
     else:
