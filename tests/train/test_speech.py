@@ -155,7 +155,7 @@ def test_demo_speech_preset_differs_from_the_demo_only_by_the_speech_recipe():
     assert diff["train"] == {"speech": True, "warps": "warps-speech", "paired_speech": 3, "paired_4dfab": 0,
                              "epochs_paired": 10, "epochs_speech": 0, "condition": "delta", "gen_loss": "l2",
                              "lambda_gen": 1000.0, "g_ramp_start": 100000, "g_ema_halflife": 100,
-                             "demo_speech_steps": 1500}
+                             "lr_g": 0.001, "demo_speech_steps": 1200}
     assert all(cfg.section(s) == demo.section(s) for s in ("fit", "demo", "evaluate", "model"))
 
 
