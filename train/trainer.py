@@ -314,7 +314,8 @@ class Trainer(TrainerData, TrainerValidation):
                 g_exp = L.exp_loss(fake_r, p_trg)
                 rec, _, mask_rec = self.G(fake, p, p_trg)
                 g_rec = L.l1_loss(rec, x)
-                g_gen = L.gen_loss(fake, x_trg, self.t["gen_loss"]) if (paired and lam["gen"] > 0) else torch.zeros((), device=dev)
+                g_gen = (L.gen_loss(fake, x_trg, self.t["gen_loss"]) if (paired and lam["gen"] > 0)
+                         else torch.zeros((), device=dev))
                 if self.Fnet is not None:
                     with torch.no_grad():
                         e_org = self.Fnet(x.float())

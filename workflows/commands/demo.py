@@ -50,6 +50,9 @@ def _digest(paths: list[Path], extra: str) -> str:
 
 def run(args) -> int:
     cfg = config_from_args(args)  # validates --config/--set before anything runs
+    if args.speech:
+        from pipeline.config import load_config
+        scfg = load_config(args.speech_config, args.overrides)    # and rad-speech's preset
     R = Path(args.out)
     R.mkdir(parents=True, exist_ok=True)
     common = []
@@ -78,7 +81,7 @@ def run(args) -> int:
     speech = ["--config", args.speech_config] + [x for s in args.overrides for x in ("--set", s)]
     if args.speech:
         # rad-speech's paired data (config/demo-speech.yaml): the photo fits warped to small
-        # expression + speech changes, as change warps (docs/speech.md, "Demo recipe")
+        # expression changes plus speech (docs/speech.md, "Demo recipe")
         run_step("render-warps (speech)", ["render-warps", "--fits", str(R / "fits"), "--model", model,
                                            "--out", str(R / "warps-speech"), *speech, *stage_opts])
     ckpts, jobs = [], {}
@@ -92,10 +95,7 @@ def run(args) -> int:
         # the 40-parameter model (docs/speech.md, "Demo recipe"): its own preset (--speech-config);
         # its steps are capped (train.demo_speech_steps of that preset) so that it shares the
         # second core with the short GANimation and reader runs
-        from pipeline.config import load_config
-
         v = "rad-speech"
-        scfg = load_config(args.speech_config, args.overrides)
         cap = int(scfg.section("train").get("demo_speech_steps", 0) or 0)
         steps = min(x for x in (args.steps, cap) if x) if (args.steps or cap) else 0
         argv = ["train", "--data", str(R), "--variant", "rad", "--out", str(R / "train" / v), *speech,
