@@ -186,19 +186,26 @@ def test_init_from_a_30_parameter_run_starts_the_speech_model_from_its_weights(s
                 echo=lambda m: None).setup()
 
 
+def _speech_warps_stage(run, name: str, seed: int):
+    """A 40-wide copy ``run/<name>`` of ``run/warps`` (random speech parameters) -> (group, p_exp)."""
+    from pipeline.shards import ShardSet
+
+    w = ShardSet(run / "warps")
+    g = w.read("group").astype(np.int64)
+    P = np.concatenate([w.read("p_exp"), np.random.default_rng(seed).uniform(-0.7, 0.7, (len(w), 10))], 1)
+    make_stage(run / name, "warps", {"key": list(w.keys()), "group": g, "source": w.read("source"),
+                                     "identity": w.read("identity"), "image": w.read("image"),
+                                     "p_exp": P.astype(np.float32)}, chunk_size=7)
+    return g, P
+
+
 def test_speech_warps_join_the_paired_set_without_held_out_photos(speech_run, tmp_path):
     """train.speech_warps: a 40-wide warps stage of RUN joins the paired set (targets its exact
     40-vectors, sources the photos with zero speech), minus the warps of held-out photos; an
     absent stage is a note, a 30-wide one a one-line error."""
-    from pipeline.shards import ShardSet
     from train.data import ConcatPaired, RowSubset
 
-    w = ShardSet(speech_run / "warps")
-    g = w.read("group").astype(np.int64)
-    P = np.concatenate([w.read("p_exp"), np.random.default_rng(1).uniform(-0.7, 0.7, (len(w), 10))], 1)
-    make_stage(speech_run / "ws", "warps", {"key": list(w.keys()), "group": g, "source": w.read("source"),
-                                            "identity": w.read("identity"), "image": w.read("image"),
-                                            "p_exp": P.astype(np.float32)}, chunk_size=7)
+    g, P = _speech_warps_stage(speech_run, "ws", seed=1)
     said = []
     tr = Trainer(speech_run, tmp_path / "t", _cfg("train.speech_warps=ws", "train.holdout=true",
                                                   "evaluate.test_fraction=0.5"), echo=said.append)
@@ -225,15 +232,9 @@ def test_speech_warps_join_the_paired_set_without_held_out_photos(speech_run, tm
 def test_train_warps_names_the_paired_stage(speech_run, tmp_path):
     """train.warps: the paired phase (and its validation pairs) read that stage of RUN instead of
     RUN/warps; its held-out photos stay out of the training rows; an absent stage is a note."""
-    from pipeline.shards import ShardSet
     from train.data import RowSubset
 
-    w = ShardSet(speech_run / "warps")
-    g = w.read("group").astype(np.int64)
-    P = np.concatenate([w.read("p_exp"), np.random.default_rng(2).uniform(-0.7, 0.7, (len(w), 10))], 1)
-    make_stage(speech_run / "ws2", "warps", {"key": list(w.keys()), "group": g, "source": w.read("source"),
-                                             "identity": w.read("identity"), "image": w.read("image"),
-                                             "p_exp": P.astype(np.float32)}, chunk_size=7)
+    g, P = _speech_warps_stage(speech_run, "ws2", seed=2)
     tr = Trainer(speech_run, tmp_path / "t", _cfg("train.warps=ws2", "train.holdout=true", "train.paired_speech=0",
                                                   "evaluate.test_fraction=0.5"), echo=lambda m: None)
     tr.build_data()
