@@ -237,9 +237,8 @@ class WarpsStage(Stage):
                                                           dist, self.speech_scale)], 1)
                 p_src = np.concatenate([p_src, np.zeros(self.n_speech, np.float32)])
             if self.residual:       # warps.residual: the photo's crop plus the 3D edit's change
-                from fitting.warp_image import crop_photo
-                base = np.clip(np.round(crop_photo(photo, rec["align"], self.crop_size) * 255.0), 0, 255)
-                images = warper.render_change(src, P, p_src, base.astype(np.uint8))
+                from fitting.align import warp_crop       # the fit stage's uint8 crop of the photo
+                images = warper.render_change(src, P, p_src, warp_crop(photo, rec["align"], self.crop_size))
             else:
                 images = warper.render(src, P)
             for k in range(per_face):
