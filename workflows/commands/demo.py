@@ -55,11 +55,8 @@ def run(args) -> int:
         scfg = load_config(args.speech_config, args.overrides)    # and rad-speech's preset
     R = Path(args.out)
     R.mkdir(parents=True, exist_ok=True)
-    common = []
-    if args.config:
-        common += ["--config", args.config]
-    for s in args.overrides:
-        common += ["--set", s]
+    sets = [x for s in args.overrides for x in ("--set", s)]
+    common = (["--config", args.config] if args.config else []) + sets
     stage_opts = []
     if args.workers:
         stage_opts += ["--workers", str(args.workers)]
@@ -78,7 +75,7 @@ def run(args) -> int:
                             "--out", str(R / "4dfab-params"), *stage])
     run_step("fit-lrw", ["fit-lrw", "--videos", str(R / "lrw" / "lipread_mp4"), "--speech", str(R / "lrw" / "lrw3d"),
                       "--model", model, "--out", str(R / "lrw-fits"), *stage])
-    speech = ["--config", args.speech_config] + [x for s in args.overrides for x in ("--set", s)]
+    speech = ["--config", args.speech_config] + sets     # rad-speech's preset, the same overrides
     if args.speech:
         # rad-speech's paired data (config/demo-speech.yaml): the photo fits warped to small
         # expression changes plus speech (docs/speech.md, "Demo recipe")
