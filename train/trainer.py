@@ -312,8 +312,11 @@ class Trainer(TrainerData, TrainerValidation):
                     real_s = self.D(x)[0] if kind == "rad" else None
                 g_adv = L.adv_g_loss(real_s, fake_s, kind)
                 g_exp = L.exp_loss(fake_r, p_trg)
-                rec, _, mask_rec = self.G(fake, p, p_trg)
-                g_rec = L.l1_loss(rec, x)
+                if lam["rec"] > 0:        # the cycle pass costs as much as G's own: only when it is weighed
+                    rec, _, mask_rec = self.G(fake, p, p_trg)
+                    g_rec = L.l1_loss(rec, x)
+                else:
+                    mask_rec, g_rec = None, torch.zeros((), device=dev)
                 g_gen = (L.gen_loss(fake, x_trg, self.t["gen_loss"]) if (paired and lam["gen"] > 0)
                          else torch.zeros((), device=dev))
                 if self.Fnet is not None:
@@ -323,7 +326,7 @@ class Trainer(TrainerData, TrainerValidation):
                 else:
                     g_id = torch.zeros((), device=dev)
                 tv = float(self.t["att_tv"])
-                g_att = L.attention_loss(mask, tv) + L.attention_loss(mask_rec, tv)
+                g_att = L.attention_loss(mask, tv) + (L.attention_loss(mask_rec, tv) if mask_rec is not None else 0.0)
             loss_g = (ramp * lam["adv"] * g_adv + ramp * lam["exp"] * g_exp + lam["rec"] * g_rec + lam["gen"] * g_gen
                       + lam["id"] * g_id + lam["att"] * g_att)
             self.opt_G.zero_grad(set_to_none=True)

@@ -360,3 +360,35 @@ def test_paired_4dfab_adds_training_split_renders_only(tiny_run, tmp_path):
                                                       "p_exp": p_fab[:2]}, chunk_size=2)
     with pytest.raises(ConfigError, match="group/split"):
         Trainer(odd, tmp_path / "f4", cfg, variant="rad").build_data()
+
+
+@pytest.mark.parametrize("lambda_rec", [0.0, 1.0])
+def test_cycle_pass_runs_only_when_l_rec_is_weighed(tiny_run, tmp_path, lambda_rec):
+    # lambda_rec 0: G runs once per G update (no cycle pass, no cycle-mask L_att), and the
+    # update's gradient is that of L_gen + L_att(mask) computed by hand on the same batch
+    from model import losses
+    cfg = load_config(None, TINY_TRAIN + ["train.n_critic=1", "train.identity_weights=null", "train.lambda_id=0.0",
+                                          f"train.lambda_rec={lambda_rec}", "train.g_ramp_start=1000",
+                                          "train.amp=false", "train.g_ema_halflife=0"])
+    tr = Trainer(tiny_run, tmp_path / "rec", cfg, variant="rad-no-id", steps=1000).setup()
+    ds = tr.phases[0].dataset
+    batch = torch.utils.data.default_collate([ds[i] for i in range(4)])
+    calls, grads = [], {}
+    tr.G.register_forward_hook(lambda *a: calls.append(1))
+    tr.opt_G.step = lambda: grads.update({n: q.grad.clone() for n, q in tr.G.named_parameters()})
+    ref = {k: v.clone() for k, v in tr.G.state_dict().items()}
+    m = tr.train_step(batch, True, 0)
+    assert len(calls) == (1 if lambda_rec == 0 else 2)
+    if lambda_rec > 0:
+        assert m["g_rec"] > 0
+        return
+    assert m["g_rec"] == 0.0
+    G = build_networks(tr.model_config)[0]
+    G.load_state_dict(ref)
+    x = tr.images(batch["image"])
+    fake, _, mask = G(x, batch["p_trg"], batch["p"])
+    loss = (tr.lam["gen"] * losses.gen_loss(fake, tr.images(batch["target"]), tr.t["gen_loss"])
+            + tr.lam["att"] * losses.attention_loss(mask, float(tr.t["att_tv"])))
+    loss.backward()
+    for n, q in G.named_parameters():
+        assert torch.allclose(grads[n], q.grad, rtol=1e-4, atol=1e-7), n
